@@ -1,0 +1,206 @@
+"""The network IR: an ordered tuple of layer records plus what a user must know about inputs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from nnbound.errors import InputError
+from nnbound.network.layers import (
+    LINEAR_TYPES,
+    Activation,
+    Conv2d,
+    Dense,
+    Reshape,
+    Layer,
+    Shape,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """A feed-forward network: ``layers`` applied in order to an input of ``input_shape``.
+
+    Attributes:
+        layers: linear layers (Dense, Conv2d, Flatten, Reshape, Normalize) and activations.
+        input_shape: shape of one input, without the batch axis (e.g. ``(784,)`` or ``(1, 28, 28)``).
+        input_range: the data domain ``(low, high)`` of every input feature, e.g. ``(-0.5, 0.5)``
+            for the references' MNIST convention, or ``None`` when unknown. eps is always
+            measured in this input space.
+        name: a short human name.
+        meta: free-form provenance (dataset, source file, training accuracy...), strings only.
+
+    Construction checks that shapes chain and that every tensor is finite, so a network that
+    exists is one the bound code can trust.
+    """
+
+    layers: tuple[Layer, ...]
+    input_shape: Shape
+    input_range: tuple[float, float] | None = None
+    name: str = "network"
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        object.__setattr__(self, "meta", dict(self.meta))
+        if not self.layers:
+            raise InputError("a network needs at least one layer")
+        if self.input_range is not None:
+            lo, hi = (float(v) for v in self.input_range)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise InputError(f"input_range must be finite with low < high, got {self.input_range}")
+            object.__setattr__(self, "input_range", (lo, hi))
+        ref: Tensor | None = None
+        for i, layer in enumerate(self.layers):
+            for key, t in layer.tensors().items():
+                if not torch.is_floating_point(t):
+                    raise InputError(f"layer {i} ({type(layer).__name__}) {key} is not a float tensor")
+                if not bool(torch.isfinite(t).all()):
+                    raise InputError(
+                        f"layer {i} ({type(layer).__name__}) {key} contains NaN or inf values"
+                    )
+                if ref is None:
+                    ref = t
+                elif t.dtype != ref.dtype or t.device != ref.device:
+                    raise InputError(
+                        f"layer {i} {key} is {t.dtype} on {t.device}, but earlier tensors are "
+                        f"{ref.dtype} on {ref.device}; use Network.to()"
+                    )
+        self.shapes  # noqa: B018 - validates that the shapes chain
+
+    # -- shapes ---------------------------------------------------------------------------
+    @property
+    def shapes(self) -> list[Shape]:
+        """``shapes[i]`` is the input shape of layer i; ``shapes[-1]`` the output shape."""
+        out = [self.input_shape]
+        for i, layer in enumerate(self.layers):
+            try:
+                out.append(layer.out_shape(out[-1]))
+            except InputError as exc:
+                raise InputError(f"layer {i} ({type(layer).__name__}): {exc}") from None
+        return out
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.shapes[-1]
+
+    @property
+    def num_outputs(self) -> int:
+        return math.prod(self.output_shape)
+
+    @property
+    def num_inputs(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel() for layer in self.layers for t in layer.tensors().values())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for layer in self.layers:
+            for t in layer.tensors().values():
+                return t.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def device(self) -> torch.device:
+        for layer in self.layers:
+            for t in layer.tensors().values():
+                return t.device
+        return torch.device("cpu")
+
+    @property
+    def activations(self) -> list[Activation]:
+        return [layer for layer in self.layers if isinstance(layer, Activation)]
+
+    @property
+    def is_mlp(self) -> bool:
+        """True if every affine layer is Dense (flatten/reshape/normalize allowed)."""
+        return not any(isinstance(layer, Conv2d) for layer in self.layers)
+
+    # -- conversions ----------------------------------------------------------------------
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Network:
+        """A copy with every tensor moved to ``device`` / cast to ``dtype``."""
+
+        def move(layer: Layer) -> Layer:
+            tensors = layer.tensors()
+            if not tensors:
+                return layer
+            return replace(layer, **{k: t.to(device=device, dtype=dtype) for k, t in tensors.items()})
+
+        return replace(self, layers=tuple(move(layer) for layer in self.layers))
+
+    def with_meta(self, **meta: str) -> Network:
+        return replace(self, meta={**self.meta, **{k: str(v) for k, v in meta.items()}})
+
+    # -- evaluation -----------------------------------------------------------------------
+    def check_input(self, x: Tensor) -> Tensor:
+        """``x`` as a batch ``(B, *input_shape)``: adds the batch axis to a single input and
+        reports a clear error for a wrong size or non-finite values."""
+        if not isinstance(x, Tensor):
+            x = torch.as_tensor(x)
+        if tuple(x.shape) == self.input_shape:
+            x = x.unsqueeze(0)
+        elif tuple(x.shape[1:]) != self.input_shape:
+            if x.dim() >= 1 and math.prod(x.shape[1:]) == self.num_inputs:
+                x = x.reshape(x.shape[0], *self.input_shape)
+            elif math.prod(x.shape) == self.num_inputs:
+                x = x.reshape(1, *self.input_shape)
+            else:
+                raise InputError(
+                    f"input of shape {tuple(x.shape)} does not fit the model's input shape "
+                    f"{self.input_shape} (with or without a batch axis)"
+                )
+        if not torch.is_floating_point(x):
+            x = x.to(self.dtype)
+        if not bool(torch.isfinite(x).all()):
+            raise InputError("input contains NaN or inf values")
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of a batch ``x`` of shape ``(B, *input_shape)`` (differentiable)."""
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def prefix(self, n: int) -> Network:
+        """The network made of the first ``n`` layers (used for intermediate bounds)."""
+        return replace(self, layers=self.layers[:n])
+
+    def describe(self) -> list[tuple[str, Shape, int]]:
+        """(layer description, output shape, parameter count) per layer."""
+        rows = []
+        shapes = self.shapes
+        for layer, shape in zip(self.layers, shapes[1:]):
+            rows.append((layer_summary(layer), shape, sum(t.numel() for t in layer.tensors().values())))
+        return rows
+
+
+def layer_summary(layer: Layer) -> str:
+    """One short line describing a layer, e.g. ``Dense(784 -> 100)``."""
+    if isinstance(layer, Dense):
+        return f"Dense({layer.weight.shape[1]} -> {layer.weight.shape[0]})"
+    if isinstance(layer, Activation):
+        if layer.name in ("leaky_relu", "elu"):
+            return f"Activation({layer.name}, alpha={layer.alpha:g})"
+        return f"Activation({layer.name})"
+    if isinstance(layer, Conv2d):
+        w = layer.weight
+        return (
+            f"Conv2d({w.shape[1] * layer.groups} -> {w.shape[0]}, kernel={tuple(w.shape[2:])}, "
+            f"stride={layer.stride}, padding={layer.padding})"
+        )
+    if isinstance(layer, Reshape):
+        return f"Reshape{layer.shape}"
+    return type(layer).__name__
+
+
+__all__ = ["LINEAR_TYPES", "Network", "layer_summary"]

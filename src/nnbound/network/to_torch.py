@@ -1,0 +1,85 @@
+"""Round-trip the IR to a plain ``torch.nn.Module`` (for training, gradients and export)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from nnbound.network.layers import Activation, Conv2d, Dense, Flatten, Layer, Normalize, Reshape
+from nnbound.network.network import Network
+
+
+class NormalizeModule(nn.Module):
+    """``(x - mean) / std`` with mean/std as buffers (so ``state_dict`` carries them)."""
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone())
+        self.register_buffer("std", std.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+class ReshapeModule(nn.Module):
+    """Reshape the non-batch axes to ``shape``."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+class Arctan(nn.Module):
+    """Element-wise arctan (torch has no module for it)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.atan(x)
+
+
+def activation_module(act: Activation) -> nn.Module:
+    """The standard torch module for an IR activation."""
+    return {
+        "relu": lambda: nn.ReLU(),
+        "leaky_relu": lambda: nn.LeakyReLU(act.alpha),
+        "tanh": lambda: nn.Tanh(),
+        "sigmoid": lambda: nn.Sigmoid(),
+        "arctan": lambda: Arctan(),
+        "softplus": lambda: nn.Softplus(),
+        "elu": lambda: nn.ELU(act.alpha),
+    }[act.name]()
+
+
+def layer_module(layer: Layer) -> nn.Module:
+    if isinstance(layer, Dense):
+        m = nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
+        with torch.no_grad():
+            m.weight.copy_(layer.weight)
+            m.bias.copy_(layer.bias)
+        return m.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    if isinstance(layer, Conv2d):
+        w = layer.weight
+        m = nn.Conv2d(
+            w.shape[1] * layer.groups, w.shape[0], tuple(w.shape[2:]), layer.stride,
+            layer.padding, layer.dilation, layer.groups,
+        )
+        with torch.no_grad():
+            m.weight.copy_(w)
+            m.bias.copy_(layer.bias)
+        return m.to(device=w.device, dtype=w.dtype)
+    if isinstance(layer, Flatten):
+        return nn.Flatten()
+    if isinstance(layer, Reshape):
+        return ReshapeModule(layer.shape)
+    if isinstance(layer, Normalize):
+        return NormalizeModule(layer.mean, layer.std)
+    if isinstance(layer, Activation):
+        return activation_module(layer)
+    raise TypeError(f"not an IR layer: {type(layer).__name__}")
+
+
+def to_torch(net: Network) -> nn.Sequential:
+    """An ``nn.Sequential`` computing exactly ``net.forward`` (parameters are copies)."""
+    return nn.Sequential(*(layer_module(layer) for layer in net.layers))
