@@ -1,0 +1,49 @@
+"""What every activation relaxation provides, as a value type.
+
+A relaxation maps pre-activation bounds ``l <= z <= u`` (element-wise tensors of any shape) to
+two lines that sandwich the activation on ``[l, u]``::
+
+    lower_slope * z + lower_bias  <=  act(z)  <=  upper_slope * z + upper_bias
+
+Bound propagation picks the upper or the lower line per entry from the sign of the coefficient
+it multiplies, so one object serves Fast-Lin, CROWN and CROWN-general alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LinearRelaxation:
+    """Element-wise lines, each tensor shaped like the bounds they came from."""
+
+    lower_slope: Tensor
+    lower_bias: Tensor
+    upper_slope: Tensor
+    upper_bias: Tensor
+
+
+class Relaxation(Protocol):
+    """One activation's relaxation: lines, output interval and derivative interval on [l, u]."""
+
+    def linear(self, lower: Tensor, upper: Tensor) -> LinearRelaxation:
+        """Sound lines below and above the activation on ``[lower, upper]``."""
+        ...
+
+    def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        """Bounds of the activation's output on ``[lower, upper]``."""
+        ...
+
+    def derivative_interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        """Bounds of the activation's derivative on ``[lower, upper]`` (for Jacobian bounds)."""
+        ...
+
+    @property
+    def is_piecewise_linear(self) -> bool:
+        """True if stable neurons relax exactly whatever their bounds (ReLU, leaky ReLU): then
+        only unstable neurons need tight pre-activation bounds."""
+        ...

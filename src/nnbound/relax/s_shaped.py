@@ -1,0 +1,217 @@
+"""CROWN-general relaxations of S-shaped activations (tanh, sigmoid, arctan).
+
+These functions are convex for z < 0 and concave for z > 0. The lines follow the reference
+(``activation_functions.py``, spec §5):
+
+* ``u <= 0`` (convex): upper = chord, lower = tangent at the midpoint;
+* ``l >= 0`` (concave): upper = tangent at the midpoint, lower = chord;
+* ``l < 0 < u``: upper = a tangent at ``d >= 0`` that passes above ``(l, f(l))``; lower = a
+  tangent at ``d <= 0`` that passes below ``(u, f(u))``; when no such tangent point lies inside
+  the interval, the chord is valid and used.
+
+Where we differ from the reference (and why): the reference finds the tangent point with ten
+bisection steps that stop as soon as the residual is below 0.01 and then shifts the line by
+``0.01 * slope``. For wide intervals that stops far from the tangent point and the line cuts
+through the function (spec §12.1: violations up to ~1.9 for tanh). We bisect to machine
+precision in float64, keeping the end of the bracket on the valid side, and use the tangent at
+that end, which is sound by construction. ``TangentRule.REFERENCE`` reproduces the reference's
+lines but keeps one only where it lies above (upper) / below (lower) our sound line at both
+ends of the interval -- which proves it valid -- and uses the sound line elsewhere.
+
+All lines are computed in float64 and their intercepts moved outward by a few units of the
+working precision, so rounding the coefficients to float32 cannot make them cut the function.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from nnbound.relax.base import LinearRelaxation
+from nnbound.relax.functions import SmoothFunction
+
+_BISECTION_STEPS = 64
+
+
+class TangentRule(enum.Enum):
+    """How the tangent point of an unstable S-shaped neuron is found."""
+
+    EXACT = "exact"
+    """Bisection to machine precision; sound by construction (the default)."""
+    REFERENCE = "reference"
+    """The reference's 10-step, 0.01-tolerance search and 0.01-slope shift, kept only where
+    provably valid (see the module docstring)."""
+
+
+def _outward_margin(dtype: torch.dtype, *magnitudes: Tensor) -> Tensor:
+    """A few units in the last place of ``dtype`` at the scale of the line's terms."""
+    scale = torch.ones_like(magnitudes[0])
+    for m in magnitudes:
+        scale = scale + m.abs()
+    return 4.0 * torch.finfo(dtype).eps * scale
+
+
+def _chord(fn: SmoothFunction, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Slope and intercept of the line through (lo, f(lo)) and (hi, f(hi))."""
+    flo, fhi = fn.f(lo), fn.f(hi)
+    same = hi == lo
+    width = torch.where(same, torch.ones_like(hi), hi - lo)
+    slope = torch.where(same, fn.df(lo), (fhi - flo) / width)
+    return slope, flo - slope * lo
+
+
+def _tangent(fn: SmoothFunction, d: Tensor) -> tuple[Tensor, Tensor]:
+    slope = fn.df(d)
+    return slope, fn.f(d) - slope * d
+
+
+def _bisect(valid_at: Tensor, lo: Tensor, hi: Tensor, residual, keep_hi: bool) -> Tensor:  # noqa: ANN001
+    """Bisect ``[lo, hi]`` for the sign change of ``residual`` (valid where ``residual >= 0``).
+
+    ``keep_hi`` says which end of the bracket is valid; that end is returned, so the tangent
+    built on it is on the valid side of the true tangent point.
+    """
+    del valid_at
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        ok = residual(mid) >= 0
+        if keep_hi:
+            hi = torch.where(ok, mid, hi)
+            lo = torch.where(ok, lo, mid)
+        else:
+            lo = torch.where(ok, mid, lo)
+            hi = torch.where(ok, hi, mid)
+    return hi if keep_hi else lo
+
+
+def _exact_mixed_upper(fn: SmoothFunction, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Upper line for l < 0 < u: tangent at d >= d* (where it passes above (l, f(l)))."""
+    fl = fn.f(l)
+
+    def residual(d: Tensor) -> Tensor:  # tangent at d, evaluated at l, minus f(l)
+        return fn.f(d) - fn.df(d) * (d - l) - fl
+
+    use_chord = residual(u) < 0  # the tangent point lies beyond u: the chord is valid
+    d = _bisect(None, torch.zeros_like(u), u.clone(), residual, keep_hi=True)
+    ts, tb = _tangent(fn, d)
+    cs, cb = _chord(fn, l, u)
+    return torch.where(use_chord, cs, ts), torch.where(use_chord, cb, tb)
+
+
+def _exact_mixed_lower(fn: SmoothFunction, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Lower line for l < 0 < u: tangent at d <= d* (where it passes below (u, f(u)))."""
+    fu = fn.f(u)
+
+    def residual(d: Tensor) -> Tensor:  # f(u) minus the tangent at d evaluated at u
+        return fu - fn.f(d) - fn.df(d) * (u - d)
+
+    use_chord = residual(l) < 0  # the tangent point lies before l: the chord is valid
+    d = _bisect(None, l.clone(), torch.zeros_like(l), residual, keep_hi=False)
+    ts, tb = _tangent(fn, d)
+    cs, cb = _chord(fn, l, u)
+    return torch.where(use_chord, cs, ts), torch.where(use_chord, cb, tb)
+
+
+def reference_mixed_upper(fn: SmoothFunction, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """The reference's ``find_d_UB`` line (spec §5), unverified: may be unsound."""
+    lb, ub = torch.zeros_like(u), u.clone()
+    d = u / 2
+    done = torch.zeros_like(u, dtype=torch.bool)
+    fl = fn.f(l)
+    for _ in range(10):
+        t = (fn.f(d) - fl) / (d - l) - fn.df(d)
+        done = done | ((t > 0) & (t.abs() < 0.01))
+        go_left = (t > 0) & ~done
+        go_right = (t <= 0) & ~done
+        ub = torch.where(go_left, d, ub)
+        lb = torch.where(go_right, d, lb)
+        d = torch.where(done, d, 0.5 * (lb + ub))
+    slope = (fn.f(d) - fl) / (d - l)
+    return slope, fl - (l - 0.01) * slope
+
+
+def reference_mixed_lower(fn: SmoothFunction, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """The reference's ``find_d_LB`` line (spec §5), unverified: may be unsound."""
+    lb, ub = l.clone(), torch.zeros_like(l)
+    d = l / 2
+    done = torch.zeros_like(l, dtype=torch.bool)
+    fu = fn.f(u)
+    for _ in range(10):
+        t = (fu - fn.f(d)) / (u - d) - fn.df(d)
+        done = done | ((t > 0) & (t.abs() < 0.01))
+        go_right = (t > 0) & ~done
+        go_left = (t <= 0) & ~done
+        lb = torch.where(go_right, d, lb)
+        ub = torch.where(go_left, d, ub)
+        d = torch.where(done, d, 0.5 * (lb + ub))
+    slope = (fu - fn.f(d)) / (u - d)
+    return slope, fu - (u + 0.01) * slope
+
+
+@dataclass(frozen=True)
+class SShapedRelaxation:
+    """Relaxation of tanh / sigmoid / arctan (``function`` from ``relax.functions.S_SHAPED``)."""
+
+    function: SmoothFunction
+    tangent: TangentRule = TangentRule.EXACT
+
+    @property
+    def is_piecewise_linear(self) -> bool:
+        return False
+
+    def linear(self, lower: Tensor, upper: Tensor) -> LinearRelaxation:
+        fn = self.function
+        dtype = lower.dtype
+        l = lower.to(torch.float64)
+        u = torch.maximum(upper.to(torch.float64), l)
+        mid = 0.5 * (l + u)
+        convex = u <= 0
+        concave = l >= 0
+        mixed = ~(convex | concave)
+        # Clamp the endpoints into the region each formula assumes, so that no NaN from an
+        # unused branch can leak through torch.where.
+        chord_s, chord_b = _chord(fn, l, u)
+        tan_s, tan_b = _tangent(fn, mid)
+        lm = torch.where(mixed, l, -torch.ones_like(l))
+        um = torch.where(mixed, u, torch.ones_like(u))
+        mu_s, mu_b = _exact_mixed_upper(fn, lm, um)
+        ml_s, ml_b = _exact_mixed_lower(fn, lm, um)
+        if self.tangent is TangentRule.REFERENCE:
+            ru_s, ru_b = reference_mixed_upper(fn, lm, um)
+            rl_s, rl_b = reference_mixed_lower(fn, lm, um)
+            # A reference line that dominates our sound line at both ends dominates it on the
+            # whole interval, hence is sound too; keep it only then.
+            up_ok = (ru_s * lm + ru_b >= mu_s * lm + mu_b) & (ru_s * um + ru_b >= mu_s * um + mu_b)
+            lo_ok = (rl_s * lm + rl_b <= ml_s * lm + ml_b) & (rl_s * um + rl_b <= ml_s * um + ml_b)
+            up_ok &= torch.isfinite(ru_s) & torch.isfinite(ru_b)
+            lo_ok &= torch.isfinite(rl_s) & torch.isfinite(rl_b)
+            mu_s, mu_b = torch.where(up_ok, ru_s, mu_s), torch.where(up_ok, ru_b, mu_b)
+            ml_s, ml_b = torch.where(lo_ok, rl_s, ml_s), torch.where(lo_ok, rl_b, ml_b)
+        upper_s = torch.where(convex, chord_s, torch.where(concave, tan_s, mu_s))
+        upper_b = torch.where(convex, chord_b, torch.where(concave, tan_b, mu_b))
+        lower_s = torch.where(convex, tan_s, torch.where(concave, chord_s, ml_s))
+        lower_b = torch.where(convex, tan_b, torch.where(concave, chord_b, ml_b))
+        reach = torch.maximum(l.abs(), u.abs())
+        margin_u = _outward_margin(dtype, upper_b, upper_s * reach, fn.f(u))
+        margin_l = _outward_margin(dtype, lower_b, lower_s * reach, fn.f(l))
+        return LinearRelaxation(
+            lower_s.to(dtype), (lower_b - margin_l).to(dtype),
+            upper_s.to(dtype), (upper_b + margin_u).to(dtype),
+        )
+
+    def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        return self.function.f(lower), self.function.f(upper)
+
+    def derivative_interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        df = self.function.df
+        # The derivative is even and decreasing in |z| (reference sigmoid_grad_bounds).
+        lo = torch.where(
+            lower >= 0, df(upper), torch.where(upper <= 0, df(lower), df(torch.maximum(-lower, upper)))
+        )
+        hi = torch.where(
+            lower >= 0, df(lower), torch.where(upper <= 0, df(upper), df(torch.zeros_like(lower)))
+        )
+        return lo, hi
