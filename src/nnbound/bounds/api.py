@@ -1,0 +1,51 @@
+"""``bounds()``: one entry point for every bound method."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from nnbound.bounds.methods import ALL_METHODS, _spec_tensor, layerwise_bounds
+from nnbound.bounds.result import Bounds, IntermediateBounds
+from nnbound.bounds.spectral import spectral_bounds
+from nnbound.errors import InputError
+from nnbound.network.network import Network
+from nnbound.relax.s_shaped import TangentRule
+from nnbound.sets.lp_ball import LpBall
+
+
+def bounds(
+    net: Network,
+    ball: LpBall,
+    method: str = "crown",
+    C: Tensor | None = None,  # noqa: N803 - the spec matrix's usual name
+    *,
+    reference: bool = False,
+    tangent: TangentRule = TangentRule.EXACT,
+) -> Bounds:
+    """Certified lower/upper bounds of ``C @ net(x)`` for all ``x`` in ``ball``.
+
+    Args:
+        net: the network.
+        ball: input set from :meth:`LpBall.make` (rows ``N``, ``batch_shape`` ``(B,)`` or ``(B, K)``).
+        method: ``ibp`` (``interval``), ``fastlin``, ``fastlin-interval``, ``crown-adaptive``
+            (``crown``), ``crown-interval``, ``crown-general`` or ``spectral``.
+        C: spec ``(S, outputs)`` or ``(B, S, outputs)``; ``None`` bounds the logits.
+        reference: reproduce the reference's layer-wise bounds exactly (see
+            :func:`nnbound.bounds.methods.layerwise_bounds`).
+        tangent: tangent rule of S-shaped relaxations.
+
+    Returns:
+        :class:`Bounds` with ``lower``/``upper`` shaped ``(*ball.batch_shape, S)``.
+    """
+    if method not in ALL_METHODS:
+        raise InputError(f"unknown bound method {method!r}; choose from {', '.join(ALL_METHODS)}")
+    if method == "spectral":
+        # The Lipschitz bound holds on the whole ball, hence on its intersection with a domain.
+        if ball.center.dtype != net.dtype:
+            raise InputError(f"input dtype {ball.center.dtype} differs from the network's {net.dtype}")
+        n = ball.center.shape[0]
+        spec = _spec_tensor(C, n, ball.batch_shape, net)
+        lower, upper = spectral_bounds(net, ball.center, ball.eps, spec, ball.p)
+        shape = (*ball.batch_shape, spec.shape[1]) if ball.batch_shape else tuple(lower.shape)
+        return Bounds(lower.reshape(shape), upper.reshape(shape), "spectral", IntermediateBounds())
+    return layerwise_bounds(net, ball, method, C, reference=reference, tangent=tangent)

@@ -1,0 +1,52 @@
+"""The ``nnbound`` command: one subcommand per task; errors in the input become one line and
+exit code 2, data goes to stdout, notes and progress to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from nnbound.errors import NnboundError
+
+SUBCOMMANDS = ("demo", "train", "info", "predict", "bounds", "robustness")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"nnbound: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from importlib import import_module
+
+    from nnbound import __version__
+
+    parser = _Parser(prog="nnbound", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"nnbound {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in SUBCOMMANDS:
+        module = import_module(f"nnbound.cli.cmd_{name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        module.configure(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except NnboundError as exc:
+        print(f"nnbound: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nnbound: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
