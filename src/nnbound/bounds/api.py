@@ -28,7 +28,7 @@ def bounds(
         net: the network.
         ball: input set from :meth:`LpBall.make` (rows ``N``, ``batch_shape`` ``(B,)`` or ``(B, K)``).
         method: ``ibp`` (``interval``), ``fastlin``, ``fastlin-interval``, ``crown-adaptive``
-            (``crown``), ``crown-interval``, ``crown-general`` or ``spectral``.
+            (``crown``), ``crown-interval``, ``crown-general``, ``spectral`` or ``quad`` (one hidden ReLU layer).
         C: spec ``(S, outputs)`` or ``(B, S, outputs)``; ``None`` bounds the logits.
         reference: reproduce the reference's layer-wise bounds exactly (see
             :func:`nnbound.bounds.methods.layerwise_bounds`).
@@ -48,4 +48,8 @@ def bounds(
         lower, upper = spectral_bounds(net, ball.center, ball.eps, spec, ball.p)
         shape = (*ball.batch_shape, spec.shape[1]) if ball.batch_shape else tuple(lower.shape)
         return Bounds(lower.reshape(shape), upper.reshape(shape), "spectral", IntermediateBounds())
+    if method == "quad":
+        from nnbound.bounds.quadratic import quadratic_bounds
+
+        return quadratic_bounds(net, ball, C)
     return layerwise_bounds(net, ball, method, C, reference=reference, tangent=tangent)

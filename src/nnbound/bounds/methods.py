@@ -65,7 +65,7 @@ METHODS: dict[str, Method] = {
 }
 ALIASES = {"interval": "ibp", "crown": "crown-adaptive", "fast-lin": "fastlin"}
 LAYERWISE_METHODS = tuple(METHODS) + tuple(ALIASES)
-ALL_METHODS = (*LAYERWISE_METHODS, "spectral")
+ALL_METHODS = (*LAYERWISE_METHODS, "spectral", "quad")
 
 # Elements of one backward-pass coefficient tensor processed at once (bounds memory use).
 _CHUNK_ELEMENTS = 1 << 26
