@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnbound.data.registry import load_dataset
 from nnbound.data.dataset import Dataset
+from nnbound.data.registry import load_dataset
 from nnbound.report.tables import render_table
 from nnbound.tasks.radius import certified_radius
 from nnbound.train.train import TrainConfig, train_network
@@ -39,8 +39,14 @@ AUTO_LIRPA_S_PER_CALL = 0.1
 def upscaled_digits(split: str) -> Dataset:
     ds = load_dataset("digits", split=split)
     img = F.interpolate(ds.images, size=(28, 28), mode="bilinear", align_corners=False)
-    return Dataset(img.clamp(-0.5, 0.5), ds.labels, "digits28", ds.input_range, ds.class_names,
-                   "sklearn digits, bilinear 8x8 -> 28x28")
+    return Dataset(
+        img.clamp(-0.5, 0.5),
+        ds.labels,
+        "digits28",
+        ds.input_range,
+        ds.class_names,
+        "sklearn digits, bilinear 8x8 -> 28x28",
+    )
 
 
 def matmul_rate(device: torch.device, n: int = 2048, reps: int = 10) -> float:
@@ -82,25 +88,52 @@ def main() -> None:
             flops = FlopCounterMode(display=False)
             t0 = time.perf_counter()
             with torch.no_grad(), flops:
-                r = certified_radius(net, x, labels, targets, norm=norm, method="crown-adaptive",
-                                     steps=args.steps)
+                r = certified_radius(
+                    net, x, labels, targets, norm=norm, method="crown-adaptive", steps=args.steps
+                )
             if device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             per = dt / len(labels)
             total = flops.get_total_flops()
-            rows.append([
-                f"784-{'-'.join(['1024'] * (layers - 1))}-10", f"L{norm}", len(labels),
-                float(r.mean()), per, REFERENCE_S_PER_IMAGE / per,
-                total / len(labels) / 1e9, total / dt / 1e9, total / dt / rate,
-            ])
-            print(f"done {rows[-1][0]} {rows[-1][1]} ({rep.test_accuracy * 100:.1f}% acc)", flush=True)
-    print(f"\ndevice {device}, torch threads {torch.get_num_threads()}, measured float32 matmul "
-          f"rate {rate / 1e9:.1f} GFLOP/s; reference {REFERENCE_S_PER_IMAGE:.3f} s/image, "
-          f"auto_LiRPA ~{AUTO_LIRPA_S_PER_CALL} s per bound call (x{args.steps} steps per image)")
-    print(render_table(
-        ["network", "norm", "images", "mean radius", "s/image", "x faster than ref",
-         "GFLOP/image", "GFLOP/s", "of matmul rate"], rows, digits=4))
+            rows.append(
+                [
+                    f"784-{'-'.join(['1024'] * (layers - 1))}-10",
+                    f"L{norm}",
+                    len(labels),
+                    float(r.mean()),
+                    per,
+                    REFERENCE_S_PER_IMAGE / per,
+                    total / len(labels) / 1e9,
+                    total / dt / 1e9,
+                    total / dt / rate,
+                ]
+            )
+            print(
+                f"done {rows[-1][0]} {rows[-1][1]} ({rep.test_accuracy * 100:.1f}% acc)", flush=True
+            )
+    print(
+        f"\ndevice {device}, torch threads {torch.get_num_threads()}, measured float32 matmul "
+        f"rate {rate / 1e9:.1f} GFLOP/s; reference {REFERENCE_S_PER_IMAGE:.3f} s/image, "
+        f"auto_LiRPA ~{AUTO_LIRPA_S_PER_CALL} s per bound call (x{args.steps} steps per image)"
+    )
+    print(
+        render_table(
+            [
+                "network",
+                "norm",
+                "images",
+                "mean radius",
+                "s/image",
+                "x faster than ref",
+                "GFLOP/image",
+                "GFLOP/s",
+                "of matmul rate",
+            ],
+            rows,
+            digits=4,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def bounds(
     net: Network,
     ball: LpBall,
     method: str = "crown",
-    C: Tensor | None = None,  # noqa: N803 - the spec matrix's usual name
+    C: Tensor | None = None,
     *,
     reference: bool = False,
     tangent: TangentRule = TangentRule.EXACT,
@@ -26,9 +26,11 @@ def bounds(
 
     Args:
         net: the network.
-        ball: input set from :meth:`LpBall.make` (rows ``N``, ``batch_shape`` ``(B,)`` or ``(B, K)``).
+        ball: input set from :meth:`LpBall.make` (rows ``N``, ``batch_shape`` ``(B,)`` or
+            ``(B, K)``).
         method: ``ibp`` (``interval``), ``fastlin``, ``fastlin-interval``, ``crown-adaptive``
-            (``crown``), ``crown-interval``, ``crown-general``, ``spectral`` or ``quad`` (one hidden ReLU layer).
+            (``crown``), ``crown-interval``, ``crown-general``, ``spectral`` or ``quad``
+            (one hidden ReLU layer).
         C: spec ``(S, outputs)`` or ``(B, S, outputs)``; ``None`` bounds the logits.
         reference: reproduce the reference's layer-wise bounds exactly (see
             :func:`nnbound.bounds.methods.layerwise_bounds`).
@@ -42,7 +44,9 @@ def bounds(
     if method == "spectral":
         # The Lipschitz bound holds on the whole ball, hence on its intersection with a domain.
         if ball.center.dtype != net.dtype:
-            raise InputError(f"input dtype {ball.center.dtype} differs from the network's {net.dtype}")
+            raise InputError(
+                f"input dtype {ball.center.dtype} differs from the network's {net.dtype}"
+            )
         n = ball.center.shape[0]
         spec = _spec_tensor(C, n, ball.batch_shape, net)
         lower, upper = spectral_bounds(net, ball.center, ball.eps, spec, ball.p)

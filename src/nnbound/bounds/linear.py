@@ -10,6 +10,9 @@ The methods differ only in the relaxations they pass in.
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 
 from nnbound.network.layers import Activation, Dense, Layer, Shape
@@ -55,10 +58,13 @@ def backward_linear_bounds(
     a_up = a if upper else None
     c_lo = const if lower else None
     c_up = const if upper else None
+    # Column structure left by the last activation, for the sparse Dense transpose below.
+    columns: tuple[Tensor, Tensor | None] | None = None
     for i in range(end - 1, -1, -1):
         layer = layers[i]
         if isinstance(layer, Activation):
             rl = lines[i]
+            same = a_lo is a_up
             ls, lb = rl.lower_slope.unsqueeze(1), rl.lower_bias.unsqueeze(1)
             us, ub = rl.upper_slope.unsqueeze(1), rl.upper_bias.unsqueeze(1)
             if a_up is not None:
@@ -69,31 +75,75 @@ def backward_linear_bounds(
                 pos, neg = a_lo.clamp(min=0), a_lo.clamp(max=0)
                 c_lo = c_lo + _contract(pos, lb) + _contract(neg, ub)
                 a_lo = pos * ls + neg * us
+            if i > 0 and isinstance(layers[i - 1], Dense) and a.dim() == 3:
+                equal = rl.lower_slope == rl.upper_slope
+                keep = ~(equal & (rl.lower_slope == 0))
+                columns = (keep, equal if same else None)
         else:
             bias = layer.bias_map(shapes[i + 1])
-            if a_up is not None:
-                if bias is not None:
+            if bias is not None:
+                if a_up is not None:
                     c_up = c_up + _contract(a_up, bias)
-                a_up = layer.transpose(a_up, shapes[i])
-            if a_lo is not None:
-                if bias is not None:
+                if a_lo is not None:
                     c_lo = c_lo + _contract(a_lo, bias)
-                a_lo = layer.transpose(a_lo, shapes[i])
+            if (
+                columns is not None
+                and isinstance(layer, Dense)
+                and a_lo is not None
+                and a_up is not None
+            ):
+                a_lo, a_up = _sparse_dense_transpose(a_lo, a_up, layer.weight, *columns)
+            else:
+                if a_up is not None:
+                    a_up = layer.transpose(a_up, shapes[i])
+                if a_lo is not None:
+                    a_lo = layer.transpose(a_lo, shapes[i])
+            columns = None
     out_lo = ball.concretize(a_lo, c_lo)[0] if a_lo is not None else None
     out_up = ball.concretize(a_up, c_up)[1] if a_up is not None else None
     return out_lo, out_up
 
 
+def _sparse_dense_transpose(
+    a_lo: Tensor, a_up: Tensor, weight: Tensor, keep: Tensor, shared: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``a_lo @ W`` and ``a_up @ W`` (``(N, S, n)`` each) skipping what is known to be zero.
+
+    Columns whose activation has slope 0 on both lines (an inactive ReLU) are zero in both;
+    where the two lines share a slope (a stable neuron) and ``a_lo`` and ``a_up`` were the same
+    tensor before the activation (``shared`` given), the two columns are equal and their
+    product is computed once. Which columns these are differs per row, so rows are handled one
+    by one when that saves enough work; otherwise one dense product each.
+    """
+    n, s, width = a_lo.shape
+    if shared is None:
+        shared = torch.zeros_like(keep)
+    one = (keep & shared).sum(1)
+    two = (keep & ~shared).sum(1)
+    if float((one + 2 * two).sum()) > 0.7 * 2 * n * width:
+        return a_lo @ weight, a_up @ weight
+    out_lo = a_lo.new_empty(n, s, weight.shape[1])
+    out_up = a_up.new_empty(n, s, weight.shape[1])
+    for r in range(n):
+        common = torch.nonzero(keep[r] & shared[r]).squeeze(1)
+        split = torch.nonzero(keep[r] & ~shared[r]).squeeze(1)
+        base = a_lo[r][:, common] @ weight[common]
+        if split.numel():
+            both = torch.cat([a_lo[r][:, split], a_up[r][:, split]]) @ weight[split]
+            out_lo[r] = base + both[:s]
+            out_up[r] = base + both[s:]
+        else:
+            out_lo[r] = base
+            out_up[r] = base
+    return out_lo, out_up
+
+
 def start_rows(
-    layers: tuple[Layer, ...], shapes: list[Shape], end: int, idx: Tensor, dtype, device  # noqa: ANN001
+    layers: tuple[Layer, ...], shapes: list[Shape], end: int, idx: Tensor, dtype, device
 ) -> tuple[Tensor, Tensor, int]:
     """Spec rows selecting neurons ``idx`` (``(N, U)`` flat indices) of the output of
     ``layers[end - 1]``, already carried through that layer when it is Dense (a row gather
     instead of a one-hot matrix product). Returns ``(a, const, new_end)``."""
-    import math
-
-    import torch
-
     n, u = idx.shape
     last = layers[end - 1]
     if isinstance(last, Dense):

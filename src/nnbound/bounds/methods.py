@@ -59,9 +59,7 @@ METHODS: dict[str, Method] = {
     "fastlin-interval": Method("fastlin-interval", "interval", "linear", LowerSlope.PARALLEL, True),
     "crown-adaptive": Method("crown-adaptive", "linear", "linear", LowerSlope.ADAPTIVE, True),
     "crown-interval": Method("crown-interval", "interval", "linear", LowerSlope.ADAPTIVE, True),
-    "crown-general": Method(
-        "crown-general", "linear", "linear", LowerSlope.ADAPTIVE_STRICT, False
-    ),
+    "crown-general": Method("crown-general", "linear", "linear", LowerSlope.ADAPTIVE_STRICT, False),
 }
 ALIASES = {"interval": "ibp", "crown": "crown-adaptive", "fast-lin": "fastlin"}
 LAYERWISE_METHODS = tuple(METHODS) + tuple(ALIASES)
@@ -146,11 +144,14 @@ def _linear_hidden_bounds(
         sl = slice(s, s + rows_per_chunk)
         sub_ball = LpBall(ball.center[sl], ball.eps[sl], ball.p, ball.domain, ())
         sub_lines = {
-            k: LinearRelaxation(*(t[sl] for t in (v.lower_slope, v.lower_bias, v.upper_slope,
-                                                  v.upper_bias)))
+            k: LinearRelaxation(
+                *(t[sl] for t in (v.lower_slope, v.lower_bias, v.upper_slope, v.upper_bias))
+            )
             for k, v in lines.items()
         }
-        a, const, end = start_rows(layers, shapes, j, idx[sl], ball.center.dtype, ball.center.device)
+        a, const, end = start_rows(
+            layers, shapes, j, idx[sl], ball.center.dtype, ball.center.device
+        )
         lo, up = backward_linear_bounds(layers, shapes, end, a, const, sub_lines, sub_ball)
         lowers.append(lo)
         uppers.append(up)
@@ -176,7 +177,7 @@ def layerwise_bounds(
     net: Network,
     ball: LpBall,
     method: str = "crown-adaptive",
-    C: Tensor | None = None,  # noqa: N803 - the spec matrix's usual name
+    C: Tensor | None = None,
     *,
     reference: bool = False,
     tangent: TangentRule = TangentRule.EXACT,
@@ -208,7 +209,9 @@ def layerwise_bounds(
         raise InputError(f"input dtype {ball.center.dtype} differs from the network's {net.dtype}")
     n = ball.center.shape[0]
     acts = [i for i, layer in enumerate(layers) if isinstance(layer, Activation)]
-    relax: dict[int, Relaxation] = {i: relaxation_for(layers[i], m.relu_lower, tangent) for i in acts}
+    relax: dict[int, Relaxation] = {
+        i: relaxation_for(layers[i], m.relu_lower, tangent) for i in acts
+    }
     pre: dict[int, tuple[Tensor, Tensor]] = {}
     lines: dict[int, LinearRelaxation] = {}
     intersect = not reference
@@ -249,11 +252,12 @@ def layerwise_bounds(
         lower, upper = box_concretize(a, c, post_lo, post_up)
     assert lower is not None and upper is not None
     out_shape = (*ball.batch_shape, spec.shape[1]) if ball.batch_shape else tuple(lower.shape)
-    return Bounds(lower.reshape(out_shape), upper.reshape(out_shape), m.name,
-                  IntermediateBounds(pre))
+    return Bounds(
+        lower.reshape(out_shape), upper.reshape(out_shape), m.name, IntermediateBounds(pre)
+    )
 
 
-def _spec_tensor(C: Tensor | None, n: int, batch_shape: tuple[int, ...], net: Network) -> Tensor:  # noqa: N803
+def _spec_tensor(C: Tensor | None, n: int, batch_shape: tuple[int, ...], net: Network) -> Tensor:
     k = n // batch_shape[0] if batch_shape else 1
     dtype, device = net.dtype, net.device
     outputs = net.num_outputs

@@ -35,10 +35,12 @@ def _quad_coefficients(l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
     active, inactive = l >= 0, u <= 0
     unstable = ~(active | inactive)
     width = torch.where(unstable, u - l, torch.ones_like(u))
-    a = torch.where(unstable & (u.abs() > l.abs()) & (u < 2 * l.abs()), 1.0 / width,
-                    torch.zeros_like(u))
-    b = torch.where(unstable & (u.abs() > l.abs()) & (u < 2 * l.abs()), -l / width,
-                    torch.zeros_like(u))
+    a = torch.where(
+        unstable & (u.abs() > l.abs()) & (u < 2 * l.abs()), 1.0 / width, torch.zeros_like(u)
+    )
+    b = torch.where(
+        unstable & (u.abs() > l.abs()) & (u < 2 * l.abs()), -l / width, torch.zeros_like(u)
+    )
     b = torch.where(unstable & (u >= 2 * l.abs()), torch.ones_like(u), b)
     b = torch.where(active, torch.ones_like(u), b)
     return a, b
@@ -74,8 +76,13 @@ def _certified_min(
 
     n, sdim = w.shape[:2]
     center = ball.center.reshape(n, 1, -1).expand(n, sdim, -1)
-    ball_rows = LpBall(center.reshape(n * sdim, -1), ball.eps.repeat_interleave(sdim), ball.p,
-                       ball.domain if ball.p == math.inf else None, ())
+    ball_rows = LpBall(
+        center.reshape(n * sdim, -1),
+        ball.eps.repeat_interleave(sdim),
+        ball.p,
+        ball.domain if ball.p == math.inf else None,
+        (),
+    )
     sigma = torch.linalg.matrix_norm(big_m, ord=2)
     lip = 2 * quad.amax(-1, keepdim=True) * sigma**2  # gradient Lipschitz constant per row
     step = 1.0 / lip.clamp_min(1e-12)
@@ -89,11 +96,13 @@ def _certified_min(
     return val - (g * x).sum(-1) + lin_lo
 
 
-def quadratic_bounds(net: Network, ball: LpBall, C: Tensor | None = None) -> Bounds:  # noqa: N803
+def quadratic_bounds(net: Network, ball: LpBall, C: Tensor | None = None) -> Bounds:
     """CROWN-adaptive tightened by the certified quadratic bound (one hidden ReLU layer)."""
     acts = [i for i, layer in enumerate(net.layers) if isinstance(layer, Activation)]
     if len(acts) != 1 or net.layers[acts[0]].name != "relu":
-        raise UnsupportedError("the quad bound applies to networks with exactly one hidden ReLU layer")
+        raise UnsupportedError(
+            "the quad bound applies to networks with exactly one hidden ReLU layer"
+        )
     base = layerwise_bounds(net, ball, "crown-adaptive", C)
     j = acts[0]
     n = ball.center.shape[0]
@@ -116,5 +125,9 @@ def quadratic_bounds(net: Network, ball: LpBall, C: Tensor | None = None) -> Bou
     lower = _certified_min(w, big_m, offset_m, l, u, const, ball)
     upper = -_certified_min(-w, big_m, offset_m, l, u, -const, ball)
     shape = base.lower.shape
-    return Bounds(torch.maximum(base.lower, lower.reshape(shape)),
-                  torch.minimum(base.upper, upper.reshape(shape)), "quad", base.intermediate)
+    return Bounds(
+        torch.maximum(base.lower, lower.reshape(shape)),
+        torch.minimum(base.upper, upper.reshape(shape)),
+        "quad",
+        base.intermediate,
+    )

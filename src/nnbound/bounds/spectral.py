@@ -50,14 +50,18 @@ def induced_norm(m: Tensor, p: float) -> Tensor:
     return torch.linalg.matrix_norm(m, ord=2)
 
 
-def spectral_lipschitz(net: Network, C: Tensor, p: float) -> Tensor:  # noqa: N803
+def spectral_lipschitz(net: Network, C: Tensor, p: float) -> Tensor:
     """Lipschitz constants ``(N, S)`` of the spec rows ``C`` ``(N, S, outputs)`` w.r.t. ||.||_p."""
     layers, shapes = net.layers, net.shapes
     acts = [i for i, layer in enumerate(layers) if isinstance(layer, Activation)]
     k = torch.ones((), dtype=net.dtype, device=net.device)
     start = 0
     for j in acts:
-        k = k * induced_norm(block_matrix(layers, shapes, start, j), p) * activation_lipschitz(layers[j])
+        k = (
+            k
+            * induced_norm(block_matrix(layers, shapes, start, j), p)
+            * activation_lipschitz(layers[j])
+        )
         start = j + 1
     last = block_matrix(layers, shapes, start, len(layers))  # (outputs, n)
     rows = C.reshape(C.shape[0], C.shape[1], -1) @ last  # (N, S, n)
@@ -65,8 +69,12 @@ def spectral_lipschitz(net: Network, C: Tensor, p: float) -> Tensor:  # noqa: N8
     return torch.linalg.vector_norm(rows, q, dim=-1) * k
 
 
-def spectral_bounds(net: Network, center: Tensor, eps: Tensor, C: Tensor, p: float) -> tuple[Tensor, Tensor]:  # noqa: N803
+def spectral_bounds(
+    net: Network, center: Tensor, eps: Tensor, C: Tensor, p: float
+) -> tuple[Tensor, Tensor]:
     """Bounds ``(N, S)`` of ``C f(x)`` over the p-ball: ``C f(x0) -/+ eps * Lipschitz``."""
-    value = (C.reshape(C.shape[0], C.shape[1], -1) @ net.forward(center).reshape(center.shape[0], -1, 1)).squeeze(-1)
+    value = (
+        C.reshape(C.shape[0], C.shape[1], -1) @ net.forward(center).reshape(center.shape[0], -1, 1)
+    ).squeeze(-1)
     dev = spectral_lipschitz(net, C, p) * eps.unsqueeze(1)
     return value - dev, value + dev

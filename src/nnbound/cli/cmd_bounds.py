@@ -32,14 +32,23 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=float, required=True, help="radius, in the model's input space")
     p.add_argument("--norm", default="i", help="1 | 2 | i (inf)")
     p.add_argument("--method", default="crown", choices=ALL_METHODS)
-    p.add_argument("--label", default=None,
-                   help="class (or comma list, one per input) whose margins to bound; "
-                        "default: the predicted class when --target is given")
+    p.add_argument(
+        "--label",
+        default=None,
+        help="class (or comma list, one per input) whose margins to bound; "
+        "default: the predicted class when --target is given",
+    )
     p.add_argument("--target", default=None, help="target class, or 'all' (every other class)")
-    p.add_argument("--bounded-input", action="store_true",
-                   help="intersect the ball with the model's input range (off by default)")
-    p.add_argument("--reference", action="store_true",
-                   help="reproduce the reference's layer-wise bounds exactly (looser)")
+    p.add_argument(
+        "--bounded-input",
+        action="store_true",
+        help="intersect the ball with the model's input range (off by default)",
+    )
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="reproduce the reference's layer-wise bounds exactly (looser)",
+    )
     add_runtime_args(p)
 
 
@@ -49,7 +58,9 @@ def _labels(args: argparse.Namespace, n: int, predicted: torch.Tensor) -> torch.
     try:
         vals = [int(v) for v in str(args.label).split(",")]
     except ValueError:
-        raise InputError(f"--label must be an integer or a comma list, got {args.label!r}") from None
+        raise InputError(
+            f"--label must be an integer or a comma list, got {args.label!r}"
+        ) from None
     if len(vals) == 1:
         vals = vals * n
     if len(vals) != n:
@@ -79,13 +90,17 @@ def run(args: argparse.Namespace) -> int:
         if args.target == "all":
             spec = all_margins_spec(labels, classes, net.dtype)
             others = other_classes(labels, classes)
-            columns = [f"margin vs {'/'.join(str(int(v)) for v in others[:, j].unique())}"
-                       for j in range(classes - 1)]
+            columns = [
+                f"margin vs {'/'.join(str(int(v)) for v in others[:, j].unique())}"
+                for j in range(classes - 1)
+            ]
         else:
             try:
                 t = int(args.target)
             except ValueError:
-                raise InputError(f"--target must be a class or 'all', got {args.target!r}") from None
+                raise InputError(
+                    f"--target must be a class or 'all', got {args.target!r}"
+                ) from None
             spec = margin_spec(labels, torch.full_like(labels, t), classes, net.dtype)
             columns = [f"margin {int(labels[0])}-{t}" if x.shape[0] == 1 else f"margin y-{t}"]
         spec = spec.to(net.device)
@@ -93,17 +108,27 @@ def run(args: argparse.Namespace) -> int:
         b = bounds(net, ball, args.method, spec, reference=args.reference)
     lower, upper = b.lower.cpu(), b.upper.cpu()
     if args.json:
-        print_json({
-            "method": args.method, "norm": norm_name(p), "eps": args.eps,
-            "bounded_input": bool(args.bounded_input),
-            "lower": lower.tolist(), "upper": upper.tolist(),
-            "provenance": provenance(device=net.device, dtype=net.dtype, seed=args.seed),
-        })
+        print_json(
+            {
+                "method": args.method,
+                "norm": norm_name(p),
+                "eps": args.eps,
+                "bounded_input": bool(args.bounded_input),
+                "lower": lower.tolist(),
+                "upper": upper.tolist(),
+                "provenance": provenance(device=net.device, dtype=net.dtype, seed=args.seed),
+            }
+        )
         return 0
-    note(args, f"{args.method} bounds, L{norm_name(p)} ball eps={args.eps:g}, "
-               f"input clipping to the data range: {'on' if domain else 'off'}")
+    note(
+        args,
+        f"{args.method} bounds, L{norm_name(p)} ball eps={args.eps:g}, "
+        f"input clipping to the data range: {'on' if domain else 'off'}",
+    )
     for i in range(x.shape[0]):
-        rows = [[c, float(lo), float(hi)] for c, lo, hi in zip(columns, lower[i], upper[i])]
+        rows = [
+            [c, float(lo), float(hi)] for c, lo, hi in zip(columns, lower[i], upper[i], strict=True)
+        ]
         print(f"input {i} (predicted {int(predicted[i])})")
         print(render_table(["output", "lower", "upper"], rows))
     return 0

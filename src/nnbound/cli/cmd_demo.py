@@ -24,8 +24,11 @@ DEMO_METHODS = ("ibp", "spectral", "fastlin", "crown", "crown-general")
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="mnist-fc-3layer", help="built-in model name or file")
-    p.add_argument("--train", action="store_true",
-                   help="train a digits MLP (64-64-10, ReLU) instead of loading a model")
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="train a digits MLP (64-64-10, ReLU) instead of loading a model",
+    )
     p.add_argument("--numimage", type=int, default=5)
     p.add_argument("--norms", default="i,2", help="comma list of norms (default i,2)")
     p.add_argument("--methods", default=",".join(DEMO_METHODS))
@@ -34,7 +37,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def _model_and_data(args: argparse.Namespace):  # noqa: ANN202
+def _model_and_data(args: argparse.Namespace):
     from nnbound.data.registry import load_dataset
 
     if args.train:
@@ -43,10 +46,14 @@ def _model_and_data(args: argparse.Namespace):  # noqa: ANN202
         train = load_dataset("digits", split="train")
         test = load_dataset("digits", split="test")
         t0 = time.perf_counter()
-        net, report = train_network(train, test, TrainConfig(hidden=(64,), epochs=30, seed=0),
-                                    progress=not args.quiet)
-        note(args, f"trained a 64-64-10 ReLU MLP on digits in {time.perf_counter() - t0:.1f} s, "
-                   f"test accuracy {report.test_accuracy * 100:.1f}%")
+        net, report = train_network(
+            train, test, TrainConfig(hidden=(64,), epochs=30, seed=0), progress=not args.quiet
+        )
+        note(
+            args,
+            f"trained a 64-64-10 ReLU MLP on digits in {time.perf_counter() - t0:.1f} s, "
+            f"test accuracy {report.test_accuracy * 100:.1f}%",
+        )
         return net, test, "digits MLP (trained now)"
     from nnbound.network.load import load_model
 
@@ -64,9 +71,12 @@ def run(args: argparse.Namespace) -> int:
     acc = float((logits.argmax(1) == data.labels).double().mean())
     sel = select_targets(logits, data.labels, "untargeted", num_images=args.numimage)
     x = net.check_input(data.images[sel.indices])
-    note(args, f"model {label}: accuracy {acc * 100:.1f}% on {len(data.labels)} {data.name} test "
-               f"images; certifying {len(sel.indices)} of them (untargeted, inputs in "
-               f"{net.input_range}, no clipping to the data range)")
+    note(
+        args,
+        f"model {label}: accuracy {acc * 100:.1f}% on {len(data.labels)} {data.name} test "
+        f"images; certifying {len(sel.indices)} of them (untargeted, inputs in "
+        f"{net.input_range}, no clipping to the data range)",
+    )
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     norms = [n.strip() for n in args.norms.split(",") if n.strip()]
     results: dict[str, dict[str, list[float]]] = {}
@@ -76,19 +86,32 @@ def run(args: argparse.Namespace) -> int:
         for m in methods:
             t0 = time.perf_counter()
             with torch.no_grad():
-                r = certified_radius(net, x, sel.labels, sel.targets, norm=norm, method=m,
-                                     steps=args.steps)
+                r = certified_radius(
+                    net, x, sel.labels, sel.targets, norm=norm, method=m, steps=args.steps
+                )
             timing[norm][m] = (time.perf_counter() - t0) / max(1, len(sel.indices))
             results[norm][m] = r.tolist()
     if args.json:
-        print_json({"model": label, "accuracy": acc, "images": sel.indices.tolist(),
-                    "labels": sel.labels.tolist(), "radius": results, "time_s_per_image": timing})
+        print_json(
+            {
+                "model": label,
+                "accuracy": acc,
+                "images": sel.indices.tolist(),
+                "labels": sel.labels.tolist(),
+                "radius": results,
+                "time_s_per_image": timing,
+            }
+        )
         return 0
     for norm in norms:
-        print(f"\nCertified untargeted radius, L{'inf' if norm in ('i', 'inf') else norm} "
-              f"(lower bound on the smallest adversarial perturbation)")
-        rows = [[int(sel.indices[i]), int(sel.labels[i]), *[results[norm][m][i] for m in methods]]
-                for i in range(len(sel.indices))]
+        print(
+            f"\nCertified untargeted radius, L{'inf' if norm in ('i', 'inf') else norm} "
+            f"(lower bound on the smallest adversarial perturbation)"
+        )
+        rows = [
+            [int(sel.indices[i]), int(sel.labels[i]), *[results[norm][m][i] for m in methods]]
+            for i in range(len(sel.indices))
+        ]
         rows.append(["mean", "", *[sum(results[norm][m]) / max(1, len(rows)) for m in methods]])
         rows.append(["s/image", "", *[timing[norm][m] for m in methods]])
         print(render_table(["image", "label", *methods], rows))

@@ -51,18 +51,22 @@ def run(args: argparse.Namespace) -> int:
     acc = default_accuracy(net, args.data_dir)
     acts = sorted({a.name for a in net.activations})
     if args.json:
-        print_json({
-            "name": net.name,
-            "input_shape": list(net.input_shape),
-            "output_shape": list(net.output_shape),
-            "input_range": list(net.input_range) if net.input_range else None,
-            "parameters": net.num_parameters,
-            "activations": acts,
-            "layers": [{"layer": d, "output_shape": list(s), "parameters": n}
-                       for d, s, n in net.describe()],
-            "meta": dict(net.meta),
-            "accuracy": {"dataset": acc[0], "value": acc[1]} if acc else None,
-        })
+        print_json(
+            {
+                "name": net.name,
+                "input_shape": list(net.input_shape),
+                "output_shape": list(net.output_shape),
+                "input_range": list(net.input_range) if net.input_range else None,
+                "parameters": net.num_parameters,
+                "activations": acts,
+                "layers": [
+                    {"layer": d, "output_shape": list(s), "parameters": n}
+                    for d, s, n in net.describe()
+                ],
+                "meta": dict(net.meta),
+                "accuracy": {"dataset": acc[0], "value": acc[1]} if acc else None,
+            }
+        )
         return 0
     print(f"model       {net.name}")
     print(f"input       shape {net.input_shape}, range {net.input_range}")
@@ -72,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
     for key, value in net.meta.items():
         print(f"meta        {key} = {value}")
     print()
-    print(render_table(["#", "layer", "output shape", "parameters"],
-                       [[i, d, str(s), n] for i, (d, s, n) in enumerate(net.describe())]))
+    print(
+        render_table(
+            ["#", "layer", "output shape", "parameters"],
+            [[i, d, str(s), n] for i, (d, s, n) in enumerate(net.describe())],
+        )
+    )
     if acc:
         print(f"\naccuracy on {acc[0]} (test): {acc[1] * 100:.2f}%")
     else:

@@ -22,28 +22,46 @@ DEFAULT_RANGE_IF_UNKNOWN = (0.0, 1.0)
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
-    g.add_argument("--dtype", default="float32", choices=("float32", "float64"),
-                   help="computation dtype (default float32; radii are re-certified in float64)")
+    g.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "float64"),
+        help="computation dtype (default float32; radii are re-certified in float64)",
+    )
     g.add_argument("--seed", type=int, default=1228, help="random seed (reference default 1228)")
     g.add_argument("--json", action="store_true", help="print a JSON record on stdout")
     g.add_argument("--quiet", action="store_true", help="no progress or notes on stderr")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model file (.onnx, .safetensors, .h5, .pt TorchScript, .pt2) "
-                   "or a built-in model name (see `nnbound info --list`)")
-    p.add_argument("--input-range", type=float, nargs=2, metavar=("LO", "HI"), default=None,
-                   help="data domain of the model's inputs, if the model file does not store it")
+    p.add_argument(
+        "model",
+        help="model file (.onnx, .safetensors, .h5, .pt TorchScript, .pt2) "
+        "or a built-in model name (see `nnbound info --list`)",
+    )
+    p.add_argument(
+        "--input-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="data domain of the model's inputs, if the model file does not store it",
+    )
 
 
 def add_data_args(p: argparse.ArgumentParser, numimage: int = 10) -> None:
     g = p.add_argument_group("inputs")
-    g.add_argument("--dataset", default="auto",
-                   help="auto | digits | mnist | cifar | mnist100 | cifar100 (auto: by input size)")
+    g.add_argument(
+        "--dataset",
+        default="auto",
+        help="auto | digits | mnist | cifar | mnist100 | cifar100 (auto: by input size)",
+    )
     g.add_argument("--data-dir", default=None, help="folder with MNIST IDX / CIFAR-10 batch files")
     g.add_argument("--numimage", type=int, default=numimage, help="number of images")
     g.add_argument("--startimage", type=int, default=0, help="first image index")
-    g.add_argument("--input", default=None, help="inputs from a .npy/.npz file instead of a dataset")
+    g.add_argument(
+        "--input", default=None, help="inputs from a .npy/.npz file instead of a dataset"
+    )
     g.add_argument("--labels", default=None, help="labels .npy for --input (default: predictions)")
 
 
@@ -76,8 +94,11 @@ def load_model_arg(args: argparse.Namespace) -> Network:
     if args.input_range is not None:
         net = Network(net.layers, net.input_shape, tuple(args.input_range), net.name, net.meta)
     elif net.input_range is None:
-        note(args, f"note: {args.model} stores no input range; assuming {DEFAULT_RANGE_IF_UNKNOWN} "
-                   "(set --input-range LO HI)")
+        note(
+            args,
+            f"note: {args.model} stores no input range; assuming {DEFAULT_RANGE_IF_UNKNOWN} "
+            "(set --input-range LO HI)",
+        )
         net = Network(net.layers, net.input_shape, DEFAULT_RANGE_IF_UNKNOWN, net.name, net.meta)
     device = resolve_device(getattr(args, "device", "cpu"))
     dtype = resolve_dtype(getattr(args, "dtype", "float32"))
@@ -121,7 +142,9 @@ def load_inputs(args: argparse.Namespace, net: Network, *, all_rows: bool = Fals
         if args.labels:
             labels = torch.from_numpy(np.asarray(load_array(args.labels))).reshape(-1).long()
             if labels.shape[0] != x.shape[0]:
-                raise InputError(f"{args.labels} holds {labels.shape[0]} labels for {x.shape[0]} inputs")
+                raise InputError(
+                    f"{args.labels} holds {labels.shape[0]} labels for {x.shape[0]} inputs"
+                )
         else:
             with torch.no_grad():
                 labels = net(x).argmax(1).cpu()
@@ -138,10 +161,12 @@ def load_inputs(args: argparse.Namespace, net: Network, *, all_rows: bool = Fals
             f"{net.input_shape}"
         )
     if args.startimage < 0 or args.startimage >= len(ds.labels):
-        raise InputError(f"--startimage {args.startimage} outside the {len(ds.labels)} images of {name}")
+        raise InputError(
+            f"--startimage {args.startimage} outside the {len(ds.labels)} images of {name}"
+        )
     stop = len(ds.labels) if all_rows else min(len(ds.labels), args.startimage + args.numimage)
-    x = net.check_input(ds.images[args.startimage:stop])
-    return Inputs(x, ds.labels[args.startimage:stop], torch.arange(args.startimage, stop), name)
+    x = net.check_input(ds.images[args.startimage : stop])
+    return Inputs(x, ds.labels[args.startimage : stop], torch.arange(args.startimage, stop), name)
 
 
 def print_json(obj: Any) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +54,9 @@ class Dense:
 
     def __post_init__(self) -> None:
         if self.weight.dim() != 2:
-            raise InputError(f"Dense weight must be 2-D (out, in), got shape {tuple(self.weight.shape)}")
+            raise InputError(
+                f"Dense weight must be 2-D (out, in), got shape {tuple(self.weight.shape)}"
+            )
         if self.bias.shape != (self.weight.shape[0],):
             raise InputError(
                 f"Dense bias shape {tuple(self.bias.shape)} does not match weight "
@@ -65,7 +66,8 @@ class Dense:
     def out_shape(self, in_shape: Shape) -> Shape:
         if math.prod(in_shape) != self.weight.shape[1] or len(in_shape) != 1:
             raise InputError(
-                f"Dense layer expects a flat input of {self.weight.shape[1]} features, got shape {in_shape}"
+                f"Dense layer expects a flat input of {self.weight.shape[1]} features, "
+                f"got shape {in_shape}"
             )
         return (int(self.weight.shape[0]),)
 
@@ -114,11 +116,16 @@ class Conv2d:
     def out_shape(self, in_shape: Shape) -> Shape:
         if len(in_shape) != 3 or in_shape[0] != self.weight.shape[1] * self.groups:
             raise InputError(
-                f"Conv2d expects input (C={self.weight.shape[1] * self.groups}, H, W), got {in_shape}"
+                f"Conv2d expects input (C={self.weight.shape[1] * self.groups}, H, W), "
+                f"got {in_shape}"
             )
         kh, kw = self.weight.shape[2:]
-        h = (in_shape[1] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        w = (in_shape[2] + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        h = (in_shape[1] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[
+            0
+        ] + 1
+        w = (in_shape[2] + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[
+            1
+        ] + 1
         if h <= 0 or w <= 0:
             raise InputError(f"Conv2d kernel {kh}x{kw} does not fit input {in_shape}")
         return (int(self.weight.shape[0]), int(h), int(w))
@@ -143,8 +150,12 @@ class Conv2d:
         # output_padding recovers the rows/columns the strided forward conv dropped.
         op = tuple(
             in_shape[1 + i]
-            - ((out_shape[1 + i] - 1) * self.stride[i] - 2 * self.padding[i]
-               + self.dilation[i] * ((kh, kw)[i] - 1) + 1)
+            - (
+                (out_shape[1 + i] - 1) * self.stride[i]
+                - 2 * self.padding[i]
+                + self.dilation[i] * ((kh, kw)[i] - 1)
+                + 1
+            )
             for i in range(2)
         )
         res = F.conv_transpose2d(
@@ -304,6 +315,6 @@ def activation_function(name: str, alpha: float = 0.0) -> Callable[[Tensor], Ten
     raise UnsupportedError(f"unsupported activation {name!r}")
 
 
-LinearLayer = Union[Dense, Conv2d, Flatten, Reshape, Normalize]
-Layer = Union[Dense, Conv2d, Flatten, Reshape, Normalize, Activation]
+LinearLayer = Dense | Conv2d | Flatten | Reshape | Normalize
+Layer = Dense | Conv2d | Flatten | Reshape | Normalize | Activation
 LINEAR_TYPES = (Dense, Conv2d, Flatten, Reshape, Normalize)

@@ -70,15 +70,21 @@ def _build_layer(i: int, spec: dict[str, Any], tensors: dict[str, torch.Tensor])
         try:
             return tensors[f"{i}.{key}"]
         except KeyError:
-            raise ModelFormatError(f"layer {i} ({spec.get('type')}) has no tensor {key!r}") from None
+            raise ModelFormatError(
+                f"layer {i} ({spec.get('type')}) has no tensor {key!r}"
+            ) from None
 
     kind = spec.get("type")
     if kind == "dense":
         return Dense(t("weight"), t("bias"))
     if kind == "conv2d":
         return Conv2d(
-            t("weight"), t("bias"), tuple(spec["stride"]), tuple(spec["padding"]),
-            tuple(spec["dilation"]), int(spec["groups"]),
+            t("weight"),
+            t("bias"),
+            tuple(spec["stride"]),
+            tuple(spec["padding"]),
+            tuple(spec["dilation"]),
+            int(spec["groups"]),
         )
     if kind == "flatten":
         return Flatten()

@@ -15,8 +15,8 @@ from nnbound.network.layers import (
     Activation,
     Conv2d,
     Dense,
-    Reshape,
     Layer,
+    Reshape,
     Shape,
 )
 
@@ -27,7 +27,8 @@ class Network:
 
     Attributes:
         layers: linear layers (Dense, Conv2d, Flatten, Reshape, Normalize) and activations.
-        input_shape: shape of one input, without the batch axis (e.g. ``(784,)`` or ``(1, 28, 28)``).
+        input_shape: shape of one input, without the batch axis (e.g. ``(784,)`` or
+            ``(1, 28, 28)``).
         input_range: the data domain ``(low, high)`` of every input feature, e.g. ``(-0.5, 0.5)``
             for the references' MNIST convention, or ``None`` when unknown. eps is always
             measured in this input space.
@@ -53,13 +54,17 @@ class Network:
         if self.input_range is not None:
             lo, hi = (float(v) for v in self.input_range)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise InputError(f"input_range must be finite with low < high, got {self.input_range}")
+                raise InputError(
+                    f"input_range must be finite with low < high, got {self.input_range}"
+                )
             object.__setattr__(self, "input_range", (lo, hi))
         ref: Tensor | None = None
         for i, layer in enumerate(self.layers):
             for key, t in layer.tensors().items():
                 if not torch.is_floating_point(t):
-                    raise InputError(f"layer {i} ({type(layer).__name__}) {key} is not a float tensor")
+                    raise InputError(
+                        f"layer {i} ({type(layer).__name__}) {key} is not a float tensor"
+                    )
                 if not bool(torch.isfinite(t).all()):
                     raise InputError(
                         f"layer {i} ({type(layer).__name__}) {key} contains NaN or inf values"
@@ -125,14 +130,18 @@ class Network:
         return not any(isinstance(layer, Conv2d) for layer in self.layers)
 
     # -- conversions ----------------------------------------------------------------------
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Network:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Network:
         """A copy with every tensor moved to ``device`` / cast to ``dtype``."""
 
         def move(layer: Layer) -> Layer:
             tensors = layer.tensors()
             if not tensors:
                 return layer
-            return replace(layer, **{k: t.to(device=device, dtype=dtype) for k, t in tensors.items()})
+            return replace(
+                layer, **{k: t.to(device=device, dtype=dtype) for k, t in tensors.items()}
+            )
 
         return replace(self, layers=tuple(move(layer) for layer in self.layers))
 
@@ -179,8 +188,10 @@ class Network:
         """(layer description, output shape, parameter count) per layer."""
         rows = []
         shapes = self.shapes
-        for layer, shape in zip(self.layers, shapes[1:]):
-            rows.append((layer_summary(layer), shape, sum(t.numel() for t in layer.tensors().values())))
+        for layer, shape in zip(self.layers, shapes[1:], strict=True):
+            rows.append(
+                (layer_summary(layer), shape, sum(t.numel() for t in layer.tensors().values()))
+            )
         return rows
 
 

@@ -54,21 +54,35 @@ def activation_module(act: Activation) -> nn.Module:
 
 def layer_module(layer: Layer) -> nn.Module:
     if isinstance(layer, Dense):
-        m = nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
+        # Built in the weights' dtype: copying float64 weights into a float32 module would
+        # round them.
+        m = nn.Linear(
+            layer.weight.shape[1],
+            layer.weight.shape[0],
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+        )
         with torch.no_grad():
             m.weight.copy_(layer.weight)
             m.bias.copy_(layer.bias)
-        return m.to(device=layer.weight.device, dtype=layer.weight.dtype)
+        return m
     if isinstance(layer, Conv2d):
         w = layer.weight
         m = nn.Conv2d(
-            w.shape[1] * layer.groups, w.shape[0], tuple(w.shape[2:]), layer.stride,
-            layer.padding, layer.dilation, layer.groups,
+            w.shape[1] * layer.groups,
+            w.shape[0],
+            tuple(w.shape[2:]),
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            device=w.device,
+            dtype=w.dtype,
         )
         with torch.no_grad():
             m.weight.copy_(w)
             m.bias.copy_(layer.bias)
-        return m.to(device=w.device, dtype=w.dtype)
+        return m
     if isinstance(layer, Flatten):
         return nn.Flatten()
     if isinstance(layer, Reshape):

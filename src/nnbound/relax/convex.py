@@ -33,8 +33,10 @@ class ConvexRelaxation:
         lo_s, lo_b = _tangent(fn, 0.5 * (l + u))
         reach = torch.maximum(l.abs(), u.abs())
         return LinearRelaxation(
-            lo_s.to(dtype), (lo_b - _outward_margin(dtype, lo_b, lo_s * reach, fn.f(l))).to(dtype),
-            up_s.to(dtype), (up_b + _outward_margin(dtype, up_b, up_s * reach, fn.f(u))).to(dtype),
+            lo_s.to(dtype),
+            (lo_b - _outward_margin(dtype, lo_b, lo_s * reach, fn.f(l))).to(dtype),
+            up_s.to(dtype),
+            (up_b + _outward_margin(dtype, up_b, up_s * reach, fn.f(u))).to(dtype),
         )
 
     def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:

@@ -87,6 +87,6 @@ class LeakyReluRelaxation:
         return lo, hi
 
 
-def ReluRelaxation(lower: LowerSlope = LowerSlope.ADAPTIVE) -> LeakyReluRelaxation:  # noqa: N802
+def ReluRelaxation(lower: LowerSlope = LowerSlope.ADAPTIVE) -> LeakyReluRelaxation:
     """The ReLU relaxation (a leaky ReLU with slope 0)."""
     return LeakyReluRelaxation(0.0, lower)

@@ -68,7 +68,7 @@ def _tangent(fn: SmoothFunction, d: Tensor) -> tuple[Tensor, Tensor]:
     return slope, fn.f(d) - slope * d
 
 
-def _bisect(valid_at: Tensor, lo: Tensor, hi: Tensor, residual, keep_hi: bool) -> Tensor:  # noqa: ANN001
+def _bisect(valid_at: Tensor, lo: Tensor, hi: Tensor, residual, keep_hi: bool) -> Tensor:
     """Bisect ``[lo, hi]`` for the sign change of ``residual`` (valid where ``residual >= 0``).
 
     ``keep_hi`` says which end of the bracket is valid; that end is returned, so the tangent
@@ -198,8 +198,10 @@ class SShapedRelaxation:
         margin_u = _outward_margin(dtype, upper_b, upper_s * reach, fn.f(u))
         margin_l = _outward_margin(dtype, lower_b, lower_s * reach, fn.f(l))
         return LinearRelaxation(
-            lower_s.to(dtype), (lower_b - margin_l).to(dtype),
-            upper_s.to(dtype), (upper_b + margin_u).to(dtype),
+            lower_s.to(dtype),
+            (lower_b - margin_l).to(dtype),
+            upper_s.to(dtype),
+            (upper_b + margin_u).to(dtype),
         )
 
     def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
@@ -209,7 +211,9 @@ class SShapedRelaxation:
         df = self.function.df
         # The derivative is even and decreasing in |z| (reference sigmoid_grad_bounds).
         lo = torch.where(
-            lower >= 0, df(upper), torch.where(upper <= 0, df(lower), df(torch.maximum(-lower, upper)))
+            lower >= 0,
+            df(upper),
+            torch.where(upper <= 0, df(lower), df(torch.maximum(-lower, upper))),
         )
         hi = torch.where(
             lower >= 0, df(lower), torch.where(upper <= 0, df(upper), df(torch.zeros_like(lower)))

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 
 
-def provenance(*, device: torch.device | str, dtype: torch.dtype, seed: int | None = None) -> dict[str, Any]:
+def provenance(
+    *, device: torch.device | str, dtype: torch.dtype, seed: int | None = None
+) -> dict[str, Any]:
     from nnbound import __version__
 
     return {

@@ -20,11 +20,16 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]], digit
     for row in cells:
         for i, c in enumerate(row):
             widths[i] = max(widths[i], len(c))
-    numeric = [all(isinstance(r[i], (int, float)) for r in rows) if rows else False
-               for i in range(len(headers))]
+    numeric = [
+        all(isinstance(r[i], (int, float)) for r in rows) if rows else False
+        for i in range(len(headers))
+    ]
 
     def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        parts = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
         return "  ".join(parts).rstrip()
 
     out = [line(list(headers)), "  ".join("-" * w for w in widths)]

@@ -58,7 +58,11 @@ class LpBall:
         batch_shape = tuple(eps_t.shape)
         if eps_t.dim() == 2:
             k = eps_t.shape[1]
-            center = center.unsqueeze(1).expand(b, k, *center.shape[1:]).reshape(b * k, *center.shape[1:])
+            center = (
+                center.unsqueeze(1)
+                .expand(b, k, *center.shape[1:])
+                .reshape(b * k, *center.shape[1:])
+            )
             eps_t = eps_t.reshape(-1)
         if domain is not None:
             lo, hi = float(domain[0]), float(domain[1])
@@ -118,7 +122,7 @@ class LpBall:
         return lower, upper
 
     def contains(self, x: Tensor, tol: float = 0.0) -> Tensor:
-        """Whether each of ``x`` (``(N, M, *input_shape)`` or ``(N, *input_shape)``) is in the set."""
+        """Whether each of ``x`` (``(N, M, *shape)`` or ``(N, *shape)``) is in the set."""
         extra = x.dim() - self.center.dim()
         c = self.center.view(self.center.shape[0], *([1] * extra), *self.center.shape[1:])
         d = lp_norm(x - c, self.p, self.input_dims)
@@ -140,7 +144,9 @@ class LpBall:
         if self.p == math.inf:
             delta = torch.maximum(torch.minimum(delta, e), -e)
         elif self.p == 2.0:
-            n = lp_norm(delta, 2.0, self.input_dims).view(*delta.shape[: extra + 1], *([1] * self.input_dims))
+            n = lp_norm(delta, 2.0, self.input_dims).view(
+                *delta.shape[: extra + 1], *([1] * self.input_dims)
+            )
             delta = delta * torch.clamp(e / n.clamp_min(1e-30), max=1.0)
         else:
             delta = _project_l1(delta, e, self.input_dims)
@@ -150,7 +156,7 @@ class LpBall:
         return out
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` points per row, uniform in the ball (then clipped to the domain): ``(N, n, *shape)``."""
+        """``n`` points per row uniform in the ball, clipped to the domain: ``(N, n, *shape)``."""
         shape = self.center.shape[1:]
         d = math.prod(shape)
         rows = self.center.shape[0]
@@ -163,8 +169,13 @@ class LpBall:
                 g = torch.randn(rows, n, d, **kw)
             else:
                 g = -torch.log(torch.rand(rows, n, d, **kw).clamp_min(1e-30))
-                g = g * (torch.randint(0, 2, (rows, n, d), generator=generator,
-                                       device=self.center.device) * 2 - 1).to(g.dtype)
+                g = g * (
+                    torch.randint(
+                        0, 2, (rows, n, d), generator=generator, device=self.center.device
+                    )
+                    * 2
+                    - 1
+                ).to(g.dtype)
             g = g / lp_norm(g, self.p, 1).unsqueeze(-1)
             r = torch.rand(rows, n, 1, **kw) ** (1.0 / d)
             delta = g * r
@@ -183,7 +194,9 @@ class LpBall:
         rows = self.center.shape[0]
         dev, dt = self.center.device, self.center.dtype
         if self.p == math.inf:
-            delta = (torch.randint(0, 2, (rows, n, d), generator=generator, device=dev) * 2 - 1).to(dt)
+            delta = (torch.randint(0, 2, (rows, n, d), generator=generator, device=dev) * 2 - 1).to(
+                dt
+            )
         elif self.p == 2.0:
             g = torch.randn(rows, n, d, generator=generator, device=dev, dtype=dt)
             delta = g / g.norm(dim=-1, keepdim=True)
@@ -202,7 +215,7 @@ class LpBall:
 def _project_l1(delta: Tensor, eps: Tensor, dims: int) -> Tensor:
     """Euclidean projection onto the L1 ball of radius ``eps`` (Duchi et al. 2008, sort-based)."""
     shape = delta.shape
-    flat = delta.reshape(-1, math.prod(shape[delta.dim() - dims:]))
+    flat = delta.reshape(-1, math.prod(shape[delta.dim() - dims :]))
     e = eps.expand(*shape[: delta.dim() - dims], *([1] * dims)).reshape(-1, 1)
     a = flat.abs()
     inside = a.sum(-1, keepdim=True) <= e

@@ -16,8 +16,16 @@ def parse_norm(p: float | int | str) -> float:
     """``1``, ``2``, ``inf`` (also the reference's ``i`` and ``"linf"``) -> 1.0, 2.0 or inf."""
     if isinstance(p, str):
         key = p.strip().lower()
-        table = {"1": 1.0, "l1": 1.0, "2": 2.0, "l2": 2.0, "i": math.inf, "inf": math.inf,
-                 "linf": math.inf, "li": math.inf}
+        table = {
+            "1": 1.0,
+            "l1": 1.0,
+            "2": 2.0,
+            "l2": 2.0,
+            "i": math.inf,
+            "inf": math.inf,
+            "linf": math.inf,
+            "li": math.inf,
+        }
         if key not in table:
             raise InputError(f"unknown norm {p!r}; use 1, 2 or inf (i)")
         return table[key]

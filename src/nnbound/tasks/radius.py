@@ -35,7 +35,12 @@ def margin_specs(labels: Tensor, targets: Tensor, num_classes: int, dtype: torch
 
 
 def _certify_fn(
-    net: Network, x: Tensor, spec: Tensor, p: float, method: str, domain: tuple[float, float] | None,
+    net: Network,
+    x: Tensor,
+    spec: Tensor,
+    p: float,
+    method: str,
+    domain: tuple[float, float] | None,
     reference: bool,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     def condition(rows: Tensor, eps: Tensor) -> Tensor:
@@ -101,8 +106,9 @@ def certified_radius(
     radius = batched_binary_search(condition, x.shape[0], eps0, max_steps=steps)
     if verify_float64 and net.dtype != torch.float64:
         net64 = net.to(dtype=torch.float64)
-        cond64 = _certify_fn(net64, x.to(torch.float64), spec.to(torch.float64), p, method,
-                             domain, reference)
+        cond64 = _certify_fn(
+            net64, x.to(torch.float64), spec.to(torch.float64), p, method, domain, reference
+        )
         check = torch.nonzero(radius > 0).squeeze(1)
         if check.numel():
             ok = cond64(check, radius[check])

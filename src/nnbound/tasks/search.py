@@ -61,9 +61,7 @@ def batched_binary_search(
     return lower
 
 
-def bisect_down(
-    condition: Callable[[Tensor, Tensor], Tensor], high: Tensor, steps: int
-) -> Tensor:
+def bisect_down(condition: Callable[[Tensor, Tensor], Tensor], high: Tensor, steps: int) -> Tensor:
     """Per row, the largest certified eps in ``[0, high]`` found by ``steps`` bisections
     (used to repair a float32 result that float64 does not confirm)."""
     lo = torch.zeros_like(high)

@@ -34,7 +34,9 @@ def parse_target_type(value: str | int) -> str | int:
         return v
     if v.lstrip("-").isdigit():
         return int(v)
-    raise InputError(f"unknown target type {value!r}; use {', '.join(TARGET_TYPES)} or a class number")
+    raise InputError(
+        f"unknown target type {value!r}; use {', '.join(TARGET_TYPES)} or a class number"
+    )
 
 
 def select_targets(
@@ -58,7 +60,9 @@ def select_targets(
     if isinstance(target_type, int) and not 0 <= target_type < classes:
         raise InputError(f"target class {target_type} out of range [0, {classes})")
     if target_type == "random" and classes < 4:
-        raise InputError("random targets need at least 4 classes (prediction, least, runner-up excluded)")
+        raise InputError(
+            "random targets need at least 4 classes (prediction, least, runner-up excluded)"
+        )
     rng = random.Random(seed)
     pred = logits.argmax(1)
     order = logits.argsort(1)
