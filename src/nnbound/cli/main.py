@@ -9,7 +9,21 @@ from collections.abc import Sequence
 
 from nnbound.errors import NnboundError
 
-SUBCOMMANDS = ("demo", "train", "info", "predict", "bounds", "robustness")
+# The order subcommands are listed in; any other ``cli/cmd_<name>.py`` module follows.
+PREFERRED_ORDER = ("demo", "train", "info", "predict", "bounds", "robustness")
+
+
+def subcommands() -> list[str]:
+    """Every ``nnbound.cli.cmd_<name>`` module is the subcommand ``<name>``."""
+    import pkgutil
+
+    import nnbound.cli
+
+    found = {
+        m.name[4:] for m in pkgutil.iter_modules(nnbound.cli.__path__) if m.name.startswith("cmd_")
+    }
+    first = [n for n in PREFERRED_ORDER if n in found]
+    return first + sorted(found - set(first))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nnbound", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nnbound {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in SUBCOMMANDS:
-        module = import_module(f"nnbound.cli.cmd_{name}")
+    for name in subcommands():
+        module = import_module(f"nnbound.cli.cmd_{name.replace('-', '_')}")
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
         module.configure(p)
         p.set_defaults(run=module.run)
