@@ -21,6 +21,7 @@ def bounds(
     *,
     reference: bool = False,
     tangent: TangentRule = TangentRule.EXACT,
+    prior: dict[int, tuple[Tensor, Tensor]] | None = None,
 ) -> Bounds:
     """Certified lower/upper bounds of ``C @ net(x)`` for all ``x`` in ``ball``.
 
@@ -35,6 +36,8 @@ def bounds(
         reference: reproduce the reference's layer-wise bounds exactly (see
             :func:`nnbound.bounds.methods.layerwise_bounds`).
         tangent: tangent rule of S-shaped relaxations.
+        prior: pre-activation bounds known to hold over the ball (see
+            :func:`nnbound.bounds.methods.layerwise_bounds`).
 
     Returns:
         :class:`Bounds` with ``lower``/``upper`` shaped ``(*ball.batch_shape, S)``.
@@ -56,4 +59,4 @@ def bounds(
         from nnbound.bounds.quadratic import quadratic_bounds
 
         return quadratic_bounds(net, ball, C)
-    return layerwise_bounds(net, ball, method, C, reference=reference, tangent=tangent)
+    return layerwise_bounds(net, ball, method, C, reference=reference, tangent=tangent, prior=prior)

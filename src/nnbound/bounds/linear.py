@@ -67,14 +67,18 @@ def backward_linear_bounds(
             same = a_lo is a_up
             ls, lb = rl.lower_slope.unsqueeze(1), rl.lower_bias.unsqueeze(1)
             us, ub = rl.upper_slope.unsqueeze(1), rl.upper_bias.unsqueeze(1)
+            # Upper bound: upper line where the coefficient is positive, lower line elsewhere;
+            # the lower bound the other way round. One mask serves both sides when they share A.
             if a_up is not None:
-                pos, neg = a_up.clamp(min=0), a_up.clamp(max=0)
-                c_up = c_up + _contract(pos, ub) + _contract(neg, lb)
-                a_up = pos * us + neg * ls
+                positive = a_up > 0
+                c_up = c_up + _contract(a_up, torch.where(positive, ub, lb))
+                new_up = a_up * torch.where(positive, us, ls)
             if a_lo is not None:
-                pos, neg = a_lo.clamp(min=0), a_lo.clamp(max=0)
-                c_lo = c_lo + _contract(pos, lb) + _contract(neg, ub)
-                a_lo = pos * ls + neg * us
+                positive = positive if same else a_lo > 0
+                c_lo = c_lo + _contract(a_lo, torch.where(positive, lb, ub))
+                a_lo = a_lo * torch.where(positive, ls, us)
+            if a_up is not None:
+                a_up = new_up
             if i > 0 and isinstance(layers[i - 1], Dense) and a.dim() == 3:
                 equal = rl.lower_slope == rl.upper_slope
                 keep = ~(equal & (rl.lower_slope == 0))

@@ -67,6 +67,8 @@ ALL_METHODS = (*LAYERWISE_METHODS, "spectral", "quad")
 
 # Elements of one backward-pass coefficient tensor processed at once (bounds memory use).
 _CHUNK_ELEMENTS = 1 << 26
+# Rows bounded together in one backward pass (grouped by similar numbers of unstable neurons).
+_ROWS_PER_GROUP = 8
 
 
 def get_method(name: str) -> Method:
@@ -122,55 +124,54 @@ def _padded_indices(mask: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(valid, order, torch.zeros_like(order)), valid
 
 
-def _linear_hidden_bounds(
+def _tighten_by_backward_pass(
     net: Network,
     j: int,
     ball: LpBall,
     lines: dict[int, LinearRelaxation],
     candidates: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    lower: Tensor,
+    upper: Tensor,
+    intersect: bool,
+) -> tuple[Tensor, Tensor]:
     """Backward-pass bounds of the neurons ``candidates`` (``(N, M)`` bool mask over the flat
-    input of activation ``j``). Returns ``(lower, upper, idx, valid)`` with ``(N, U)`` tensors."""
+    input of activation ``j``), written into ``lower``/``upper`` (kept where tighter when
+    ``intersect``).
+
+    Rows are grouped by how many candidates they have (largest first) so that padding every
+    row of a group to the group's largest count wastes little work.
+    """
     layers, shapes = net.layers, net.shapes
-    idx, valid = _padded_indices(candidates)
-    n, u = idx.shape
-    if u == 0:
-        empty = torch.zeros(n, 0, dtype=ball.center.dtype, device=ball.center.device)
-        return empty, empty, idx, valid
+    n = candidates.shape[0]
+    flat_lo = lower.reshape(n, -1).clone()
+    flat_up = upper.reshape(n, -1).clone()
+    counts = candidates.sum(1)
+    order = torch.argsort(counts, descending=True, stable=True)
     width = max(math.prod(s) for s in shapes[: j + 1])
-    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, u * width))
-    lowers, uppers = [], []
-    for s in range(0, n, rows_per_chunk):
-        sl = slice(s, s + rows_per_chunk)
-        sub_ball = LpBall(ball.center[sl], ball.eps[sl], ball.p, ball.domain, ())
+    start = 0
+    while start < n:
+        largest = int(counts[order[start]])
+        if largest == 0:
+            break
+        fit = max(1, _CHUNK_ELEMENTS // (largest * width))
+        rows = order[start : start + min(fit, _ROWS_PER_GROUP)]
+        start += rows.numel()
+        idx, valid = _padded_indices(candidates[rows])
+        sub_ball = LpBall(ball.center[rows], ball.eps[rows], ball.p, ball.domain, ())
         sub_lines = {
             k: LinearRelaxation(
-                *(t[sl] for t in (v.lower_slope, v.lower_bias, v.upper_slope, v.upper_bias))
+                *(t[rows] for t in (v.lower_slope, v.lower_bias, v.upper_slope, v.upper_bias))
             )
             for k, v in lines.items()
         }
-        a, const, end = start_rows(
-            layers, shapes, j, idx[sl], ball.center.dtype, ball.center.device
-        )
-        lo, up = backward_linear_bounds(layers, shapes, end, a, const, sub_lines, sub_ball)
-        lowers.append(lo)
-        uppers.append(up)
-    return torch.cat(lowers), torch.cat(uppers), idx, valid
-
-
-def _scatter_tighten(
-    base: Tensor, values: Tensor, idx: Tensor, valid: Tensor, take: str, intersect: bool
-) -> Tensor:
-    """Write ``values`` at ``idx`` into the flattened ``base`` (where ``valid``), keeping the
-    tighter of the two when ``intersect``."""
-    flat = base.reshape(base.shape[0], -1).clone()
-    old = flat.gather(1, idx)
-    if intersect:
-        new = torch.maximum(old, values) if take == "max" else torch.minimum(old, values)
-    else:
-        new = values
-    flat.scatter_(1, idx, torch.where(valid, new, old))
-    return flat.reshape(base.shape)
+        a, const, end = start_rows(layers, shapes, j, idx, ball.center.dtype, ball.center.device)
+        c_lo, c_up = backward_linear_bounds(layers, shapes, end, a, const, sub_lines, sub_ball)
+        for flat, new, take in ((flat_lo, c_lo, torch.maximum), (flat_up, c_up, torch.minimum)):
+            block = flat[rows]
+            old = block.gather(1, idx)
+            best = take(old, new) if intersect else new
+            flat[rows] = block.scatter(1, idx, torch.where(valid, best, old))
+    return flat_lo.reshape(lower.shape), flat_up.reshape(upper.shape)
 
 
 def layerwise_bounds(
@@ -181,6 +182,7 @@ def layerwise_bounds(
     *,
     reference: bool = False,
     tangent: TangentRule = TangentRule.EXACT,
+    prior: dict[int, tuple[Tensor, Tensor]] | None = None,
 ) -> Bounds:
     """Bounds of ``C @ net(x)`` for every x in ``ball`` with a layer-wise method.
 
@@ -194,6 +196,11 @@ def layerwise_bounds(
             bounded) instead of the tighter default.
         tangent: the S-shaped tangent rule (EXACT is sound; REFERENCE keeps the reference's
             lines only where provably valid).
+        prior: pre-activation bounds already known to hold over this ball (for instance
+            computed over a larger ball with the same centre), ``{layer index: (lower,
+            upper)}`` shaped like ``Bounds.intermediate.pre``; they are intersected in and
+            spare the backward passes of neurons they prove stable. Ignored with
+            ``reference``.
 
     Returns:
         :class:`Bounds` with ``lower``/``upper`` of shape ``(*ball.batch_shape, S)``.
@@ -221,6 +228,8 @@ def layerwise_bounds(
         else:
             prev = acts[pos - 1]
             lo, up = interval_forward(layers, prev, j, *pre[prev], relax)
+            if prior is not None and j in prior and intersect:
+                lo, up = lo.maximum(prior[j][0]), up.minimum(prior[j][1])
             if m.hidden == "linear":
                 flat_lo = lo.reshape(n, -1)
                 flat_up = up.reshape(n, -1)
@@ -228,10 +237,9 @@ def layerwise_bounds(
                     candidates = (flat_lo < 0) & (flat_up > 0)
                 else:
                     candidates = torch.ones_like(flat_lo, dtype=torch.bool)
-                c_lo, c_up, idx, valid = _linear_hidden_bounds(net, j, ball, lines, candidates)
-                if idx.shape[1]:
-                    lo = _scatter_tighten(lo, c_lo, idx, valid, "max", intersect)
-                    up = _scatter_tighten(up, c_up, idx, valid, "min", intersect)
+                lo, up = _tighten_by_backward_pass(
+                    net, j, ball, lines, candidates, lo, up, intersect
+                )
         up = torch.maximum(up, lo)  # rounding can cross them when the interval is a point
         pre[j] = (lo, up)
         lines[j] = relax[j].linear(lo, up)

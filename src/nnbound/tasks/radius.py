@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 
 import torch
 from torch import Tensor
@@ -34,22 +34,70 @@ def margin_specs(labels: Tensor, targets: Tensor, num_classes: int, dtype: torch
     return torch.where(untargeted.view(-1, 1, 1), full, single)
 
 
-def _certify_fn(
-    net: Network,
-    x: Tensor,
-    spec: Tensor,
-    p: float,
-    method: str,
-    domain: tuple[float, float] | None,
-    reference: bool,
-) -> Callable[[Tensor, Tensor], Tensor]:
-    def condition(rows: Tensor, eps: Tensor) -> Tensor:
-        rows = rows.to(x.device)
-        ball = LpBall.make(x[rows], eps.to(device=x.device, dtype=x.dtype), p, domain)
-        b = bounds(net, ball, method, spec[rows], reference=reference)
-        return (b.lower.amin(-1) > 0).cpu()
+class _Certifier:
+    """The search condition "margin lower bound > 0 at eps" for rows of a batch.
 
-    return condition
+    It remembers, per row, the pre-activation bounds of the last eps that failed: the search
+    only tries smaller eps afterwards, whose balls lie inside that one, so those bounds still
+    hold and mark neurons stable without a backward pass (``prior``).
+    """
+
+    def __init__(
+        self,
+        net: Network,
+        x: Tensor,
+        spec: Tensor,
+        p: float,
+        method: str,
+        domain: tuple[float, float] | None,
+        reference: bool,
+        reuse: bool,
+    ) -> None:
+        self.net, self.x, self.spec, self.p = net, x, spec, p
+        self.method, self.domain, self.reference = method, domain, reference
+        self.reuse = reuse and not reference and method not in ("spectral", "quad", "ibp")
+        self.cache: dict[int, tuple[Tensor, Tensor]] = {}
+        self.cache_eps = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
+
+    def _prior(self, rows: Tensor, eps: Tensor) -> dict[int, tuple[Tensor, Tensor]] | None:
+        if not self.cache:
+            return None
+        valid = (eps <= self.cache_eps[rows]).to(self.x.device)
+        prior = {}
+        for j, (lo, up) in self.cache.items():
+            v = valid.view(-1, *([1] * (lo.dim() - 1)))
+            prior[j] = (
+                torch.where(v, lo[rows], torch.full_like(lo[rows], -math.inf)),
+                torch.where(v, up[rows], torch.full_like(up[rows], math.inf)),
+            )
+        return prior
+
+    def __call__(self, rows: Tensor, eps: Tensor) -> Tensor:
+        rows_dev = rows.to(self.x.device)
+        ball = LpBall.make(
+            self.x[rows_dev], eps.to(device=self.x.device, dtype=self.x.dtype), self.p, self.domain
+        )
+        prior = self._prior(rows, eps) if self.reuse else None
+        b = bounds(
+            self.net, ball, self.method, self.spec[rows_dev], reference=self.reference, prior=prior
+        )
+        ok = (b.lower.amin(-1) > 0).cpu()
+        # Keep the bounds of a failed eps when it is smaller than the one remembered.
+        keep = ~ok & (eps < self.cache_eps[rows])
+        if self.reuse and bool(keep.any()):
+            for j, (lo, up) in b.intermediate.pre.items():
+                if j not in self.cache:
+                    full = (self.x.shape[0], *lo.shape[1:])
+                    self.cache[j] = (
+                        torch.full(full, -math.inf, dtype=lo.dtype, device=lo.device),
+                        torch.full(full, math.inf, dtype=up.dtype, device=up.device),
+                    )
+                k = keep.to(lo.device)
+                target = rows_dev[k]
+                self.cache[j][0][target] = lo[k]
+                self.cache[j][1][target] = up[k]
+            self.cache_eps[rows[keep]] = eps[keep]
+        return ok
 
 
 def certified_radius(
@@ -102,12 +150,19 @@ def certified_radius(
         margin = (spec64 @ net64.forward(x64).reshape(x.shape[0], -1, 1)).squeeze(-1)
         lip = spectral_lipschitz(net64, spec64, p)
         return (margin / lip).clamp_min(0).amin(-1).cpu()
-    condition = _certify_fn(net, x, spec, p, method, domain, reference)
+    condition = _Certifier(net, x, spec, p, method, domain, reference, reuse=True)
     radius = batched_binary_search(condition, x.shape[0], eps0, max_steps=steps)
     if verify_float64 and net.dtype != torch.float64:
         net64 = net.to(dtype=torch.float64)
-        cond64 = _certify_fn(
-            net64, x.to(torch.float64), spec.to(torch.float64), p, method, domain, reference
+        cond64 = _Certifier(
+            net64,
+            x.to(torch.float64),
+            spec.to(torch.float64),
+            p,
+            method,
+            domain,
+            reference,
+            reuse=False,
         )
         check = torch.nonzero(radius > 0).squeeze(1)
         if check.numel():
