@@ -114,14 +114,18 @@ def _first_block_bounds(net: Network, end: int, ball: LpBall) -> tuple[Tensor, T
     return lower, upper
 
 
-def _padded_indices(mask: Tensor) -> tuple[Tensor, Tensor]:
+def _padded_indices(mask: Tensor) -> Tensor:
     """Per row, the flat indices where ``mask`` (``(N, M)``) is true, padded to the largest
-    count with index 0; returns ``(idx (N, U), valid (N, U))``."""
+    count by repeating the row's first index (0 for an empty row): ``(N, U)``.
+
+    Padding repeats a real index so that scattering results back writes the same value twice,
+    never a stale one over a fresh one.
+    """
     counts = mask.sum(1)
     u = int(counts.max()) if mask.numel() else 0
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :u]
     valid = torch.arange(u, device=mask.device).unsqueeze(0) < counts.unsqueeze(1)
-    return torch.where(valid, order, torch.zeros_like(order)), valid
+    return torch.where(valid, order, order[:, :1])
 
 
 def _tighten_by_backward_pass(
@@ -156,7 +160,7 @@ def _tighten_by_backward_pass(
         fit = max(1, _CHUNK_ELEMENTS // (largest * width))
         rows = order[start : start + min(fit, _ROWS_PER_GROUP)]
         start += rows.numel()
-        idx, valid = _padded_indices(candidates[rows])
+        idx = _padded_indices(candidates[rows])
         sub_ball = LpBall(ball.center[rows], ball.eps[rows], ball.p, ball.domain, ())
         sub_lines = {
             k: LinearRelaxation(
@@ -166,11 +170,11 @@ def _tighten_by_backward_pass(
         }
         a, const, end = start_rows(layers, shapes, j, idx, ball.center.dtype, ball.center.device)
         c_lo, c_up = backward_linear_bounds(layers, shapes, end, a, const, sub_lines, sub_ball)
+        # Every index, padding included, gets a sound bound of its own neuron.
         for flat, new, take in ((flat_lo, c_lo, torch.maximum), (flat_up, c_up, torch.minimum)):
             block = flat[rows]
-            old = block.gather(1, idx)
-            best = take(old, new) if intersect else new
-            flat[rows] = block.scatter(1, idx, torch.where(valid, best, old))
+            best = take(block.gather(1, idx), new) if intersect else new
+            flat[rows] = block.scatter(1, idx, best)
     return flat_lo.reshape(lower.shape), flat_up.reshape(upper.shape)
 
 
