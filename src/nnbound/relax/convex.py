@@ -32,15 +32,20 @@ class ConvexRelaxation:
         up_s, up_b = _chord(fn, l, u)
         lo_s, lo_b = _tangent(fn, 0.5 * (l + u))
         reach = torch.maximum(l.abs(), u.abs())
+        gap = fn.gap_on(u)
+        lo_margin = _outward_margin(dtype, lo_b, lo_s * reach, fn.f(l)) + gap
+        up_margin = _outward_margin(dtype, up_b, up_s * reach, fn.f(u)) + gap
         return LinearRelaxation(
             lo_s.to(dtype),
-            (lo_b - _outward_margin(dtype, lo_b, lo_s * reach, fn.f(l))).to(dtype),
+            (lo_b - lo_margin).to(dtype),
             up_s.to(dtype),
-            (up_b + _outward_margin(dtype, up_b, up_s * reach, fn.f(u))).to(dtype),
+            (up_b + up_margin).to(dtype),
         )
 
     def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-        return self.function.f(lower), self.function.f(upper)
+        fn = self.function
+        gap = fn.gap_on(upper)
+        return fn.f(lower) - gap, fn.f(upper) + gap
 
     def derivative_interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         return self.function.df(lower), self.function.df(upper)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,11 +13,23 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class SmoothFunction:
-    """An activation ``f`` with derivative ``df`` (both element-wise torch functions)."""
+    """An activation ``f`` with derivative ``df`` (both element-wise torch functions).
+
+    ``gap`` bounds ``|network forward - f|`` for inputs above ``gap_from``, where the network
+    computes the activation differently from the smooth ``f`` the relaxation uses (torch's
+    softplus returns ``x`` exactly above 20); relaxations of intervals reaching there widen
+    their lines by it.
+    """
 
     name: str
     f: Callable[[Tensor], Tensor]
     df: Callable[[Tensor], Tensor]
+    gap: float = 0.0
+    gap_from: float = math.inf
+
+    def gap_on(self, upper: Tensor) -> Tensor:
+        """The widening needed on intervals with upper end ``upper``."""
+        return torch.where(upper > self.gap_from, self.gap, 0.0).to(upper.dtype)
 
 
 def _dtanh(x: Tensor) -> Tensor:
@@ -35,7 +48,16 @@ def _darctan(x: Tensor) -> Tensor:
 TANH = SmoothFunction("tanh", torch.tanh, _dtanh)
 SIGMOID = SmoothFunction("sigmoid", torch.sigmoid, _dsigmoid)
 ARCTAN = SmoothFunction("arctan", torch.atan, _darctan)
-SOFTPLUS = SmoothFunction("softplus", F.softplus, torch.sigmoid)
+
+
+def _softplus_exact(x: Tensor) -> Tensor:
+    # log(1 + e^x) without torch's threshold (F.softplus returns x for x > 20): the exact
+    # function is convex, the thresholded one is not quite.
+    return torch.clamp(x, min=0) + torch.log1p(torch.exp(-x.abs()))
+
+
+# F.softplus(x) = x for x > 20 falls short of log(1 + e^x) by at most log1p(e^-20) < 2.1e-9.
+SOFTPLUS = SmoothFunction("softplus", _softplus_exact, torch.sigmoid, gap=2.1e-9, gap_from=20.0)
 
 
 def elu_function(alpha: float) -> SmoothFunction:

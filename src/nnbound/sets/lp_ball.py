@@ -40,6 +40,8 @@ class LpBall:
         p = parse_norm(p)
         if not isinstance(center, Tensor) or center.dim() < 2:
             raise InputError("center must be a tensor of shape (batch, *input_shape)")
+        if not torch.is_floating_point(center):
+            center = center.to(torch.get_default_dtype())
         if not bool(torch.isfinite(center).all()):
             raise InputError("center contains NaN or inf values")
         eps_t = torch.as_tensor(eps, dtype=center.dtype, device=center.device)
@@ -79,6 +81,10 @@ class LpBall:
     @property
     def input_dims(self) -> int:
         return self.center.dim() - 1
+
+    def rows(self, index: Tensor) -> LpBall:
+        """The balls of rows ``index`` (a 1-D index tensor), as a flat batch."""
+        return LpBall(self.center[index], self.eps[index], self.p, self.domain, ())
 
     def _eps_view(self, like: Tensor) -> Tensor:
         return self.eps.view(-1, *([1] * (like.dim() - 1)))
