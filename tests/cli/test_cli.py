@@ -230,7 +230,7 @@ def test_demo_prints_a_table(capsys) -> None:
         (["info", "no/such/model.onnx"], "not found"),
         (["bounds", "mnist-fc-3layer", "--input", "X", "--eps", "-1"], "eps"),
         (["bounds", "mnist-fc-3layer", "--input", "X", "--eps", "0.1", "--norm", "7"], "norm"),
-        (["robustness", "mnist-fc-3layer", "--jacbndalg", "recurjac"], "recurjac"),
+        (["robustness", "mnist-fc-3layer", "--jacbndalg", "recurjac", "--lipsteps=0"], "lipsteps"),
         (["robustness", "mnist-fc-3layer", "--targettype", "sideways"], "target type"),
         (["robustness", "mnist-fc-3layer", "--dataset", "digits"], "shape"),
     ],
@@ -264,3 +264,10 @@ def test_argparse_usage_error_exit_2(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["bounds"])
     assert exc.value.code == 2
+
+
+def test_info_list_needs_no_model(capsys) -> None:
+    code, out, _ = run(capsys, "info", "--list")
+    assert code == 0 and "mnist-fc-3layer" in out and "cifar-2c2f" in out
+    code, _, err = run(capsys, "info")
+    assert code == 2 and "--list" in err

@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from nnbound.cli.common import add_model_args, auto_dataset, load_model_arg, note, print_json
-from nnbound.errors import NnboundError
+from nnbound.errors import InputError, NnboundError
 from nnbound.network.network import Network
 from nnbound.report.tables import render_table
 
@@ -16,7 +16,7 @@ HELP = "describe a model (layers, shapes, parameters, data range, accuracy)"
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the built-in models and exit")
-    add_model_args(p)
+    add_model_args(p, optional=True)
     p.add_argument("--data-dir", default=None, help="folder with MNIST / CIFAR-10 files")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         for name, desc in BUILTIN_MODELS.items():
             print(f"{name:18s} {desc}")
         return 0
+    if args.model is None:
+        raise InputError("give a model file or built-in name (or --list)")
     net = load_model_arg(args)
     acc = default_accuracy(net, args.data_dir)
     acts = sorted({a.name for a in net.activations})

@@ -33,9 +33,10 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress or notes on stderr")
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
     p.add_argument(
         "model",
+        nargs="?" if optional else None,
         help="model file (.onnx, .safetensors, .h5, .pt TorchScript, .pt2) "
         "or a built-in model name (see `nnbound info --list`)",
     )
