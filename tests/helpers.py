@@ -5,6 +5,7 @@ Test files import this module as ``helpers`` (they put ``tests/`` on ``sys.path`
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -61,7 +62,7 @@ def random_network(
         alpha = {"leaky_relu": 0.3, "elu": 1.0}.get(activation, 0.0)
     gen = torch.Generator().manual_seed(int(seed))
     layers: list = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         w = torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64)
         w = w * (weight_scale / math.sqrt(fan_in))
         b = torch.randn(fan_out, generator=gen, dtype=torch.float64) * bias_scale
