@@ -26,6 +26,9 @@ class SmoothFunction:
     df: Callable[[Tensor], Tensor]
     gap: float = 0.0
     gap_from: float = math.inf
+    slope_point: Callable[[Tensor], Tensor] | None = None
+    """For S-shaped functions: ``z >= 0`` with ``df(z) = slope`` (``nan`` where no such point;
+    the derivative is even, so ``-z`` is the other one). Used to check a line exactly."""
 
     def gap_on(self, upper: Tensor) -> Tensor:
         """The widening needed on intervals with upper end ``upper``."""
@@ -45,9 +48,22 @@ def _darctan(x: Tensor) -> Tensor:
     return 1.0 / (1.0 + x.square())
 
 
-TANH = SmoothFunction("tanh", torch.tanh, _dtanh)
-SIGMOID = SmoothFunction("sigmoid", torch.sigmoid, _dsigmoid)
-ARCTAN = SmoothFunction("arctan", torch.atan, _darctan)
+def _tanh_slope_point(a: Tensor) -> Tensor:  # 1 / cosh(z)^2 = a
+    return torch.acosh(1.0 / torch.sqrt(a))
+
+
+def _sigmoid_slope_point(a: Tensor) -> Tensor:  # s (1 - s) = a, s >= 1/2
+    s = 0.5 * (1.0 + torch.sqrt(1.0 - 4.0 * a))
+    return torch.log(s) - torch.log1p(-s)
+
+
+def _arctan_slope_point(a: Tensor) -> Tensor:  # 1 / (1 + z^2) = a
+    return torch.sqrt(1.0 / a - 1.0)
+
+
+TANH = SmoothFunction("tanh", torch.tanh, _dtanh, slope_point=_tanh_slope_point)
+SIGMOID = SmoothFunction("sigmoid", torch.sigmoid, _dsigmoid, slope_point=_sigmoid_slope_point)
+ARCTAN = SmoothFunction("arctan", torch.atan, _darctan, slope_point=_arctan_slope_point)
 
 
 def _softplus_exact(x: Tensor) -> Tensor:

@@ -15,8 +15,9 @@ bisection steps that stop as soon as the residual is below 0.01 and then shifts 
 through the function (spec §12.1: violations up to ~1.9 for tanh). We bisect to machine
 precision in float64, keeping the end of the bracket on the valid side, and use the tangent at
 that end, which is sound by construction. ``TangentRule.REFERENCE`` reproduces the reference's
-lines but keeps one only where it lies above (upper) / below (lower) our sound line at both
-ends of the interval -- which proves it valid -- and uses the sound line elsewhere.
+lines, checks each exactly against the function (at the interval's ends and where the
+function's slope equals the line's: see :func:`line_is_valid`), keeps the valid ones and uses
+the sound line where the reference's cuts through the function.
 
 All lines are computed in float64 and their intercepts moved outward by a few units of the
 working precision, so rounding the coefficients to float32 cannot make them cut the function.
@@ -42,8 +43,8 @@ class TangentRule(enum.Enum):
     EXACT = "exact"
     """Bisection to machine precision; sound by construction (the default)."""
     REFERENCE = "reference"
-    """The reference's 10-step, 0.01-tolerance search and 0.01-slope shift, kept only where
-    provably valid (see the module docstring)."""
+    """The reference's 10-step, 0.01-tolerance search and 0.01-slope shift, kept wherever the
+    line is valid (checked exactly, see :func:`line_is_valid`), the EXACT line elsewhere."""
 
 
 def _outward_margin(dtype: torch.dtype, *magnitudes: Tensor) -> Tensor:
@@ -151,6 +152,28 @@ def reference_mixed_lower(fn: SmoothFunction, l: Tensor, u: Tensor) -> tuple[Ten
     return slope, fu - (u + 0.01) * slope
 
 
+def line_is_valid(
+    fn: SmoothFunction, slope: Tensor, bias: Tensor, l: Tensor, u: Tensor, *, above: bool
+) -> Tensor:
+    """Whether ``slope * z + bias`` lies above (``above``) or below ``f`` on all of ``[l, u]``.
+
+    ``f(z) - line(z)`` is smooth, so its extremes on the interval are at the ends or where
+    ``f'(z) = slope``; an S-shaped ``f`` has an even, unimodal derivative, hence at most the two
+    points ``+-z*``. Checking those (in float64) decides validity exactly up to rounding.
+    """
+    assert fn.slope_point is not None
+    z_star = fn.slope_point(slope.clamp(min=1e-300))
+    candidates = [l, u]
+    for z in (z_star, -z_star):
+        inside = torch.isfinite(z) & (z > l) & (z < u)
+        candidates.append(torch.where(inside, z, l))
+    ok = torch.isfinite(slope) & torch.isfinite(bias)
+    for z in candidates:
+        gap = slope * z + bias - fn.f(z)
+        ok &= (gap >= 0) if above else (gap <= 0)
+    return ok
+
+
 @dataclass(frozen=True)
 class SShapedRelaxation:
     """Relaxation of tanh / sigmoid / arctan (``function`` from ``relax.functions.S_SHAPED``)."""
@@ -182,12 +205,8 @@ class SShapedRelaxation:
         if self.tangent is TangentRule.REFERENCE:
             ru_s, ru_b = reference_mixed_upper(fn, lm, um)
             rl_s, rl_b = reference_mixed_lower(fn, lm, um)
-            # A reference line that dominates our sound line at both ends dominates it on the
-            # whole interval, hence is sound too; keep it only then.
-            up_ok = (ru_s * lm + ru_b >= mu_s * lm + mu_b) & (ru_s * um + ru_b >= mu_s * um + mu_b)
-            lo_ok = (rl_s * lm + rl_b <= ml_s * lm + ml_b) & (rl_s * um + rl_b <= ml_s * um + ml_b)
-            up_ok &= torch.isfinite(ru_s) & torch.isfinite(ru_b)
-            lo_ok &= torch.isfinite(rl_s) & torch.isfinite(rl_b)
+            up_ok = line_is_valid(fn, ru_s, ru_b, lm, um, above=True)
+            lo_ok = line_is_valid(fn, rl_s, rl_b, lm, um, above=False)
             mu_s, mu_b = torch.where(up_ok, ru_s, mu_s), torch.where(up_ok, ru_b, mu_b)
             ml_s, ml_b = torch.where(lo_ok, rl_s, ml_s), torch.where(lo_ok, rl_b, ml_b)
         upper_s = torch.where(convex, chord_s, torch.where(concave, tan_s, mu_s))
