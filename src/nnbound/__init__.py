@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from nnbound.bounds import ALL_METHODS, Bounds, bounds
 from nnbound.errors import InputError, ModelFormatError, NnboundError, UnsupportedError
+from nnbound.jacobian import jacobian_bounds, local_lipschitz
 from nnbound.network import (
     Activation,
     Conv2d,
@@ -47,7 +48,9 @@ __all__ = [
     "all_margins_spec",
     "bounds",
     "certified_radius",
+    "jacobian_bounds",
     "load_network",
+    "local_lipschitz",
     "margin_spec",
     "relaxation_for",
     "save_network",
