@@ -9,6 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from nnbound.bounds import ALL_METHODS, Bounds, bounds
+from nnbound.clever import Clever, clever
 from nnbound.errors import InputError, ModelFormatError, NnboundError, UnsupportedError
 from nnbound.jacobian import jacobian_bounds, local_lipschitz
 from nnbound.network import (
@@ -31,6 +32,7 @@ __all__ = [
     "ALL_METHODS",
     "Activation",
     "Bounds",
+    "Clever",
     "Conv2d",
     "Dense",
     "Flatten",
@@ -48,6 +50,7 @@ __all__ = [
     "all_margins_spec",
     "bounds",
     "certified_radius",
+    "clever",
     "jacobian_bounds",
     "load_network",
     "local_lipschitz",

@@ -7,15 +7,16 @@ from torch import Tensor
 from nnbound.bounds.methods import ALL_METHODS, _spec_tensor, layerwise_bounds
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.bounds.spectral import spectral_bounds
-from nnbound.errors import InputError
+from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.network import Network
 from nnbound.relax.s_shaped import TangentRule
+from nnbound.sets.box import InputSet
 from nnbound.sets.lp_ball import LpBall
 
 
 def bounds(
     net: Network,
-    ball: LpBall,
+    ball: InputSet,
     method: str = "crown",
     C: Tensor | None = None,
     *,
@@ -28,10 +29,11 @@ def bounds(
     Args:
         net: the network.
         ball: input set from :meth:`LpBall.make` (rows ``N``, ``batch_shape`` ``(B,)`` or
-            ``(B, K)``).
+            ``(B, K)``) or :meth:`~nnbound.sets.box.Box.make`.
         method: ``ibp`` (``interval``), ``fastlin``, ``fastlin-interval``, ``crown-adaptive``
-            (``crown``), ``crown-interval``, ``crown-general``, ``spectral`` or ``quad``
-            (one hidden ReLU layer).
+            (``crown``), ``crown-interval``, ``crown-general``, ``spectral``, ``quad``
+            (one hidden ReLU layer) or ``alpha-crown`` (ReLU networks; CROWN with optimised
+            lower slopes, see :mod:`nnbound.verify.alpha_crown`).
         C: spec ``(S, outputs)`` or ``(B, S, outputs)``; ``None`` bounds the logits.
         reference: reproduce the reference's layer-wise bounds exactly (see
             :func:`nnbound.bounds.methods.layerwise_bounds`).
@@ -44,6 +46,13 @@ def bounds(
     """
     if method not in ALL_METHODS:
         raise InputError(f"unknown bound method {method!r}; choose from {', '.join(ALL_METHODS)}")
+    if method in ("spectral", "quad") and not isinstance(ball, LpBall):
+        raise UnsupportedError(f"method {method} needs an Lp ball input set, not a box")
+    if method == "alpha-crown":
+        # Imported here: the verify package builds on this module.
+        from nnbound.verify.alpha_crown import alpha_crown_bounds
+
+        return alpha_crown_bounds(net, ball, C, prior=prior)
     if method == "spectral":
         # The Lipschitz bound holds on the whole ball, hence on its intersection with a domain.
         if ball.center.dtype != net.dtype:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from nnbound.network.layers import Activation, Dense, Layer, Shape
 from nnbound.relax.base import LinearRelaxation
-from nnbound.sets.lp_ball import LpBall
+from nnbound.sets.box import InputSet
 
 
 def _contract(a: Tensor, b: Tensor) -> Tensor:
@@ -34,7 +34,7 @@ def backward_linear_bounds(
     a: Tensor,
     const: Tensor,
     lines: dict[int, LinearRelaxation],
-    ball: LpBall,
+    ball: InputSet,
     *,
     lower: bool = True,
     upper: bool = True,
@@ -58,8 +58,6 @@ def backward_linear_bounds(
     a_up = a if upper else None
     c_lo = const if lower else None
     c_up = const if upper else None
-    # Column structure left by the last activation, for the sparse Dense transpose below.
-    columns: tuple[Tensor, Tensor | None] | None = None
     for i in range(end - 1, -1, -1):
         layer = layers[i]
         if isinstance(layer, Activation):
@@ -79,10 +77,6 @@ def backward_linear_bounds(
                 a_lo = a_lo * torch.where(positive, ls, us)
             if a_up is not None:
                 a_up = new_up
-            if i > 0 and isinstance(layers[i - 1], Dense) and a.dim() == 3:
-                equal = rl.lower_slope == rl.upper_slope
-                keep = ~(equal & (rl.lower_slope == 0))
-                columns = (keep, equal if same else None)
         else:
             bias = layer.bias_map(shapes[i + 1])
             if bias is not None:
@@ -90,55 +84,12 @@ def backward_linear_bounds(
                     c_up = c_up + _contract(a_up, bias)
                 if a_lo is not None:
                     c_lo = c_lo + _contract(a_lo, bias)
-            if (
-                columns is not None
-                and isinstance(layer, Dense)
-                and a_lo is not None
-                and a_up is not None
-            ):
-                a_lo, a_up = _sparse_dense_transpose(a_lo, a_up, layer.weight, *columns)
-            else:
-                if a_up is not None:
-                    a_up = layer.transpose(a_up, shapes[i])
-                if a_lo is not None:
-                    a_lo = layer.transpose(a_lo, shapes[i])
-            columns = None
+            if a_up is not None:
+                a_up = layer.transpose(a_up, shapes[i])
+            if a_lo is not None:
+                a_lo = layer.transpose(a_lo, shapes[i])
     out_lo = ball.concretize(a_lo, c_lo)[0] if a_lo is not None else None
     out_up = ball.concretize(a_up, c_up)[1] if a_up is not None else None
-    return out_lo, out_up
-
-
-def _sparse_dense_transpose(
-    a_lo: Tensor, a_up: Tensor, weight: Tensor, keep: Tensor, shared: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """``a_lo @ W`` and ``a_up @ W`` (``(N, S, n)`` each) skipping what is known to be zero.
-
-    Columns whose activation has slope 0 on both lines (an inactive ReLU) are zero in both;
-    where the two lines share a slope (a stable neuron) and ``a_lo`` and ``a_up`` were the same
-    tensor before the activation (``shared`` given), the two columns are equal and their
-    product is computed once. Which columns these are differs per row, so rows are handled one
-    by one when that saves enough work; otherwise one dense product each.
-    """
-    n, s, width = a_lo.shape
-    if shared is None:
-        shared = torch.zeros_like(keep)
-    one = (keep & shared).sum(1)
-    two = (keep & ~shared).sum(1)
-    if float((one + 2 * two).sum()) > 0.7 * 2 * n * width:
-        return a_lo @ weight, a_up @ weight
-    out_lo = a_lo.new_empty(n, s, weight.shape[1])
-    out_up = a_up.new_empty(n, s, weight.shape[1])
-    for r in range(n):
-        common = torch.nonzero(keep[r] & shared[r]).squeeze(1)
-        split = torch.nonzero(keep[r] & ~shared[r]).squeeze(1)
-        base = a_lo[r][:, common] @ weight[common]
-        if split.numel():
-            both = torch.cat([a_lo[r][:, split], a_up[r][:, split]]) @ weight[split]
-            out_lo[r] = base + both[:s]
-            out_up[r] = base + both[s:]
-        else:
-            out_lo[r] = base
-            out_up[r] = base
     return out_lo, out_up
 
 

@@ -39,7 +39,7 @@ from nnbound.relax.base import LinearRelaxation, Relaxation
 from nnbound.relax.registry import relaxation_for
 from nnbound.relax.relu import LowerSlope
 from nnbound.relax.s_shaped import TangentRule
-from nnbound.sets.lp_ball import LpBall
+from nnbound.sets.box import InputSet
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ METHODS: dict[str, Method] = {
 }
 ALIASES = {"interval": "ibp", "crown": "crown-adaptive", "fast-lin": "fastlin"}
 LAYERWISE_METHODS = tuple(METHODS) + tuple(ALIASES)
-ALL_METHODS = (*LAYERWISE_METHODS, "spectral", "quad")
+ALL_METHODS = (*LAYERWISE_METHODS, "spectral", "quad", "alpha-crown")
 
 # Elements of one backward-pass coefficient tensor processed at once (bounds memory use).
 _CHUNK_ELEMENTS = 1 << 26
@@ -89,7 +89,7 @@ def _check_activations(net: Network, method: Method) -> None:
             )
 
 
-def _first_block_bounds(net: Network, end: int, ball: LpBall) -> tuple[Tensor, Tensor]:
+def _first_block_bounds(net: Network, end: int, ball: InputSet) -> tuple[Tensor, Tensor]:
     """Exact bounds of the (purely linear) output of ``layers[:end]`` over the ball."""
     layers, shapes = net.layers, net.shapes
     mid = ball.center
@@ -131,7 +131,7 @@ def _padded_indices(mask: Tensor) -> Tensor:
 def _tighten_by_backward_pass(
     net: Network,
     j: int,
-    ball: LpBall,
+    ball: InputSet,
     lines: dict[int, LinearRelaxation],
     candidates: Tensor,
     lower: Tensor,
@@ -161,7 +161,7 @@ def _tighten_by_backward_pass(
         rows = order[start : start + min(fit, _ROWS_PER_GROUP)]
         start += rows.numel()
         idx = _padded_indices(candidates[rows])
-        sub_ball = LpBall(ball.center[rows], ball.eps[rows], ball.p, ball.domain, ())
+        sub_ball = ball.rows(rows)
         sub_lines = {
             k: LinearRelaxation(
                 *(t[rows] for t in (v.lower_slope, v.lower_bias, v.upper_slope, v.upper_bias))
@@ -170,17 +170,20 @@ def _tighten_by_backward_pass(
         }
         a, const, end = start_rows(layers, shapes, j, idx, ball.center.dtype, ball.center.device)
         c_lo, c_up = backward_linear_bounds(layers, shapes, end, a, const, sub_lines, sub_ball)
-        # Every index, padding included, gets a sound bound of its own neuron.
+        # Padding repeats a row's first candidate, so every write is that neuron's own bound;
+        # a row without candidates keeps its bounds (as it would if bounded alone).
+        has_any = (counts[rows] > 0).unsqueeze(1)
         for flat, new, take in ((flat_lo, c_lo, torch.maximum), (flat_up, c_up, torch.minimum)):
             block = flat[rows]
-            best = take(block.gather(1, idx), new) if intersect else new
-            flat[rows] = block.scatter(1, idx, best)
+            old = block.gather(1, idx)
+            best = take(old, new) if intersect else new
+            flat[rows] = block.scatter(1, idx, torch.where(has_any, best, old))
     return flat_lo.reshape(lower.shape), flat_up.reshape(upper.shape)
 
 
 def layerwise_bounds(
     net: Network,
-    ball: LpBall,
+    ball: InputSet,
     method: str = "crown-adaptive",
     C: Tensor | None = None,
     *,

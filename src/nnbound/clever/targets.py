@@ -25,7 +25,12 @@ from torch import Tensor
 from nnbound.errors import InputError
 
 TARGET_KINDS: tuple[str, ...] = ("least", "top2", "random", "untargeted")
-KIND_ALIASES: dict[str, str] = {"runnerup": "top2", "top-2": "top2", "rand": "random", "all": "untargeted"}
+KIND_ALIASES: dict[str, str] = {
+    "runnerup": "top2",
+    "top-2": "top2",
+    "rand": "random",
+    "all": "untargeted",
+}
 DEFAULT_TARGET_KINDS = ("least", "top2", "random")
 """The reference's default ``--target_type`` (bits 0-2)."""
 
@@ -103,7 +108,9 @@ def select_jobs(
         if isinstance(kind, int) and not 0 <= kind < k:
             raise InputError(f"target class {kind} out of range [0, {k})")
     if "random" in kinds and k < 4:
-        raise InputError("random targets need at least 4 classes (prediction, least, top2 excluded)")
+        raise InputError(
+            "random targets need at least 4 classes (prediction, least, top2 excluded)"
+        )
     rng = random.Random(seed)
     pred = logits.argmax(1)
     order = logits.argsort(1)

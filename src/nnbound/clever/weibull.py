@@ -9,7 +9,10 @@ reference's ``get_best_weibull_fit``:
 2. for each initial shape in :data:`C_INIT` = ``(0.1, 1, 5, 10, 20, 50, 100)`` fit a
    ``weibull_min`` to ``-r`` by maximum likelihood, ``scipy.optimize.fmin`` (Nelder-Mead,
    ``xtol = ftol = 1e-4``) on scipy's penalised negative log-likelihood plus
-   ``shape_reg * theta[2]**2`` (method ``"mle_reg"``; plain ``"mle"`` has no penalty);
+   ``shape_reg * theta[2]**2`` (method ``"mle_reg"``; plain ``"mle"`` has no penalty). This is
+   ``scipy.stats.weibull_min.fit(-r, c_i, loc=, scale=, optimizer=...)`` unrolled: the same
+   objective values (:func:`penalized_nll`), start and Nelder-Mead call, hence the same
+   parameters (the tests check equality with SciPy's own ``fit``), 5-7x faster;
 3. undo the rescale (``loc = -max S + loc * range``, ``scale *= range``);
 4. Kolmogorov-Smirnov test of ``-S`` against the fitted ``weibull_min``;
 5. keep the fit with the largest p-value (ties: the first in :data:`C_INIT` order); if that
@@ -34,8 +37,8 @@ here and passed explicitly to ``weibull_min.fit``:
   given a shape guess ``c``: loc/scale matching the sample mean and variance *given* ``c``.
 
 SciPy >= 1.10 also raises ``FitError`` when Nelder-Mead ends outside the parameter domain
-(scale <= 0); the 2018 SciPy returned those parameters, whose K-S p-value was NaN and which
-``nanmax`` then ignored. Both are treated the same here: that start gives p = NaN.
+(shape or scale <= 0); the 2018 SciPy returned those parameters, whose K-S p-value was NaN and
+which ``nanmax`` then ignored. Both are treated the same here: that start gives p = NaN.
 """
 
 from __future__ import annotations
@@ -47,9 +50,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import optimize, special, stats
 
 from nnbound.errors import InputError
+
+# scipy.stats / scipy.optimize are imported inside the functions: ``import nnbound`` loads this
+# module, and scipy.stats alone costs about a second of start-up for every CLI command.
 
 C_INIT: tuple[float, ...] = (0.1, 1.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 """Initial shapes tried by the reference (one fit each)."""
@@ -100,22 +105,46 @@ class WeibullFit:
         }
 
 
-def _fmin(
-    penalty: float, index: int
-) -> Callable[..., np.ndarray]:
-    """The optimizer handed to ``weibull_min.fit``: Nelder-Mead on ``NLL + penalty*theta[i]^2``
-    with the reference's tolerances."""
+_LOGXMAX = float(np.log(np.finfo(float).max))
 
-    def optimizer(func: Callable[..., float], x0: np.ndarray, args: tuple = (), disp: int = 0
-                  ) -> np.ndarray:
-        if penalty:
-            def objective(theta: np.ndarray, *a: Any) -> float:
-                return func(theta, *a) + penalty * theta[index] ** 2
-        else:
-            objective = func
-        return optimize.fmin(objective, x0, args=args, xtol=1e-4, ftol=1e-4, disp=0)
 
-    return optimizer
+def penalized_nll(theta: np.ndarray, x: np.ndarray) -> float:
+    """scipy's ``weibull_min._penalized_nnlf(theta, x)`` for ``theta = (c, loc, scale)``.
+
+    The same operations in the same order as SciPy's generic code (so the same values, and the
+    same Nelder-Mead path), without its per-call argument handling, which made up ~85% of the
+    fit time: ``-sum(logpdf)`` over the points inside the support plus ``n log(scale)``, and
+    ``100 log(DBL_MAX)`` per point outside the support or with a non-finite log-density.
+    """
+    from scipy import special
+
+    c, loc, scale = theta[0], theta[1], theta[2]
+    if not c > 0 or scale <= 0:
+        return math.inf
+    y = (x - loc) / scale
+    n_log_scale = len(y) * np.log(scale)
+    with np.errstate(invalid="ignore"):
+        inside = (y >= 0) & (y <= np.inf)
+    n_bad = int(inside.size - np.count_nonzero(inside))
+    if n_bad > 0:
+        y = y[inside]
+    logpdf = np.log(c) + special.xlogy(c - 1, y) - pow(y, c)
+    finite = np.isfinite(logpdf)
+    total = np.sum(logpdf[finite])
+    n_bad += int(finite.size - np.count_nonzero(finite))
+    return -total + n_bad * _LOGXMAX * 100 + n_log_scale
+
+
+def _objective(penalty: float, index: int) -> Callable[[np.ndarray, np.ndarray], float]:
+    """What Nelder-Mead minimises: the penalised NLL plus ``penalty * theta[index]**2`` (the
+    reference's ``fmin_with_reg``)."""
+    if not penalty:
+        return penalized_nll
+
+    def objective(theta: np.ndarray, x: np.ndarray) -> float:
+        return penalized_nll(theta, x) + penalty * theta[index] ** 2
+
+    return objective
 
 
 def start_values(data: np.ndarray, c: float, rule: str = "reference") -> tuple[float, float]:
@@ -128,6 +157,8 @@ def start_values(data: np.ndarray, c: float, rule: str = "reference") -> tuple[f
     """
     mean, var = float(np.mean(data)), float(np.var(data))
     if rule == "moments":
+        from scipy import special
+
         g1, g2 = special.gamma(1 + 1 / c), special.gamma(1 + 2 / c)
         scale = math.sqrt(var / (g2 - g1 * g1))
         return mean - scale * g1, scale
@@ -148,16 +179,23 @@ def start_values(data: np.ndarray, c: float, rule: str = "reference") -> tuple[f
 
 
 def _fit_one(
-    neg_r: np.ndarray, c0: float, optimizer: Callable[..., np.ndarray], rule: str
+    neg_r: np.ndarray, c0: float, objective: Callable[[np.ndarray, np.ndarray], float], rule: str
 ) -> tuple[float, float, float] | None:
+    """One start of ``weibull_min.fit(neg_r, c0, loc=loc0, scale=scale0, optimizer=fmin_reg)``,
+    done directly: Nelder-Mead from ``(c0, loc0, scale0)``, and None where SciPy's fit raises
+    ``FitError`` (shape or scale <= 0) or the optimizer fails."""
+    from scipy import optimize
+
     loc0, scale0 = start_values(neg_r, c0, rule)
     try:
-        c, loc, scale = stats.weibull_min.fit(
-            neg_r, c0, loc=loc0, scale=scale0, optimizer=optimizer
-        )
-    except (stats.FitError, ValueError, RuntimeError, FloatingPointError, OverflowError):
+        vals = optimize.fmin(objective, [c0, loc0, scale0], args=(neg_r,), xtol=1e-4,
+                             ftol=1e-4, disp=0)
+    except (ValueError, RuntimeError, FloatingPointError, OverflowError):
         return None
-    return float(c), float(loc), float(scale)
+    c, loc, scale = (float(v) for v in vals)
+    if not (c > 0 and scale > 0):
+        return None
+    return c, loc, scale
 
 
 def fit_reverse_weibull(
@@ -213,8 +251,11 @@ def fit_reverse_weibull(
         # All maxima equal (a linear model, or a saturated net): the rescale divides by 0 and
         # every fit is NaN in the reference too, which then falls back to max S.
         return fallback(math.nan)
+    from scipy import stats
+
     neg_r = (top - s) / span
-    optimizer = _fmin(shape_reg if method == "mle_reg" else 0.0, 2 if penalise == "scale" else 0)
+    objective = _objective(shape_reg if method == "mle_reg" else 0.0,
+                           2 if penalise == "scale" else 0)
     best: tuple[float, float, float, float, float, float] | None = None
     best_p = math.nan
     # scipy warns (overflow, invalid value, divide by zero) while Nelder-Mead probes absurd
@@ -222,7 +263,7 @@ def fit_reverse_weibull(
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         for c0 in c_init:
-            fit = _fit_one(neg_r, float(c0), optimizer, start)
+            fit = _fit_one(neg_r, float(c0), objective, start)
             if fit is None:
                 continue
             c, loc, scale = fit

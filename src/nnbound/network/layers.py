@@ -81,6 +81,11 @@ class Dense:
         return F.linear(r, self.weight.abs())
 
     def transpose(self, a: Tensor, in_shape: Shape) -> Tensor:
+        if a.dim() == 3:
+            # One product per leading row, each of the same shape whatever the batch size, so
+            # a row's result does not depend on which rows are bounded with it (a single
+            # folded product picks kernels, hence rounding, by the total row count).
+            return torch.bmm(a, self.weight.expand(a.shape[0], *self.weight.shape))
         return a @ self.weight
 
     def bias_map(self, out_shape: Shape) -> Tensor:

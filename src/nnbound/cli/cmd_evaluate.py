@@ -1,0 +1,356 @@
+"""The robustness sandwich per image: certified lower bounds <= CLEVER <= attack distances.
+
+For each correctly classified image (and target, --targettype) the certified radius of every
+bound method (crown, fastlin, ibp, recurjac, ...), the CLEVER estimate and the distance of the
+closest adversarial example each attack finds (pgd in the evaluation norm, cw = Carlini-Wagner
+L2, ead = elastic-net L1; every example re-checked on the model), side by side with a verdict:
+``ok`` when certified <= clever <= attack, ``clever_above_attack`` where CLEVER overstates
+robustness (the gradient-masking critique), ``BUG`` where a certified radius exceeds an attack
+distance (impossible for a sound bound: the command then exits 1).
+
+Data (the table, --json or --csv) goes to stdout; progress bars and notes to stderr.
+``--report DIR`` writes a self-contained HTML page and PNG plots (needs matplotlib:
+``pip install 'nnbound[report]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from typing import Any
+
+import torch
+
+from nnbound.cli.common import (
+    add_data_args,
+    add_model_args,
+    add_runtime_args,
+    load_inputs,
+    load_model_arg,
+    note,
+    print_json,
+)
+from nnbound.errors import InputError
+from nnbound.report.provenance import provenance
+from nnbound.report.tables import render_table
+from nnbound.sets.norms import norm_name, parse_norm
+from nnbound.tasks.evaluate import (
+    ATTACK_NORM,
+    EVALUATE_METHODS,
+    EvaluateSettings,
+    Evaluation,
+    available_methods,
+    evaluate,
+    parse_methods,
+)
+from nnbound.tasks.targets import select_targets
+
+HELP = "the robustness sandwich per image: certified <= CLEVER <= attack, with reports"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_data_args(p)
+    d = EvaluateSettings()
+    g = p.add_argument_group("sandwich")
+    g.add_argument("--norm", default="i", help="1 | 2 | i (inf) (default i)")
+    g.add_argument(
+        "--targettype",
+        default="untargeted",
+        help="untargeted | least | runnerup | random | <class> (default untargeted)",
+    )
+    g.add_argument(
+        "--methods",
+        default="auto",
+        help=f"comma list of {','.join(EVALUATE_METHODS)} (or any bound method); "
+        "default auto = every one available for the model",
+    )
+    g.add_argument("--eps", type=float, default=d.eps0, help="certified search start (0.005)")
+    g.add_argument("--steps", type=int, default=d.steps, help="certified search steps (15)")
+    g.add_argument(
+        "--bounded-input",
+        action="store_true",
+        help="certify over the ball intersected with the data range (off, as the reference)",
+    )
+    g.add_argument(
+        "--no-attack-clip",
+        action="store_true",
+        help="let attacks leave the data range (default: examples are clipped to it)",
+    )
+    g.add_argument(
+        "--lipsteps",
+        type=int,
+        default=d.jacobian_lipsteps,
+        help=f"recurjac/fastlip Lipschitz integral pieces ({d.jacobian_lipsteps})",
+    )
+    c = p.add_argument_group("CLEVER (modest defaults; reference 1024 x 500)")
+    c.add_argument(
+        "--clever-nsamp",
+        type=int,
+        default=d.clever_nsamp,
+        help=f"samples per batch ({d.clever_nsamp})",
+    )
+    c.add_argument(
+        "--clever-niters",
+        type=int,
+        default=d.clever_niters,
+        help=f"batches = maxima fitted ({d.clever_niters})",
+    )
+    c.add_argument(
+        "--clever-batch", type=int, default=d.clever_batch, help=f"rows per pass ({d.clever_batch})"
+    )
+    a = p.add_argument_group("attacks")
+    a.add_argument("--pgd-steps", type=int, default=d.pgd_steps, help=f"({d.pgd_steps})")
+    a.add_argument("--pgd-restarts", type=int, default=d.pgd_restarts, help=f"({d.pgd_restarts})")
+    a.add_argument(
+        "--pgd-search-steps",
+        type=int,
+        default=d.pgd_search_steps,
+        help=f"PGD runs of the eps search ({d.pgd_search_steps})",
+    )
+    a.add_argument("--cw-steps", type=int, default=d.cw_steps, help=f"({d.cw_steps})")
+    a.add_argument(
+        "--cw-binary-steps", type=int, default=d.cw_binary_steps, help=f"({d.cw_binary_steps})"
+    )
+    a.add_argument("--cw-lr", type=float, default=d.cw_lr, help=f"({d.cw_lr})")
+    a.add_argument("--ead-steps", type=int, default=d.ead_steps, help=f"({d.ead_steps})")
+    a.add_argument(
+        "--ead-binary-steps", type=int, default=d.ead_binary_steps, help=f"({d.ead_binary_steps})"
+    )
+    a.add_argument("--ead-beta", type=float, default=d.ead_beta, help=f"({d.ead_beta})")
+    o = p.add_argument_group("output")
+    o.add_argument("--csv", action="store_true", help="print CSV rows on stdout")
+    o.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="write DIR/index.html (self-contained) and PNG plots",
+    )
+    o.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="images certified / attacked together (100)",
+    )
+    o.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: these small batched passes gain little from more, "
+        "and are many times slower with more when the cores are shared)",
+    )
+    add_runtime_args(p)
+
+
+def _settings(args: argparse.Namespace) -> EvaluateSettings:
+    return EvaluateSettings(
+        eps0=args.eps,
+        steps=args.steps,
+        bounded_input=bool(args.bounded_input),
+        attack_clip=not args.no_attack_clip,
+        jacobian_lipsteps=args.lipsteps,
+        clever_nsamp=args.clever_nsamp,
+        clever_niters=args.clever_niters,
+        clever_batch=args.clever_batch,
+        pgd_steps=args.pgd_steps,
+        pgd_restarts=args.pgd_restarts,
+        pgd_search_steps=args.pgd_search_steps,
+        cw_binary_steps=args.cw_binary_steps,
+        cw_steps=args.cw_steps,
+        cw_lr=args.cw_lr,
+        ead_binary_steps=args.ead_binary_steps,
+        ead_steps=args.ead_steps,
+        ead_beta=args.ead_beta,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+
+
+class _Progress:
+    """One tqdm bar over (method, image) units on stderr; silent when not a TTY or --quiet."""
+
+    def __init__(self, args: argparse.Namespace, total: int) -> None:
+        from tqdm import tqdm
+
+        show = not args.quiet and sys.stderr.isatty()
+        self.bar = tqdm(
+            total=total,
+            desc="evaluate",
+            unit="step",
+            file=sys.stderr,
+            disable=not show,
+            leave=False,
+        )
+
+    def __call__(self, method: str, n: int) -> None:
+        self.bar.set_postfix_str(method)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    settings.check()
+    if args.json and args.csv:
+        raise InputError("choose one of --json and --csv")
+    if args.report:
+        from nnbound.report.plots import require_matplotlib
+
+        require_matplotlib()  # fail before the work, not after it
+    if args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    if args.numimage < 1:
+        raise InputError(f"--numimage must be >= 1, got {args.numimage}")
+    p = parse_norm(args.norm)
+    net = load_model_arg(args)
+    methods = parse_methods(None if args.methods == "auto" else args.methods, net)
+    if args.methods == "auto":
+        missing = available_methods(net)[1]
+        for m, why in missing.items():
+            note(args, f"note: {m} left out: {why}")
+    inputs = load_inputs(args, net, all_rows=args.input is None)
+    with torch.no_grad():
+        logits = net(inputs.x).cpu()
+    sel = select_targets(
+        logits, inputs.labels, args.targettype, num_images=args.numimage, start=0, seed=args.seed
+    )
+    if len(sel.indices) == 0:
+        raise InputError(f"no correctly classified image among those selected from {inputs.source}")
+    x = inputs.x[sel.indices.to(inputs.x.device)]
+    indices = inputs.indices[sel.indices]
+    note(
+        args,
+        f"{len(sel.indices)} correctly classified images from {inputs.source}; L{norm_name(p)}; "
+        f"methods {','.join(methods)}; certified ball clipped to the data range: "
+        f"{'on' if settings.bounded_input else 'off'}; attacks clipped: "
+        f"{'on' if settings.attack_clip else 'off'}",
+    )
+    bar = _Progress(args, len(sel.indices) * len(methods))
+    try:
+        ev = evaluate(
+            net,
+            x,
+            sel.labels,
+            sel.targets,
+            norm=p,
+            methods=methods,
+            indices=indices,
+            settings=settings,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    prov = provenance(device=net.device, dtype=net.dtype, seed=args.seed)
+    if args.json:
+        print_json(
+            {**ev.to_dict(), "model": args.model, "targettype": args.targettype, "provenance": prov}
+        )
+    elif args.csv:
+        _print_csv(ev, args, prov)
+    else:
+        _print_text(ev, args)
+    if args.report:
+        from nnbound.report.html import write_report
+
+        path = write_report(
+            ev, args.report, provenance={"model": args.model, "targettype": args.targettype, **prov}
+        )
+        note(args, f"report: {path}")
+    bugs = ev.count("bug")
+    if bugs:
+        # Printed even with --quiet: an unsound certificate must never pass unnoticed.
+        print(
+            f"nnbound: error: {bugs} record(s) have a certified radius above an attack "
+            "distance: a soundness bug, please report it",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _print_text(ev: Evaluation, args: argparse.Namespace) -> None:
+    headers, rows = ev.table()
+    print(render_table(headers, rows, digits=4))
+    print()
+    s = ev.summary()
+    kinds = {
+        "certified": "certified (lower bound)",
+        "estimate": "estimate",
+        "attack": "attack (upper bound)",
+    }
+    srows = []
+    for m, row in s["methods"].items():
+        what = kinds[row["kind"]]
+        if row["kind"] == "attack" and m in ATTACK_NORM and ATTACK_NORM[m] != ev.norm:
+            what += f", an L{norm_name(ATTACK_NORM[m])} attack"
+        srows.append(
+            [m, what, row["mean"], row["median"], f"{row['finite']}/{s['records']}", row["seconds"]]
+        )
+    print(render_table(["method", "kind", "mean", "median", "finite", "seconds"], srows, digits=4))
+    print()
+    print(
+        f"[sandwich] model = {args.model}, norm = L{norm_name(ev.norm)}, images = "
+        f"{s['records']}, ok = {s['ok']}, clever>attack = {s['clever_above_attack']}, "
+        f"clever<certified = {s['clever_below_certified']}, no attack = {s['no_attack']}, "
+        f"BUG certified>attack = {s['bugs']}, time = {s['total_seconds']:.1f} s"
+    )
+    for r in ev.records:
+        for f in r.flags:
+            if f.kind in ("bug", "clever_above_attack"):
+                print(f"[flag] #{r.index}: {f.kind}: {f.message}")
+
+
+def _print_csv(ev: Evaluation, args: argparse.Namespace, prov: dict[str, Any]) -> None:
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    cols = ["index", "label", "target", "margin"]
+    w.writerow(
+        [
+            *cols,
+            *ev.methods,
+            *(f"{m}_seconds" for m in ev.methods),
+            "best_certified",
+            "best_attack",
+            "verdict",
+            "model",
+            "norm",
+            "nnbound_version",
+            "torch_version",
+            "device",
+            "dtype",
+            "seed",
+        ]
+    )
+    for r in ev.records:
+        vals = [ev.values_of(r, m) for m in ev.methods]
+        w.writerow(
+            [
+                r.index,
+                r.label,
+                "untargeted" if r.target < 0 else r.target,
+                _num(r.margin),
+                *(_num(v) for v in vals),
+                *(_num(r.seconds.get(m, math.nan)) for m in ev.methods),
+                _num(r.best_certified),
+                _num(r.best_attack),
+                r.verdict,
+                args.model,
+                norm_name(ev.norm),
+                prov["nnbound_version"],
+                prov["torch_version"],
+                prov["device"],
+                prov["dtype"],
+                prov["seed"],
+            ]
+        )
+
+
+def _num(v: float) -> str:
+    return repr(float(v))
+
+
+__all__ = ["HELP", "configure", "run"]

@@ -1,0 +1,33 @@
+"""Verification of VNN-LIB properties on ONNX networks.
+
+* :mod:`~nnbound.verify.vnnlib`: the property reader (:func:`read_vnnlib`);
+* :mod:`~nnbound.verify.alpha_crown`: alpha-CROWN (the ``alpha-crown`` bound method) and the
+  batched CROWN engine with split constraints that branch and bound uses;
+* :mod:`~nnbound.verify.bab`: input splitting and ReLU splitting;
+* :mod:`~nnbound.verify.verifier`: the whole pipeline (:func:`verify`, :func:`verify_files`).
+"""
+
+from nnbound.verify.alpha_crown import alpha_crown_bounds, linear_bounds
+from nnbound.verify.verifier import (
+    VerificationResult,
+    VerifyOptions,
+    format_counterexample,
+    verify,
+    verify_files,
+)
+from nnbound.verify.vnnlib import Disjunct, OutputGroup, Property, parse_vnnlib, read_vnnlib
+
+__all__ = [
+    "Disjunct",
+    "OutputGroup",
+    "Property",
+    "VerificationResult",
+    "VerifyOptions",
+    "alpha_crown_bounds",
+    "format_counterexample",
+    "linear_bounds",
+    "parse_vnnlib",
+    "read_vnnlib",
+    "verify",
+    "verify_files",
+]
