@@ -63,8 +63,11 @@ def real_instances(acas: int, mnist: int, mnist_deep: int) -> list[dict]:
             unique.append(r)
     test = [r for r in unique if r["benchmark"] == "test"]
     acas_rows = [r for r in unique if r["benchmark"] == "acasxu"]
-    common = [r for r in acas_rows if r["vnnlib"].split("_")[-1] in {"1.vnnlib", "2.vnnlib",
-                                                                      "3.vnnlib", "4.vnnlib"}]
+    common = [
+        r
+        for r in acas_rows
+        if r["vnnlib"].split("_")[-1] in {"1.vnnlib", "2.vnnlib", "3.vnnlib", "4.vnnlib"}
+    ]
     special = [r for r in acas_rows if r not in common]
     picked = [common[int(i)] for i in np.linspace(0, len(common) - 1, acas)] if acas else []
     mnist_rows = [r for r in unique if r["benchmark"] == "mnist_fc" and "256x2" in r["onnx"]]
@@ -197,31 +200,74 @@ def main() -> None:
         wall = time.perf_counter() - start
     if args.verbose:
         print()
-        print(render_table(
-            ["group", "network", "property", "expected", "result", "time_s", "stage", "check",
-             "ort"],
-            [[r["group"], r["network"], r["property"], r["expected"] or "-", r["result"],
-              float(r["time"]), r["stage"], r["check"], r["ort"]] for r in records],
-            digits=2,
-        ))
+        print(
+            render_table(
+                [
+                    "group",
+                    "network",
+                    "property",
+                    "expected",
+                    "result",
+                    "time_s",
+                    "stage",
+                    "check",
+                    "ort",
+                ],
+                [
+                    [
+                        r["group"],
+                        r["network"],
+                        r["property"],
+                        r["expected"] or "-",
+                        r["result"],
+                        float(r["time"]),
+                        r["stage"],
+                        r["check"],
+                        r["ort"],
+                    ]
+                    for r in records
+                ],
+                digits=2,
+            )
+        )
     groups = list(dict.fromkeys(r["group"] for r in records))
     rows = []
     for g in [*groups, "all"]:
         sub = [r for r in records if g in ("all", r["group"])]
         s = summarize(sub)
         decided = sum(r["expected"] in ("sat", "unsat") for r in sub)
-        rows.append([
-            g, s["instances"], s["unsat"], s["sat"], s["unknown"], s["timeout"],
-            f"{s['correct']}/{decided}" if decided else "-", s["wrong"], s["total_time_s"],
-        ])
+        rows.append(
+            [
+                g,
+                s["instances"],
+                s["unsat"],
+                s["sat"],
+                s["unknown"],
+                s["timeout"],
+                f"{s['correct']}/{decided}" if decided else "-",
+                s["wrong"],
+                s["total_time_s"],
+            ]
+        )
     print()
     print(f"per-instance cap {args.cap:g} s, torch threads {args.threads}, wall {wall:.1f} s")
-    print(render_table(
-        ["group", "instances", "unsat", "sat", "unknown", "timeout", "correct/expected",
-         "wrong", "time_s"],
-        rows,
-        digits=1,
-    ))
+    print(
+        render_table(
+            [
+                "group",
+                "instances",
+                "unsat",
+                "sat",
+                "unknown",
+                "timeout",
+                "correct/expected",
+                "wrong",
+                "time_s",
+            ],
+            rows,
+            digits=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,14 @@ def test_unsat_instance_and_json(capsys, tmp_path: Path) -> None:
 def test_batch_runs_every_instance_and_summarises(capsys, tmp_path: Path) -> None:
     out_csv = tmp_path / "results.csv"
     code, out, err = run(
-        capsys, "verify", "--batch", str(VNN / "instances.csv"), "--result", str(out_csv),
-        "--timeout", "30",
+        capsys,
+        "verify",
+        "--batch",
+        str(VNN / "instances.csv"),
+        "--result",
+        str(out_csv),
+        "--timeout",
+        "30",
     )
     assert code == 0, err
     assert out.count(" ok") == 5 and "WRONG" not in out

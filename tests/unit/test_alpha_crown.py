@@ -58,8 +58,14 @@ def _box_pgd(net, box: Box, spec: torch.Tensor, steps: int = 40) -> tuple:
 
 @pytest.mark.parametrize(
     ("activation", "kind", "seed"),
-    [("relu", "inf", 0), ("relu", "2", 1), ("relu", "1", 2), ("relu", "box", 3),
-     ("leaky_relu", "inf", 4), ("leaky_relu", "box", 5)],
+    [
+        ("relu", "inf", 0),
+        ("relu", "2", 1),
+        ("relu", "1", 2),
+        ("relu", "box", 3),
+        ("leaky_relu", "inf", 4),
+        ("leaky_relu", "box", 5),
+    ],
 )
 def test_never_looser_than_crown_and_sound(activation: str, kind: str, seed: int) -> None:
     net = random_network(activation, [5, 16, 16, 16, 4], seed=seed)

@@ -53,8 +53,9 @@ def exact_min(net: Network, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np
     def feasible(a_ub: list[np.ndarray], b_ub: list[float]) -> bool:
         if not a_ub:
             return True
-        res = linprog(np.zeros(n + 1), A_ub=np.array(a_ub), b_ub=np.array(b_ub),
-                      bounds=bounds, method="highs")
+        res = linprog(
+            np.zeros(n + 1), A_ub=np.array(a_ub), b_ub=np.array(b_ub), bounds=bounds, method="highs"
+        )
         return res.status == 0
 
     def box_range(row: np.ndarray, c: float) -> tuple[float, float]:
@@ -73,8 +74,13 @@ def exact_min(net: Network, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np
             rhs = [float(d[s] - C[s] @ z0) for s in range(C.shape[0])]
             cost = np.zeros(n + 1)
             cost[-1] = 1.0
-            res = linprog(cost, A_ub=np.array([*a_ub, *rows]), b_ub=np.array([*b_ub, *rhs]),
-                          bounds=bounds, method="highs")
+            res = linprog(
+                cost,
+                A_ub=np.array([*a_ub, *rows]),
+                b_ub=np.array([*b_ub, *rhs]),
+                bounds=bounds,
+                method="highs",
+            )
             if res.status == 0:
                 best = min(best, float(res.fun))
             return
@@ -250,8 +256,10 @@ def test_vnncomp_test_instances_give_the_expected_answers() -> None:
 
 def test_trivial_properties_and_errors() -> None:
     net = random_network("relu", [2, 4, 2], seed=1)
-    decl = "(declare-const X_0 Real)(declare-const X_1 Real)(declare-const Y_0 Real)" \
-           "(declare-const Y_1 Real)\n"
+    decl = (
+        "(declare-const X_0 Real)(declare-const X_1 Real)(declare-const Y_0 Real)"
+        "(declare-const Y_1 Real)\n"
+    )
     box = "(assert (>= X_0 0))(assert (<= X_0 1))(assert (>= X_1 0))(assert (<= X_1 1))\n"
     # Contradictory: no counterexample region at all.
     empty = verify(net, parse_vnnlib(decl + "(assert (and (>= X_0 1) (<= X_0 0)))"), timeout=5)

@@ -26,7 +26,9 @@ def rows(group) -> list[tuple[list[float], float]]:
 
 
 def test_box_and_output_rows_with_variables_on_either_side() -> None:
-    text = declare(2, 3) + """
+    text = (
+        declare(2, 3)
+        + """
     (assert (<= X_0 1))
     (assert (>= X_0 -1))
     (assert (>= 2.5 X_1))   ; variable on the right
@@ -34,6 +36,7 @@ def test_box_and_output_rows_with_variables_on_either_side() -> None:
     (assert (<= Y_0 Y_1))
     (assert (>= Y_2 3))
     """
+    )
     prop = parse_vnnlib(text)
     assert (prop.num_inputs, prop.num_outputs) == (2, 3)
     (d,) = prop.disjuncts
@@ -62,13 +65,16 @@ def test_literals_comments_and_multiline_asserts() -> None:
 
 
 def test_or_of_ands_over_outputs_gives_groups_of_one_box() -> None:
-    text = declare(1, 3) + """
+    text = (
+        declare(1, 3)
+        + """
     (assert (>= X_0 0)) (assert (<= X_0 1))
     (assert (or
         (and (<= Y_0 Y_1) (<= Y_0 Y_2))
         (and (<= Y_1 Y_0))
     ))
     """
+    )
     (d,) = parse_vnnlib(text).disjuncts
     assert len(d.groups) == 2
     assert rows(d.groups[0]) == sorted([([1.0, -1.0, 0.0], 0.0), ([1.0, 0.0, -1.0], 0.0)])
@@ -77,10 +83,13 @@ def test_or_of_ands_over_outputs_gives_groups_of_one_box() -> None:
 
 def test_disjunction_of_input_boxes_distributes_over_output_groups() -> None:
     # ACAS Xu prop_6 shape: (or box1 box2) and (or y-group1 y-group2).
-    text = declare(1, 2) + """
+    text = (
+        declare(1, 2)
+        + """
     (assert (or (and (>= X_0 0) (<= X_0 1)) (and (>= X_0 2) (<= X_0 3))))
     (assert (or (and (<= Y_0 Y_1)) (and (<= Y_1 Y_0))))
     """
+    )
     prop = parse_vnnlib(text)
     assert [(d.lower[0], d.upper[0]) for d in prop.disjuncts] == [(0.0, 1.0), (2.0, 3.0)]
     for d in prop.disjuncts:
@@ -88,12 +97,15 @@ def test_disjunction_of_input_boxes_distributes_over_output_groups() -> None:
 
 
 def test_x_and_y_atoms_mixed_in_one_and() -> None:
-    text = declare(1, 1) + """
+    text = (
+        declare(1, 1)
+        + """
     (assert (or
         (and (>= X_0 0) (<= X_0 1) (>= Y_0 5))
         (and (>= X_0 1) (<= X_0 2) (<= Y_0 -5))
     ))
     """
+    )
     prop = parse_vnnlib(text)
     assert len(prop.disjuncts) == 2
     first, second = prop.disjuncts
@@ -103,13 +115,16 @@ def test_x_and_y_atoms_mixed_in_one_and() -> None:
 
 
 def test_linear_terms() -> None:
-    text = declare(1, 3) + """
+    text = (
+        declare(1, 3)
+        + """
     (assert (>= X_0 0)) (assert (<= X_0 1))
     (assert (<= (+ Y_0 (* -1 Y_1)) 0.5))
     (assert (>= (- Y_2 Y_0 1) (* 2 Y_1)))
     (assert (<= (- Y_0) (/ Y_2 4)))
     (assert (<= (* Y_1 3) (+ 1 2)))
     """
+    )
     (d,) = parse_vnnlib(text).disjuncts
     expected = [
         ([1.0, -1.0, 0.0], 0.5),  # Y_0 - Y_1 <= 0.5
@@ -121,12 +136,15 @@ def test_linear_terms() -> None:
 
 
 def test_strict_and_equality_atoms() -> None:
-    text = declare(2, 2) + """
+    text = (
+        declare(2, 2)
+        + """
     (assert (= X_0 0.5))
     (assert (<= 0 X_1 1))         ; a chain: 0 <= X_1 <= 1
     (assert (< Y_0 Y_1))
     (assert (> Y_0 -1))
     """
+    )
     (d,) = parse_vnnlib(text).disjuncts
     assert d.lower.tolist() == [0.5, 0.0] and d.upper.tolist() == [0.5, 1.0]
     g = d.groups[0]
@@ -137,13 +155,16 @@ def test_strict_and_equality_atoms() -> None:
 
 
 def test_contradictory_conjunctions_are_dropped() -> None:
-    text = declare(1, 1) + """
+    text = (
+        declare(1, 1)
+        + """
     (assert (or
         (and (>= X_0 2) (<= X_0 1) (>= Y_0 0))
         (and (>= X_0 0) (<= X_0 1) (>= Y_0 0))
         (and (>= X_0 0) (<= X_0 1) (<= 1 0))
     ))
     """
+    )
     (d,) = parse_vnnlib(text).disjuncts
     assert (d.lower[0], d.upper[0]) == (0.0, 1.0) and len(d.groups) == 1
     everything_empty = declare(1, 1) + "(assert (and (>= X_0 2) (<= X_0 1)))"

@@ -254,8 +254,17 @@ def render_summary(summary: dict[str, Any]) -> str:
 
 
 def _write_csv(path: str, records: list[dict[str, Any]]) -> None:
-    fields = ["benchmark", "network", "property", "timeout", "expected", "result", "time",
-              "stage", "check"]
+    fields = [
+        "benchmark",
+        "network",
+        "property",
+        "timeout",
+        "expected",
+        "result",
+        "time",
+        "stage",
+        "check",
+    ]
     try:
         with open(path, "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")

@@ -144,10 +144,21 @@ class _Lines:
     def rows(self, rows: Tensor | None) -> _Lines:
         if rows is None:
             return self
-        return _Lines(*(t[rows] for t in (
-            self.slope, self.idx, self.valid, self.upper_slope, self.upper_bias,
-            self.lower_slope, self.lower, self.mask,
-        )))
+        return _Lines(
+            *(
+                t[rows]
+                for t in (
+                    self.slope,
+                    self.idx,
+                    self.valid,
+                    self.upper_slope,
+                    self.upper_bias,
+                    self.lower_slope,
+                    self.lower,
+                    self.mask,
+                )
+            )
+        )
 
 
 class _Engine:
@@ -450,9 +461,7 @@ def linear_bounds(
         t = torch.where(torch.isnan(t), default.detach(), t)
         return t.clone().requires_grad_(True)
 
-    final_slopes = {
-        k: warm_start("alpha", k, init(k, s), engine.leak[k], 1.0) for k in engine.acts
-    }
+    final_slopes = {k: warm_start("alpha", k, init(k, s), engine.leak[k], 1.0) for k in engine.acts}
     # beta-CROWN multipliers of the split constraints, from 0 (= no constraint used).
     betas = {
         k: warm_start(
@@ -491,9 +500,7 @@ def linear_bounds(
             else:
                 pre, lines = pre0, lines0
             coef_t: dict[int, Tensor] | None = {} if keep_coefficients else None
-            lower, a_t = engine.backward(
-                end, spec, const, lines, final_slopes, coef_t, betas=betas
-            )
+            lower, a_t = engine.backward(end, spec, const, lines, final_slopes, coef_t, betas=betas)
             with torch.no_grad():
                 best = torch.maximum(best, lower)
                 a_in = a_t.detach()

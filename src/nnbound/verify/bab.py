@@ -487,8 +487,9 @@ def _decide_leaf(
     for g in torch.nonzero(open_groups).squeeze(1).tolist():
         sel = (spec.group == g).cpu().numpy()
         ra, rb = y_a[sel], y_b[sel]
-        a_ub = np.vstack([np.hstack([ga, np.zeros((len(gb), 1))]),
-                          np.hstack([ra, -np.ones((len(rb), 1))])])
+        a_ub = np.vstack(
+            [np.hstack([ga, np.zeros((len(gb), 1))]), np.hstack([ra, -np.ones((len(rb), 1))])]
+        )
         b_ub = np.concatenate([-gb, -rb])
         res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
         if res.status == 2:  # infeasible: certify that the domain is empty
@@ -501,8 +502,9 @@ def _decide_leaf(
             # Stationarity in t makes the row weights sum to 1; renormalising keeps any
             # solver slack from scaling the bound.
             w = w / w.sum()
-            bound = _certificate(np.vstack([ra, ga]), np.concatenate([rb, gb]),
-                                 np.concatenate([w, mu]), lo, hi)
+            bound = _certificate(
+                np.vstack([ra, ga]), np.concatenate([rb, gb]), np.concatenate([w, mu]), lo, hi
+            )
             if bound > _CERT_TOL:
                 continue
         if res.fun <= 0:

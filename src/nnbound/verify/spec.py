@@ -49,9 +49,13 @@ class StackedSpec:
         c = np.concatenate(rows, 0) if rows else np.zeros((0, m))
         d = np.concatenate([g.d for g in disjunct.groups]) if rows else np.zeros(0)
         strict = np.concatenate([g.strict for g in disjunct.groups]) if rows else np.zeros(0, bool)
-        group = np.concatenate(
-            [np.full(g.C.shape[0], i, dtype=np.int64) for i, g in enumerate(disjunct.groups)]
-        ) if rows else np.zeros(0, np.int64)
+        group = (
+            np.concatenate(
+                [np.full(g.C.shape[0], i, dtype=np.int64) for i, g in enumerate(disjunct.groups)]
+            )
+            if rows
+            else np.zeros(0, np.int64)
+        )
 
         def t(a: np.ndarray) -> Tensor:
             return torch.as_tensor(a, dtype=dtype, device=device)
@@ -105,9 +109,7 @@ def evaluate(net: Network, x: Tensor) -> Tensor:
         return net(x.reshape(x.shape[0], *net.input_shape)).reshape(x.shape[0], -1)
 
 
-def find_counterexample(
-    net: Network, spec: StackedSpec, x: Tensor
-) -> tuple[Tensor, Tensor] | None:
+def find_counterexample(net: Network, spec: StackedSpec, x: Tensor) -> tuple[Tensor, Tensor] | None:
     """The first of the candidate inputs ``x`` ``(P, n)`` (clipped into the box) whose output
     satisfies some group, re-checked by running the network: ``(x, y)`` flat, or None."""
     if x.shape[0] == 0:

@@ -183,9 +183,7 @@ def verify(
         # Input splitting closes small boxes faster than slope optimisation tightens them:
         # there, only a few steps on the final bound's slopes (cheap), no intermediate ones.
         steps = min(opts.root_alpha_steps, 5) if low_dim else opts.root_alpha_steps
-        res = _root_bounds(
-            net, spec, steps, False if low_dim else None, deadline=deadline
-        )
+        res = _root_bounds(net, spec, steps, False if low_dim else None, deadline=deadline)
         if _refuted_all(spec, res.lower) or bool(res.empty.all()):
             stage = "alpha-crown"
             continue

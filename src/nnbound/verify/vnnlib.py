@@ -123,7 +123,7 @@ def _tokenize(text: str, source: str) -> list[tuple[str, int]]:
         elif ch in "()":
             tokens.append((ch, line))
             i += 1
-        elif ch in "|\"":
+        elif ch in '|"':
             raise InputError(f"{source}:{line}: quoted symbols and strings are not supported")
         else:
             j = i
@@ -292,7 +292,7 @@ class _Reader:
                     "a constraint over several inputs is outside the VNN-LIB subset "
                     "(input constraints must bound one X variable)",
                 )
-            ((_, i), a), = coefs.items()
+            (((_, i), a),) = coefs.items()
             value = -const / a
             # A strict input bound is relaxed to a closed one: for unsat this proves more
             # (a larger region), and counterexamples are checked against the closed box.
@@ -320,8 +320,9 @@ def _conjoin(
             conj.extend(right[0])
         return left
     if len(left) * len(right) > MAX_CONJUNCTIONS:
-        raise InputError(f"{source}:{line}: the formula expands to more than {MAX_CONJUNCTIONS} "
-                         "disjuncts")
+        raise InputError(
+            f"{source}:{line}: the formula expands to more than {MAX_CONJUNCTIONS} disjuncts"
+        )
     return [a + b for a in left for b in right]
 
 
@@ -330,11 +331,7 @@ def parse_vnnlib(text: str, source: str = "<string>") -> Property:
     reader = _Reader(source)
     asserts: list[_List] = []
     for node in _parse_sexprs(text, source):
-        if (
-            not isinstance(node, _List)
-            or not node.items
-            or not isinstance(node.items[0], _Atom)
-        ):
+        if not isinstance(node, _List) or not node.items or not isinstance(node.items[0], _Atom):
             raise reader.error(node.line, "expected a command (declare-const ...) or (assert ...)")
         cmd = node.items[0].text
         if cmd == "declare-const":
