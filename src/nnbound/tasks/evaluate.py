@@ -108,8 +108,8 @@ def available_methods(net: Network) -> tuple[list[str], dict[str, str]]:
     """The default methods for ``net`` and, for each left out, why.
 
     Fast-Lin and CROWN-adaptive need ReLU / leaky-ReLU activations (``crown-general`` replaces
-    ``crown`` otherwise); ``fastlip`` likewise; RecurJac needs a dense network and the Jacobian
-    module; ``clever`` needs :mod:`nnbound.clever`.
+    ``crown`` otherwise); ``fastlip`` likewise; RecurJac is opt-in (slow); ``clever`` needs
+    :mod:`nnbound.clever`.
     """
     chosen: list[str] = []
     missing: dict[str, str] = {}
@@ -118,11 +118,10 @@ def available_methods(net: Network) -> tuple[list[str], dict[str, str]]:
     else:
         chosen += ["crown-general", "ibp"]
         missing["crown"] = missing["fastlin"] = "needs ReLU / leaky-ReLU activations"
+    # RecurJac costs seconds per image on an MNIST MLP (its integral takes --lipsteps Jacobian
+    # bounds per search step); it is left to --methods so the default run stays quick.
     why = jacobian_available(net)
-    if why is None:
-        chosen.append("recurjac")
-    else:
-        missing["recurjac"] = why
+    missing["recurjac"] = why or "slow (seconds per image): add it with --methods"
     why = clever_available()
     if why is None:
         chosen.append("clever")
