@@ -257,9 +257,7 @@ class Attack(ABC):
 
     # -- helpers --------------------------------------------------------------------------
     def _check_settings(self) -> None:
-        bs = self.batch_size
-        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-            raise InputError(f"batch_size must be an integer >= 1, got {bs!r}")
+        require_counts(self, "batch_size")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
         self.check()
@@ -324,6 +322,23 @@ def _prepare_model(
     raise InputError(
         f"model must be a torch.nn.Module or an nnbound Network, got {type(model).__name__}"
     )
+
+
+def require_counts(settings: object, *names: str) -> None:
+    """Each named attribute must be an integer >= 1 (bools refused)."""
+    for name in names:
+        v = getattr(settings, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+
+
+def require_reals(settings: object, *names: str, positive: bool = True) -> None:
+    """Each named attribute must be a finite real number, > 0 (``positive``) or >= 0."""
+    for name in names:
+        v = getattr(settings, name)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not (ok and (v > 0 if positive else v >= 0)):
+            raise InputError(f"{name} must be {'>' if positive else '>='} 0, got {v!r}")
 
 
 def _check_x(x: Any, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -29,8 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from nnbound.attacks.base import Attack, Domain, adversarial_margin
-from nnbound.errors import InputError
+from nnbound.attacks.base import Attack, Domain, adversarial_margin, require_counts, require_reals
 
 _UPPER_C = 1e10
 
@@ -73,18 +72,9 @@ class EAD(Attack):
         self.confidence = confidence
 
     def check(self) -> None:
-        for name in ("binary_steps", "steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
-        for name in ("lr", "initial_const"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise InputError(f"{name} must be > 0, got {v!r}")
-        for name in ("beta", "confidence"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise InputError(f"{name} must be >= 0, got {v!r}")
+        require_counts(self, "binary_steps", "steps")
+        require_reals(self, "lr", "initial_const")
+        require_reals(self, "beta", "confidence", positive=False)
 
     def run(
         self,

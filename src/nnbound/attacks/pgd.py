@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from nnbound.attacks.base import Attack, Domain, adversarial_margin
+from nnbound.attacks.base import Attack, Domain, adversarial_margin, require_counts, require_reals
 from nnbound.errors import InputError
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import lp_norm, parse_norm
@@ -167,14 +167,9 @@ class _PGDSettings(Attack):
 
     def check(self) -> None:
         parse_norm(self.norm)
-        for name in ("steps", "restarts"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
-        if self.rel_stepsize is not None and not (
-            math.isfinite(self.rel_stepsize) and self.rel_stepsize > 0
-        ):
-            raise InputError(f"rel_stepsize must be > 0, got {self.rel_stepsize!r}")
+        require_counts(self, "steps", "restarts")
+        if self.rel_stepsize is not None:
+            require_reals(self, "rel_stepsize")
         if self.schedule not in SCHEDULES:
             raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}")
         if not 0.0 <= float(self.l1_sparsity) < 1.0:
@@ -286,11 +281,9 @@ class MinimalPGD(_PGDSettings):
 
     def check(self) -> None:
         super().check()
-        s = self.search_steps
-        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
-            raise InputError(f"search_steps must be an integer >= 1, got {s!r}")
-        if self.eps_init is not None and not (math.isfinite(self.eps_init) and self.eps_init > 0):
-            raise InputError(f"eps_init must be > 0, got {self.eps_init!r}")
+        require_counts(self, "search_steps")
+        if self.eps_init is not None:
+            require_reals(self, "eps_init")
         if not (math.isfinite(self.growth) and self.growth > 1):
             raise InputError(f"growth must be > 1, got {self.growth!r}")
 
