@@ -30,7 +30,7 @@ from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import parse_norm
 from nnbound.tasks.radius import margin_specs
-from nnbound.tasks.search import batched_binary_search, bisect_down
+from nnbound.tasks.search import batched_binary_search, recheck
 
 
 def _integral_condition(
@@ -126,18 +126,4 @@ def jacobian_certified_radius(
             domain,
         )
         radius = recheck(cond64, radius, steps)
-    return radius
-
-
-def recheck(condition: Callable[[Tensor, Tensor], Tensor], radius: Tensor, steps: int) -> Tensor:
-    """Confirm each positive radius with ``condition`` (float64) and bisect below the ones it
-    does not confirm."""
-    radius = radius.clone()
-    check = torch.nonzero(radius > 0).squeeze(1)
-    if check.numel():
-        ok = condition(check, radius[check])
-        bad = check[~ok]
-        if bad.numel():
-            sub = lambda rows, eps: condition(bad[rows], eps)  # noqa: E731
-            radius[bad] = bisect_down(sub, radius[bad], steps)
     return radius

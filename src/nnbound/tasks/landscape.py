@@ -19,9 +19,8 @@ from nnbound.jacobian.api import check_options, jacobian_bounds
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import parse_norm
-from nnbound.tasks.jacobian_radius import recheck
 from nnbound.tasks.lipschitz import LipschitzCurve, class_spec, lipschitz_curve
-from nnbound.tasks.search import batched_binary_search
+from nnbound.tasks.search import batched_binary_search, recheck
 
 UPPER_LIMITS = {1.0: 100.0, 2.0: 10.0, math.inf: 1.0}
 MAX_STEPS = 100

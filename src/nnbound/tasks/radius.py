@@ -15,7 +15,7 @@ from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import parse_norm
 from nnbound.sets.spec import all_margins_spec, margin_spec
-from nnbound.tasks.search import batched_binary_search, bisect_down
+from nnbound.tasks.search import batched_binary_search, recheck
 from nnbound.tasks.targets import UNTARGETED
 
 
@@ -164,11 +164,5 @@ def certified_radius(
             reference,
             reuse=False,
         )
-        check = torch.nonzero(radius > 0).squeeze(1)
-        if check.numel():
-            ok = cond64(check, radius[check])
-            bad = check[~ok]
-            if bad.numel():
-                sub = lambda rows, eps: cond64(bad[rows], eps)  # noqa: E731
-                radius[bad] = bisect_down(sub, radius[bad], steps)
+        radius = recheck(cond64, radius, steps)
     return radius

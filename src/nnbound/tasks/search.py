@@ -73,3 +73,17 @@ def bisect_down(condition: Callable[[Tensor, Tensor], Tensor], high: Tensor, ste
         lo = torch.where(ok, mid, lo)
         hi = torch.where(ok, hi, mid)
     return lo
+
+
+def recheck(condition: Callable[[Tensor, Tensor], Tensor], radius: Tensor, steps: int) -> Tensor:
+    """Confirm each positive radius with ``condition`` (float64) and bisect below the ones it
+    does not confirm."""
+    radius = radius.clone()
+    check = torch.nonzero(radius > 0).squeeze(1)
+    if check.numel():
+        ok = condition(check, radius[check])
+        bad = check[~ok]
+        if bad.numel():
+            sub = lambda rows, eps: condition(bad[rows], eps)  # noqa: E731
+            radius[bad] = bisect_down(sub, radius[bad], steps)
+    return radius
