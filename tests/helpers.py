@@ -20,8 +20,8 @@ from nnbound.sets.lp_ball import LpBall
 # makes them 10-50x slower (threads spin while other processes hold the cores).
 torch.set_num_threads(1)
 
-ALL_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "arctan", "softplus", "elu")
-PIECEWISE_LINEAR = ("relu", "leaky_relu")
+ALL_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "arctan", "softplus", "elu", "brelu")
+PIECEWISE_LINEAR = ("relu", "leaky_relu", "brelu")
 NORMS = (1.0, 2.0, math.inf)
 
 
@@ -54,12 +54,12 @@ def random_network(
 
     Weights are ``N(0, weight_scale^2 / fan_in)``, biases ``N(0, bias_scale^2)``, all drawn
     from a generator seeded with ``seed`` (reproducible). ``alpha`` is the leaky slope /
-    ELU scale (default 0.3 for leaky ReLU, 1.0 for ELU).
+    ELU scale / bounded-ReLU cap (default 0.3 for leaky ReLU, 1.0 for ELU and bounded ReLU).
     """
     if len(sizes) < 2:
         raise ValueError("sizes needs at least an input and an output size")
     if alpha is None:
-        alpha = {"leaky_relu": 0.3, "elu": 1.0}.get(activation, 0.0)
+        alpha = {"leaky_relu": 0.3, "elu": 1.0, "brelu": 1.0}.get(activation, 0.0)
     gen = torch.Generator().manual_seed(int(seed))
     layers: list = []
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):

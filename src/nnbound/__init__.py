@@ -14,9 +14,11 @@ from nnbound.errors import InputError, ModelFormatError, NnboundError, Unsupport
 from nnbound.jacobian import jacobian_bounds, local_lipschitz
 from nnbound.network import (
     Activation,
+    AvgPool2d,
     Conv2d,
     Dense,
     Flatten,
+    MaxPool2d,
     Network,
     Normalize,
     Reshape,
@@ -31,6 +33,7 @@ from nnbound.tasks.radius import certified_radius
 __all__ = [
     "ALL_METHODS",
     "Activation",
+    "AvgPool2d",
     "Bounds",
     "Clever",
     "Conv2d",
@@ -39,6 +42,7 @@ __all__ = [
     "InputError",
     "LowerSlope",
     "LpBall",
+    "MaxPool2d",
     "ModelFormatError",
     "Network",
     "NnboundError",

@@ -49,6 +49,8 @@ def cases(draw, activations=ALL_ACTIVATIONS):
         alpha = draw(st.sampled_from([0.01, 0.3]))
     elif act == "elu":
         alpha = draw(st.sampled_from([0.5, 1.0]))
+    elif act == "brelu":
+        alpha = draw(st.sampled_from([0.25, 1.0, 3.0]))
     return {
         "act": act,
         "sizes": sizes,
@@ -197,7 +199,7 @@ def test_batch_rows_are_independent_minimal_repro() -> None:
     second hidden layer's neuron 0 is [0.2909, 0.4357] (CROWN proves it active) and the output
     upper bound is 0.0378. Bounded together with row 1 (which has more IBP-unstable neurons, so
     row 0's candidate list is padded with index 0), neuron 0 keeps its IBP interval
-    [-0.1950, 0.9216] and the upper bound becomes 0.0553: ``_padded_indices`` padded with index
+    [-0.1950, 0.9216] and the upper bound becomes 0.0553: ``padded_indices`` padded with index
     0 and the scatter in ``_tighten_by_backward_pass`` wrote the padded slot's *old* value over
     the tightened one (duplicate indices, last write wins)."""
     t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731

@@ -58,7 +58,7 @@ def unrolled(net: Network) -> Network:
     return Network(tuple(out), net.input_shape)
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "brelu"])
 @pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])
 def test_cnn_bounds_sound_and_equal_to_unrolled(activation: str, p: float) -> None:
     net = random_cnn(activation, seed=7)

@@ -14,7 +14,14 @@ import torch
 from scipy.optimize import linprog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import ALL_ACTIVATIONS, NORMS, methods_for, pgd_extremes, random_network
+from helpers import (
+    ALL_ACTIVATIONS,
+    NORMS,
+    PIECEWISE_LINEAR,
+    methods_for,
+    pgd_extremes,
+    random_network,
+)
 from nnbound.bounds.methods import layerwise_bounds
 from nnbound.network.layers import Activation, Dense
 from nnbound.network.network import Network
@@ -379,7 +386,7 @@ def test_margin_spec_tighter_than_subtracting_logits(act: str) -> None:
     not a per-case theorem (see the report): checked on average and in >= 90% of cases."""
     rng = np.random.default_rng(5)
     crown_gain: dict[str, list[float]] = {}
-    for seed in range(24 if act in ("relu", "leaky_relu") else 12):
+    for seed in range(24 if act in PIECEWISE_LINEAR else 12):
         depth = 1 if seed % 2 == 0 else 2 + seed % 3 // 2
         classes = 4
         sizes = [3] + [8] * depth + [classes]

@@ -235,7 +235,13 @@ def test_chunked_layer_names_and_extensionless_file(tmp_path: Path) -> None:
             {"class_name": "Activation", "config": {"name": "a", "activation": "softmax"}},
             r"softmax.*logits",
         ),
-        ({"class_name": "ReLU", "config": {"name": "r", "max_value": 6.0}}, "max_value"),
+        (
+            {
+                "class_name": "ReLU",
+                "config": {"name": "r", "max_value": 6.0, "negative_slope": 0.1},
+            },
+            "max_value and negative_slope",
+        ),
     ],
 )
 def test_unsupported_layers_are_named(tmp_path: Path, layer: dict[str, Any], pattern: str) -> None:
@@ -291,3 +297,18 @@ def test_input_shape_without_batch_input_shape_comes_from_first_kernel(tmp_path:
     net = from_keras_h5(path)
     assert net.input_shape == (5,)
     assert isinstance(net.layers[0], Dense) and not isinstance(net.layers[0], Flatten)
+
+
+def test_bounded_relu_layers(tmp_path: Path) -> None:
+    """Keras ReLU(max_value=c) and the CLEVER reference's Activation(bounded_relu) (its
+    ``K.relu(x, max_value=1)``) are the bounded ReLU."""
+    layers = [
+        _dense("d", 3, batch_input_shape=[None, 4]),
+        {"class_name": "ReLU", "config": {"name": "r", "max_value": 6.0}},
+        {"class_name": "Activation", "config": {"name": "a", "activation": "bounded_relu"}},
+    ]
+    weights = {
+        "d": [("d/kernel:0", np.ones((4, 3), np.float32)), ("d/bias:0", np.zeros(3, np.float32))]
+    }
+    net = from_keras_h5(write_keras_h5(tmp_path / "b.h5", layers, weights))
+    assert [(a.name, a.alpha) for a in net.activations] == [("brelu", 6.0), ("brelu", 1.0)]

@@ -115,7 +115,9 @@ def test_round_trip_ir_to_torch_to_ir_is_identical_in_float64() -> None:
 @given(
     widths=st.lists(st.integers(1, 6), min_size=2, max_size=5),
     acts=st.lists(
-        st.sampled_from(["relu", "leaky_relu", "tanh", "sigmoid", "arctan", "softplus", "elu"]),
+        st.sampled_from(
+            ["relu", "leaky_relu", "tanh", "sigmoid", "arctan", "softplus", "elu", "brelu"]
+        ),
         min_size=4,
         max_size=4,
     ),
@@ -126,7 +128,9 @@ def test_random_mlp_round_trip(widths: list[int], acts: list[str], seed: int) ->
     for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
         layers.append(Dense(_t(n_out, n_in, seed=seed + 2 * i), _t(n_out, seed=seed + 2 * i + 1)))
         if i < len(widths) - 2:
-            layers.append(Activation(acts[i], 0.25 if acts[i] in ("leaky_relu", "elu") else 0.0))
+            layers.append(
+                Activation(acts[i], 0.25 if acts[i] in ("leaky_relu", "elu", "brelu") else 0.0)
+            )
     net = Network(layers=tuple(layers), input_shape=(widths[0],))
     back = from_torch(to_torch(net), net.input_shape)
     _same_layers(net, back)
@@ -262,14 +266,18 @@ def test_builtin_style_view_minus_one() -> None:
 @pytest.mark.parametrize(
     ("module", "pattern"),
     [
-        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2)), r"AvgPool2d at '1'.*not supported"),
         (
-            nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2))),
-            r"unsupported module MaxPool2d at '0\.1'",
+            nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(3)),
+            r"AdaptiveAvgPool2d at '1'.*windows of different sizes",
+        ),
+        (
+            nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.LPPool2d(2, 2))),
+            r"unsupported module LPPool2d at '0\.1'",
         ),
         (nn.Sequential(nn.Flatten(), nn.Softplus(beta=2.0)), r"Softplus.*beta=2"),
         (nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect")), "padding_mode"),
-        (nn.Sequential(nn.Flatten(), nn.Hardtanh()), r"unsupported module Hardtanh at '1'"),
+        # Hardtanh(0, c) is the bounded ReLU; the default Hardtanh(-1, 1) is no IR activation
+        (nn.Sequential(nn.Flatten(), nn.Hardtanh()), r"Hardtanh at '1': hardtanh\(min=-1\.0"),
     ],
 )
 def test_unsupported_modules_are_named(module: nn.Module, pattern: str) -> None:
@@ -422,8 +430,9 @@ def test_torchscript_sequential_with_stored_shape_and_bn(tmp_path: Path) -> None
 
 
 def test_torchscript_errors(tmp_path: Path) -> None:
-    path = _script(nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2)), tmp_path / "avg.pt")
-    with pytest.raises(UnsupportedError, match=r"avg_pool2d.*AvgPool2d at '1'"):
+    module = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2, divisor_override=3))
+    path = _script(module, tmp_path / "avg.pt")
+    with pytest.raises(UnsupportedError, match=r"avg_pool2d with divisor_override"):
         load_torchscript(path, (1, 6, 6))
     (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ModelFormatError, match="not a readable TorchScript archive"):

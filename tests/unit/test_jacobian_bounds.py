@@ -13,7 +13,7 @@ from torch.func import jacrev, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nnbound
-from helpers import ALL_ACTIVATIONS, NORMS, random_network
+from helpers import ALL_ACTIVATIONS, NORMS, PIECEWISE_LINEAR, random_network
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.jacobian import (
     gradient_dual_norm,
@@ -83,7 +83,7 @@ def test_linf_refinement_merges_sure_entries() -> None:
 def test_eps_zero_is_the_exact_jacobian(
     activation: str, method: str, direction: int, shift: int
 ) -> None:
-    if method == "fastlip" and activation not in ("relu", "leaky_relu"):
+    if method == "fastlip" and activation not in PIECEWISE_LINEAR:
         pytest.skip("fastlip is ReLU-only")
     net = random_network(activation, [5, 7, 6, 3], seed=11)
     x = torch.randn(3, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)

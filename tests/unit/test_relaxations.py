@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers  # noqa: F401  (sets torch threads)
 from nnbound.network.layers import Activation
 from nnbound.relax import (
+    BoundedReluRelaxation,
     ConvexRelaxation,
     LeakyReluRelaxation,
     LowerSlope,
@@ -53,6 +54,9 @@ def _np_funcs(name: str, alpha: float = 0.0):
         if name == "leaky_relu":
             return (lambda z: np.where(z > 0, z, alpha * z),
                     lambda z: np.where(z > 0, 1.0, alpha))
+        if name == "brelu":  # alpha is the cap
+            return (lambda z: np.clip(z, 0.0, alpha),
+                    lambda z: ((z > 0) & (z < alpha)).astype(float))
         if name == "tanh":
             return np.tanh, (lambda z: 1.0 / np.cosh(np.clip(z, -350, 350)) ** 2)
         if name == "sigmoid":
@@ -80,6 +84,11 @@ RELAXATIONS = (
         (f"{fn.name}-{rule.value}", SShapedRelaxation(fn, rule), fn.name, 0.0)
         for fn in (TANH, SIGMOID, ARCTAN)
         for rule in TangentRule
+    ]
+    + [
+        (f"brelu{c}-{ls.value}", BoundedReluRelaxation(c, ls), "brelu", c)
+        for c in (1.0, 0.25, 6.0)
+        for ls in LowerSlope
     ]
     + [("softplus", ConvexRelaxation(SOFTPLUS), "softplus", 0.0)]
     + [(f"elu{a}", ConvexRelaxation(elu_function(a)), "elu", a) for a in (1.0, 0.5)]
@@ -144,7 +153,7 @@ def test_lines_sandwich_activation_on_dense_grid(name, relax, act, alpha, dtype)
     # float64: a few ulps of the line's evaluation. float32: piecewise-linear lines are not
     # padded, so rounding the coefficients to float32 is allowed; the smooth relaxations pad
     # their intercepts outward and must hold to float64 precision.
-    smooth = act not in ("relu", "leaky_relu")
+    smooth = act not in ("relu", "leaky_relu", "brelu")
     tol = 4 * (EPS64 if dtype == torch.float64 or smooth else EPS32)
     worst_lo, worst_up = int(v_lo.argmax()), int(v_up.argmax())
     assert v_lo.max() <= tol, (
@@ -158,7 +167,7 @@ def test_lines_sandwich_activation_on_dense_grid(name, relax, act, alpha, dtype)
 
 
 @pytest.mark.parametrize(
-    "act", ["relu", "leaky_relu", "tanh", "sigmoid", "arctan", "softplus", "elu"]
+    "act", ["relu", "leaky_relu", "tanh", "sigmoid", "arctan", "softplus", "elu", "brelu"]
 )
 def test_lines_sound_against_network_forward(act: str) -> None:
     """The bounds certify what ``Activation.forward`` computes, so the lines must also sandwich
@@ -225,8 +234,10 @@ def test_interval_and_derivative_interval_contain_samples(name, relax, act, alph
     tol = 8 * EPS64 * (1 + np.abs(fz))
     assert (fz >= lo[:, None] - tol).all(), name
     assert (fz <= hi[:, None] + tol).all(), name
-    if act in ("relu", "leaky_relu", "elu"):
+    if act in ("relu", "leaky_relu", "elu", "brelu"):
         z = np.where(z == 0.0, np.nan, z)  # kink: f'(0) is either side's value
+    if act == "brelu":
+        z = np.where(z == alpha, np.nan, z)  # the second kink
     dz = df(z)
     ok = np.isnan(z) | ((dz >= dlo[:, None] - 8 * EPS64) & (dz <= dhi[:, None] + 8 * EPS64))
     assert ok.all(), name

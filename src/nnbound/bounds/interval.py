@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from nnbound.network.layers import Activation, Layer
+from nnbound.network.layers import Activation, Layer, MaxPool2d
 from nnbound.relax.base import Relaxation
 
 
@@ -18,15 +18,20 @@ def interval_forward(
     pre: dict[int, tuple[Tensor, Tensor]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Propagate the box ``[lower, upper]`` (input of ``layers[start]``) to the input of
-    ``layers[end]``. Activations use ``relax[i].interval``; if ``pre`` holds (tighter) bounds for
-    an activation's input they are intersected with the propagated box first."""
+    ``layers[end]``. Activations use ``relax[i].interval``, max pools their exact monotone range
+    ``[pool(lower), pool(upper)]``; if ``pre`` holds (tighter) bounds for an activation's or a
+    max pool's input they are intersected with the propagated box first."""
     for i in range(start, end):
         layer = layers[i]
-        if isinstance(layer, Activation):
+        if isinstance(layer, (Activation, MaxPool2d)):
             if pre is not None and i in pre:
                 lower = lower.maximum(pre[i][0])
                 upper = upper.minimum(pre[i][1])
-            lower, upper = relax[i].interval(lower, upper)
+            if isinstance(layer, MaxPool2d):
+                # max is non-decreasing in every input: the box's corners give its range
+                lower, upper = layer.forward(lower), layer.forward(upper)
+            else:
+                lower, upper = relax[i].interval(lower, upper)
         else:
             mid = layer.forward((upper + lower) / 2)
             rad = layer.forward_abs((upper - lower) / 2)

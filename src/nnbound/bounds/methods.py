@@ -14,6 +14,12 @@ method (the reference's ``interval_bound`` on layer 0). ``crown`` is an alias of
 ``crown-adaptive``. Fast-Lin and CROWN-adaptive are defined for ReLU (and leaky ReLU) networks;
 CROWN-general handles every activation.
 
+Pooling: an average pool is a linear layer (its transpose carries the backward pass). A max
+pool is relaxed like an activation, from bounds of its input computed the same way as
+pre-activation bounds: interval arithmetic uses its exact monotone range, the backward pass
+its per-window lines (:mod:`nnbound.relax.maxpool`), in every method above. Its input bounds
+appear in ``Bounds.intermediate.pre`` under its layer index.
+
 ``reference=False`` (the default) adds two things the reference does not do, both sound and
 never looser: each hidden neuron's linear bound is intersected with its interval bound, and for
 piecewise-linear activations only neurons the interval bound leaves unstable get a backward
@@ -30,12 +36,20 @@ import torch
 from torch import Tensor
 
 from nnbound.bounds.interval import box_concretize, interval_forward
-from nnbound.bounds.linear import backward_linear_bounds, start_rows
+from nnbound.bounds.linear import backward_linear_bounds, padded_indices, start_rows
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.errors import InputError, UnsupportedError
-from nnbound.network.layers import Activation
+from nnbound.network.layers import (
+    NONLINEAR_TYPES,
+    Activation,
+    Flatten,
+    MaxPool2d,
+    Normalize,
+    Reshape,
+)
 from nnbound.network.network import Network
 from nnbound.relax.base import LinearRelaxation, Relaxation
+from nnbound.relax.maxpool import MaxPoolLines, maxpool_interval, maxpool_lines
 from nnbound.relax.registry import relaxation_for
 from nnbound.relax.relu import LowerSlope
 from nnbound.relax.s_shaped import TangentRule
@@ -82,10 +96,10 @@ def _check_activations(net: Network, method: Method) -> None:
     if not method.relu_only:
         return
     for act in net.activations:
-        if act.name not in ("relu", "leaky_relu"):
+        if act.name not in ("relu", "leaky_relu", "brelu"):
             raise UnsupportedError(
-                f"method {method.name} is defined for ReLU / leaky-ReLU networks; this network "
-                f"has {act.name}: use crown-general"
+                f"method {method.name} is defined for (leaky / bounded) ReLU networks; this "
+                f"network has {act.name}: use crown-general"
             )
 
 
@@ -97,9 +111,15 @@ def _first_block_bounds(net: Network, end: int, ball: InputSet) -> tuple[Tensor,
         mid = layer.forward(mid)
     lo_box, hi_box = ball.box()
     box_lo, box_hi = interval_forward(layers, 0, end, lo_box, hi_box, {})
-    if ball.p == math.inf:
-        # Centre/radius arithmetic is exact for one affine map of a box; with several linear
-        # maps in a row it is still sound.
+    mixing = sum(
+        1 for layer in layers[:end] if not isinstance(layer, (Flatten, Reshape, Normalize))
+    )
+    widest = math.prod(shapes[end]) * max(math.prod(s) for s in shapes[: end + 1])
+    if ball.p == math.inf and (mixing <= 1 or widest > _CHUNK_ELEMENTS):
+        # Centre/radius arithmetic is exact for one affine map of a box (element-wise and
+        # reshaping layers around it keep it exact). With several (a conv then an average
+        # pool) it is only sound, so those blocks take the exact row-norm path below when
+        # its dense coefficients fit in memory.
         return box_lo, box_hi
     size = math.prod(shapes[end])
     eye = torch.eye(size, dtype=mid.dtype, device=mid.device).reshape(1, size, *shapes[end])
@@ -114,25 +134,21 @@ def _first_block_bounds(net: Network, end: int, ball: InputSet) -> tuple[Tensor,
     return lower, upper
 
 
-def _padded_indices(mask: Tensor) -> Tensor:
-    """Per row, the flat indices where ``mask`` (``(N, M)``) is true, padded to the largest
-    count by repeating the row's first index (0 for an empty row): ``(N, U)``.
-
-    Padding repeats a real index so that scattering results back writes the same value twice,
-    never a stale one over a fresh one.
-    """
-    counts = mask.sum(1)
-    u = int(counts.max()) if mask.numel() else 0
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :u]
-    valid = torch.arange(u, device=mask.device).unsqueeze(0) < counts.unsqueeze(1)
-    return torch.where(valid, order, order[:, :1])
+def _line_rows(
+    lines: LinearRelaxation | MaxPoolLines, rows: Tensor
+) -> LinearRelaxation | MaxPoolLines:
+    """The lines of input-set rows ``rows``."""
+    if isinstance(lines, MaxPoolLines):
+        return lines.rows(rows)
+    tensors = (lines.lower_slope, lines.lower_bias, lines.upper_slope, lines.upper_bias)
+    return LinearRelaxation(*(t[rows] for t in tensors))
 
 
 def _tighten_by_backward_pass(
     net: Network,
     j: int,
     ball: InputSet,
-    lines: dict[int, LinearRelaxation],
+    lines: dict[int, LinearRelaxation | MaxPoolLines],
     candidates: Tensor,
     lower: Tensor,
     upper: Tensor,
@@ -160,14 +176,9 @@ def _tighten_by_backward_pass(
         fit = max(1, _CHUNK_ELEMENTS // (largest * width))
         rows = order[start : start + min(fit, _ROWS_PER_GROUP)]
         start += rows.numel()
-        idx = _padded_indices(candidates[rows])
+        idx = padded_indices(candidates[rows])
         sub_ball = ball.rows(rows)
-        sub_lines = {
-            k: LinearRelaxation(
-                *(t[rows] for t in (v.lower_slope, v.lower_bias, v.upper_slope, v.upper_bias))
-            )
-            for k, v in lines.items()
-        }
+        sub_lines = {k: _line_rows(v, rows) for k, v in lines.items()}
         a, const, end = start_rows(layers, shapes, j, idx, ball.center.dtype, ball.center.device)
         c_lo, c_up = backward_linear_bounds(layers, shapes, end, a, const, sub_lines, sub_ball)
         # Padding repeats a row's first candidate, so every write is that neuron's own bound;
@@ -222,12 +233,15 @@ def layerwise_bounds(
     if ball.center.dtype != net.dtype:
         raise InputError(f"input dtype {ball.center.dtype} differs from the network's {net.dtype}")
     n = ball.center.shape[0]
-    acts = [i for i, layer in enumerate(layers) if isinstance(layer, Activation)]
+    # Layers relaxed by their input bounds: activations and max pools (acts, below).
+    acts = [i for i, layer in enumerate(layers) if isinstance(layer, NONLINEAR_TYPES)]
     relax: dict[int, Relaxation] = {
-        i: relaxation_for(layers[i], m.relu_lower, tangent) for i in acts
+        i: relaxation_for(layers[i], m.relu_lower, tangent)
+        for i in acts
+        if isinstance(layers[i], Activation)
     }
     pre: dict[int, tuple[Tensor, Tensor]] = {}
-    lines: dict[int, LinearRelaxation] = {}
+    lines: dict[int, LinearRelaxation | MaxPoolLines] = {}
     intersect = not reference
     for pos, j in enumerate(acts):
         if pos == 0:
@@ -237,11 +251,23 @@ def layerwise_bounds(
             lo, up = interval_forward(layers, prev, j, *pre[prev], relax)
             if prior is not None and j in prior and intersect:
                 lo, up = lo.maximum(prior[j][0]), up.minimum(prior[j][1])
-            if m.hidden == "linear":
+            # Right after another relaxed layer (a ReLU then a max pool) the interval is
+            # already at least as tight as a backward pass: that pass would go through the
+            # previous layer's lines, whose range over its own input bounds contains the
+            # interval (monotone activations, max pool), so it is skipped (the reference's
+            # exact numbers, with two activations in a row, keep their pass).
+            pooled = isinstance(layers[j], MaxPool2d) or isinstance(layers[prev], MaxPool2d)
+            adjacent = prev == j - 1 and (intersect or pooled)
+            if m.hidden == "linear" and not adjacent:
                 flat_lo = lo.reshape(n, -1)
                 flat_up = up.reshape(n, -1)
-                if relax[j].is_piecewise_linear and intersect:
-                    candidates = (flat_lo < 0) & (flat_up > 0)
+                if isinstance(layers[j], MaxPool2d):
+                    # every input of a window shapes its lines
+                    candidates = torch.ones_like(flat_lo, dtype=torch.bool)
+                elif relax[j].is_piecewise_linear and intersect:
+                    candidates = torch.zeros_like(flat_lo, dtype=torch.bool)
+                    for kink in relax[j].kinks:  # (0,) for ReLU; (0, cap) bounded ReLU
+                        candidates |= (flat_lo < kink) & (flat_up > kink)
                 else:
                     candidates = torch.ones_like(flat_lo, dtype=torch.bool)
                 lo, up = _tighten_by_backward_pass(
@@ -249,27 +275,47 @@ def layerwise_bounds(
                 )
         up = torch.maximum(up, lo)  # rounding can cross them when the interval is a point
         pre[j] = (lo, up)
-        lines[j] = relax[j].linear(lo, up)
+        layer = layers[j]
+        if isinstance(layer, MaxPool2d):
+            lines[j] = maxpool_lines(layer, shapes[j], lo, up)
+        else:
+            lines[j] = relax[j].linear(lo, up)
     spec = _spec_tensor(C, n, ball.batch_shape, net)
     const = torch.zeros(n, spec.shape[1], dtype=spec.dtype, device=spec.device)
     if m.final == "linear" or not acts:
         lower, upper = backward_linear_bounds(layers, shapes, len(layers), spec, const, lines, ball)
     else:
-        last = acts[-1]
-        post_lo, post_up = relax[last].interval(*pre[last])
-        # Carry the spec back to the last activation's output through the linear layers only.
-        a, c = spec, const
-        for i in range(len(layers) - 1, last, -1):
-            bias = layers[i].bias_map(shapes[i + 1])
-            if bias is not None:
-                c = c + (a * bias).reshape(*a.shape[:2], -1).sum(-1)
-            a = layers[i].transpose(a, shapes[i])
-        lower, upper = box_concretize(a, c, post_lo, post_up)
+        lower, upper = _final_interval_bounds(net, acts[-1], relax, pre, spec, const)
     assert lower is not None and upper is not None
     out_shape = (*ball.batch_shape, spec.shape[1]) if ball.batch_shape else tuple(lower.shape)
     return Bounds(
         lower.reshape(out_shape), upper.reshape(out_shape), m.name, IntermediateBounds(pre)
     )
+
+
+def _final_interval_bounds(
+    net: Network,
+    last: int,
+    relax: dict[int, Relaxation],
+    pre: dict[int, tuple[Tensor, Tensor]],
+    spec: Tensor,
+    const: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Bounds of the spec from the interval of the last relaxed layer's output, carried back
+    to it through the linear layers above (the reference's ``*-interval`` last layer)."""
+    layers, shapes = net.layers, net.shapes
+    last_layer = layers[last]
+    if isinstance(last_layer, MaxPool2d):
+        post_lo, post_up = maxpool_interval(last_layer, *pre[last])
+    else:
+        post_lo, post_up = relax[last].interval(*pre[last])
+    a, c = spec, const
+    for i in range(len(layers) - 1, last, -1):
+        bias = layers[i].bias_map(shapes[i + 1])
+        if bias is not None:
+            c = c + (a * bias).reshape(*a.shape[:2], -1).sum(-1)
+        a = layers[i].transpose(a, shapes[i])
+    return box_concretize(a, c, post_lo, post_up)
 
 
 def _spec_tensor(C: Tensor | None, n: int, batch_shape: tuple[int, ...], net: Network) -> Tensor:

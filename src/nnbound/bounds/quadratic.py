@@ -23,7 +23,7 @@ from nnbound.bounds.methods import _first_block_bounds, _spec_tensor, layerwise_
 from nnbound.bounds.result import Bounds
 from nnbound.bounds.spectral import block_matrix
 from nnbound.errors import UnsupportedError
-from nnbound.network.layers import Activation
+from nnbound.network.layers import Activation, MaxPool2d
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 
@@ -98,6 +98,11 @@ def _certified_min(
 
 def quadratic_bounds(net: Network, ball: LpBall, C: Tensor | None = None) -> Bounds:
     """CROWN-adaptive tightened by the certified quadratic bound (one hidden ReLU layer)."""
+    if any(isinstance(layer, MaxPool2d) for layer in net.layers):
+        raise UnsupportedError(
+            "the quad bound applies to networks with exactly one hidden ReLU layer and linear "
+            "layers; this network has max pooling"
+        )
     acts = [i for i, layer in enumerate(net.layers) if isinstance(layer, Activation)]
     if len(acts) != 1 or net.layers[acts[0]].name != "relu":
         raise UnsupportedError(

@@ -1,10 +1,10 @@
 """The spectral (operator-norm product) baseline of the reference (spec §7).
 
 ``|c . f(x) - c . f(x0)| <= ||c^T W_last||_q * prod_i lip(act_i) ||W_i||_p * ||x - x0||_p``: each
-linear block's induced p-norm times each activation's Lipschitz constant (1 for ReLU, tanh,
-arctan, softplus; 0.25 for sigmoid; max(1, alpha) for leaky ReLU / ELU). Unlike the reference
-this is recomputed per call (the reference caches the product in a process global, spec §12.3)
-and handles any linear layers by materialising each block once as a matrix.
+linear block's induced p-norm times each activation's Lipschitz constant (1 for ReLU, bounded
+ReLU, tanh, arctan, softplus; 0.25 for sigmoid; max(1, alpha) for leaky ReLU / ELU). Unlike the
+reference this is recomputed per call (the reference caches the product in a process global,
+spec §12.3) and handles any linear layers by materialising each block once as a matrix.
 """
 
 from __future__ import annotations
@@ -14,11 +14,19 @@ import math
 import torch
 from torch import Tensor
 
-from nnbound.errors import InputError
-from nnbound.network.layers import Activation, Layer, Shape
+from nnbound.errors import InputError, UnsupportedError
+from nnbound.network.layers import NONLINEAR_TYPES, Activation, Layer, MaxPool2d, Shape
 from nnbound.network.network import Network
+from nnbound.relax.maxpool import maxpool_lipschitz
 
-_ACT_LIPSCHITZ = {"relu": 1.0, "tanh": 1.0, "arctan": 1.0, "softplus": 1.0, "sigmoid": 0.25}
+_ACT_LIPSCHITZ = {
+    "relu": 1.0,
+    "brelu": 1.0,
+    "tanh": 1.0,
+    "arctan": 1.0,
+    "softplus": 1.0,
+    "sigmoid": 0.25,
+}
 _MAX_DENSE_ELEMENTS = 1 << 27
 
 
@@ -29,12 +37,25 @@ def activation_lipschitz(act: Activation) -> float:
 
 
 def block_matrix(layers: tuple[Layer, ...], shapes: list[Shape], start: int, end: int) -> Tensor:
-    """The matrix (out, in) of the purely linear layers ``layers[start:end]`` (biases dropped)."""
+    """The matrix (out, in) of the purely linear layers ``layers[start:end]`` (biases dropped).
+
+    Average pools fold like any linear layer; a max pool (or an activation) in the range is
+    refused with UnsupportedError, since it has no matrix.
+    """
+    for i in range(start, end):
+        if isinstance(layers[i], NONLINEAR_TYPES):
+            what = "max pooling" if isinstance(layers[i], MaxPool2d) else "an activation"
+            raise UnsupportedError(
+                f"layer {i} ({type(layers[i]).__name__}) is {what}, not linear: it cannot be "
+                "folded into a matrix (methods that fold linear blocks, such as the Jacobian "
+                "bounds and quad, do not support it)"
+            )
     n_out = math.prod(shapes[end])
     n_in = math.prod(shapes[start])
     if n_out * n_in > _MAX_DENSE_ELEMENTS:
         raise InputError(f"linear block {n_out}x{n_in} too large for the spectral bound")
-    ref = next(t for layer in layers for t in layer.tensors().values())
+    # dtype/device of the weights (a network of pools and reshapes only has none)
+    ref = next((t for layer in layers for t in layer.tensors().values()), torch.empty(0))
     a = torch.eye(n_out, dtype=ref.dtype, device=ref.device).reshape(1, n_out, *shapes[end])
     for i in range(end - 1, start - 1, -1):
         a = layers[i].transpose(a, shapes[i])
@@ -51,17 +72,24 @@ def induced_norm(m: Tensor, p: float) -> Tensor:
 
 
 def spectral_lipschitz(net: Network, C: Tensor, p: float) -> Tensor:
-    """Lipschitz constants ``(N, S)`` of the spec rows ``C`` ``(N, S, outputs)`` w.r.t. ||.||_p."""
+    """Lipschitz constants ``(N, S)`` of the spec rows ``C`` ``(N, S, outputs)`` w.r.t. ||.||_p.
+
+    Max pools count as non-linear layers with the constant of
+    :func:`nnbound.relax.maxpool.maxpool_lipschitz` (1 for p = inf or without overlapping
+    windows; ``c`` for p = 1 and ``sqrt(c)`` for p = 2 when an input lies in ``c`` windows).
+    """
     layers, shapes = net.layers, net.shapes
-    acts = [i for i, layer in enumerate(layers) if isinstance(layer, Activation)]
+    acts = [i for i, layer in enumerate(layers) if isinstance(layer, NONLINEAR_TYPES)]
     k = torch.ones((), dtype=net.dtype, device=net.device)
     start = 0
     for j in acts:
-        k = (
-            k
-            * induced_norm(block_matrix(layers, shapes, start, j), p)
-            * activation_lipschitz(layers[j])
-        )
+        if start < j:  # an empty block (two non-linear layers in a row) is the identity
+            k = k * induced_norm(block_matrix(layers, shapes, start, j), p)
+        layer = layers[j]
+        if isinstance(layer, MaxPool2d):
+            k = k * maxpool_lipschitz(layer, shapes[j], p)
+        else:
+            k = k * activation_lipschitz(layer)
         start = j + 1
     last = block_matrix(layers, shapes, start, len(layers))  # (outputs, n)
     rows = C.reshape(C.shape[0], C.shape[1], -1) @ last  # (N, S, n)

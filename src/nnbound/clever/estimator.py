@@ -771,7 +771,9 @@ class Clever:
     @staticmethod
     def _check_twice_differentiable(model: nn.Module | Network, f: nn.Module) -> None:
         if isinstance(model, Network):
-            bad = [a.name for a in model.activations if a.name in ("relu", "leaky_relu")]
+            bad = [
+                a.name for a in model.activations if a.name in ("relu", "leaky_relu", "brelu")
+            ]
         else:
             bad = [type(m).__name__ for m in f.modules()
                    if isinstance(m, _PIECEWISE_LINEAR_MODULES)]

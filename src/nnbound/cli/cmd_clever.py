@@ -18,6 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from nnbound.cli.catalogue_args import (
+    add_catalogue_args,
+    load_catalogue_inputs,
+    load_catalogue_model,
+    wants_catalogue,
+)
 from nnbound.cli.common import (
     add_data_args,
     add_runtime_args,
@@ -39,8 +45,9 @@ def configure(p: argparse.ArgumentParser) -> None:
         "model",
         nargs="?",
         default=None,
-        help="model file (.onnx, .safetensors, .h5, .pt TorchScript, .pt2) or a built-in model "
-        "name (see `nnbound info --list`); not needed with --from-samples",
+        help="model file (.onnx, .safetensors, .h5, .pt TorchScript, .pt2), a built-in model "
+        "name (see `nnbound info --list`) or a catalogue architecture such as resnet50 (see "
+        "`nnbound models`); not needed with --from-samples",
     )
     p.add_argument(
         "--input-range",
@@ -51,6 +58,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="data domain of the model's inputs, if the model file does not store it",
     )
     add_data_args(p)
+    add_catalogue_args(p)
     g = p.add_argument_group("CLEVER (reference defaults)")
     g.add_argument(
         "--targettype",
@@ -153,9 +161,15 @@ def run(args: argparse.Namespace) -> int:
     from nnbound.clever.targets import parse_target_kinds, select_jobs
 
     kinds = parse_target_kinds(args.targettype)
-    net = load_model_arg(args)
-    inputs = load_inputs(args, net)
-    if args.input:
+    catalogue = wants_catalogue(args)
+    if catalogue:
+        # an ImageNet architecture (nn.Module on [0, 1] pixels); rows already selected
+        net = load_catalogue_model(args)
+        inputs = load_catalogue_inputs(args, net)
+    else:
+        net = load_model_arg(args)
+        inputs = load_inputs(args, net)
+    if args.input and not catalogue:
         # load_inputs returns every row of a --input file; CLEVER scans --numimage rows from
         # --startimage there too, as for a dataset.
         n = len(inputs.labels)
@@ -180,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         share_samples=bool(args.share_samples),
+        input_range=net.input_range,
         **fit_settings,
     )
     est.validate()  # bad settings fail before any sampling
@@ -209,8 +224,9 @@ def run(args: argparse.Namespace) -> int:
         save_samples(args.save_samples, records, model=str(args.model))
         note(args, f"samples written to {args.save_samples}")
     settings = dict(records[0].samples.settings) if records else {}
+    extra = {"weights": net.weights} if catalogue else None
     return _report(args, results, str(args.model), settings,
-                   skipped=[int(inputs.indices[r]) for r in skipped])
+                   skipped=[int(inputs.indices[r]) for r in skipped], extra=extra)
 
 
 def _num(v: float) -> float | None:
@@ -224,6 +240,7 @@ def _report(
     settings: Any,
     *,
     skipped: list[int],
+    extra: dict[str, Any] | None = None,
 ) -> int:
     from nnbound.clever.sampling import NORM_KEYS
 
@@ -279,6 +296,7 @@ def _report(
                 "avg": avg,
                 "numimage": len({r["index"] for r in images}),
                 "skipped": skipped,
+                **(extra or {}),
                 "provenance": provenance(
                     device=settings.get("device", "cpu"),
                     dtype=_dtype_of(settings.get("dtype", "float32")),

@@ -23,6 +23,12 @@ from typing import Any
 
 import torch
 
+from nnbound.cli.catalogue_args import (
+    add_catalogue_args,
+    load_catalogue_inputs,
+    load_catalogue_model,
+    wants_catalogue,
+)
 from nnbound.cli.common import (
     add_data_args,
     add_model_args,
@@ -42,6 +48,7 @@ from nnbound.tasks.evaluate import (
     EvaluateSettings,
     Evaluation,
     available_methods,
+    certified_unavailable,
     evaluate,
     parse_methods,
 )
@@ -53,6 +60,7 @@ HELP = "the robustness sandwich per image: certified <= CLEVER <= attack, with r
 def configure(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_data_args(p)
+    add_catalogue_args(p)
     d = EvaluateSettings()
     g = p.add_argument_group("sandwich")
     g.add_argument("--norm", default="i", help="1 | 2 | i (inf) (default i)")
@@ -207,13 +215,28 @@ def run(args: argparse.Namespace) -> int:
     if args.numimage < 1:
         raise InputError(f"--numimage must be >= 1, got {args.numimage}")
     p = parse_norm(args.norm)
-    net = load_model_arg(args)
+    catalogue = wants_catalogue(args)
+    # a catalogue architecture is a torch module outside the IR: CLEVER and attacks only
+    net = load_catalogue_model(args) if catalogue else load_model_arg(args)
+    no_certified = certified_unavailable(net)
+    if no_certified:
+        note(args, f"note: {no_certified}")
     methods = parse_methods(None if args.methods == "auto" else args.methods, net)
     if args.methods == "auto":
         missing = available_methods(net)[1]
         for m, why in missing.items():
-            note(args, f"note: {m} left out: {why}")
-    inputs = load_inputs(args, net, all_rows=args.input is None)
+            if why != no_certified:
+                note(args, f"note: {m} left out: {why}")
+    if catalogue:
+        inputs = load_catalogue_inputs(args, net)
+        if "clever" in methods and args.targettype == "untargeted":
+            note(
+                args,
+                "note: untargeted CLEVER on an ImageNet model fits one estimate per class "
+                "(999 per image); --targettype runnerup is the usual, much cheaper, proxy",
+            )
+    else:
+        inputs = load_inputs(args, net, all_rows=args.input is None)
     with torch.no_grad():
         logits = net(inputs.x).cpu()
     sel = select_targets(
@@ -246,19 +269,30 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     prov = provenance(device=net.device, dtype=net.dtype, seed=args.seed)
+    extra = {"weights": net.weights, "certified": no_certified} if catalogue else {}
     if args.json:
         print_json(
-            {**ev.to_dict(), "model": args.model, "targettype": args.targettype, "provenance": prov}
+            {
+                **ev.to_dict(),
+                "model": args.model,
+                "targettype": args.targettype,
+                **extra,
+                "provenance": prov,
+            }
         )
     elif args.csv:
         _print_csv(ev, args, prov)
     else:
         _print_text(ev, args)
+        for key, value in extra.items():
+            print(f"[sandwich] {key}: {value}")
     if args.report:
         from nnbound.report.html import write_report
 
         path = write_report(
-            ev, args.report, provenance={"model": args.model, "targettype": args.targettype, **prov}
+            ev,
+            args.report,
+            provenance={"model": args.model, "targettype": args.targettype, **extra, **prov},
         )
         note(args, f"report: {path}")
     bugs = ev.count("bug")

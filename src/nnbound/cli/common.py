@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nnbound.errors import InputError
+from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.network import Network
 
 DEFAULT_RANGE_IF_UNKNOWN = (0.0, 1.0)
@@ -89,8 +89,17 @@ def note(args: argparse.Namespace, message: str) -> None:
 
 
 def load_model_arg(args: argparse.Namespace) -> Network:
+    from pathlib import Path
+
+    from nnbound.catalogue import is_catalogue_name
     from nnbound.network.load import load_model
 
+    if is_catalogue_name(args.model) and not Path(args.model).exists():
+        raise UnsupportedError(
+            f"{args.model} is a catalogue ImageNet architecture (residual / concatenating "
+            "graph, outside the sequential IR): only `nnbound clever` and `nnbound evaluate` "
+            "take it (CLEVER and attacks; see `nnbound models`)"
+        )
     net = load_model(args.model)
     if args.input_range is not None:
         net = Network(net.layers, net.input_shape, tuple(args.input_range), net.name, net.meta)

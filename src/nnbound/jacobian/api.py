@@ -14,7 +14,8 @@ Where this differs from the reference (each choice sound, none looser):
 * forward mode with one hidden layer and ``shift = 1`` works (the reference asserts);
 * the Linf refinement is capped by the plain sum and uses each spec row's own functional in
   forward mode (see :func:`nnbound.jacobian.recurjac.abs_sum_upper`);
-* small convolutional blocks are folded into dense matrices instead of being refused.
+* convolutional networks of any size: each linear block is applied as its IR layers (conv /
+  conv_transpose) or, when small, as a dense matrix (:mod:`nnbound.jacobian.chain`).
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ def check_options(method: str, layer_method: str, direction: int, shift: int) ->
 
 def _check_fastlip(net: Network) -> None:
     for act in net.activations:
-        if act.name not in ("relu", "leaky_relu"):
+        if act.name not in ("relu", "leaky_relu", "brelu"):
             raise UnsupportedError(
-                f"fastlip is defined for ReLU / leaky-ReLU networks; this network has "
+                f"fastlip is defined for (leaky / bounded) ReLU networks; this network has "
                 f"{act.name}: use recurjac"
             )
 
@@ -103,12 +104,13 @@ def jacobian_bounds(
     shift: int = 0,
     *,
     reference: bool = False,
+    structural: bool | None = None,
 ) -> JacobianBounds:
     """Element-wise bounds of the Jacobian ``d(C f)/dx`` at every x of ``ball``.
 
     Args:
-        net: an MLP (Dense layers, optionally Flatten / Reshape / Normalize, small convs are
-            folded into dense matrices) with any activation that has a derivative interval.
+        net: a feed-forward network of linear layers (Dense, Conv2d, Flatten, Reshape,
+            Normalize, average pooling) and any activation that has a derivative interval.
         ball: the input set (N rows, ``batch_shape`` ``(B,)`` or ``(B, K)``).
         C: spec ``(S, outputs)`` or ``(B, S, outputs)``; ``None`` = the logits (S = outputs).
         method: ``recurjac`` (any activation) or ``fastlip`` (ReLU / leaky ReLU).
@@ -116,6 +118,9 @@ def jacobian_bounds(
         direction: RecurJac order, -1 backward (default) or +1 forward.
         shift: with ``direction=+1``, start the forward recursion at the first hidden layer.
         reference: layer-wise bounds exactly as the reference (no interval intersection).
+        structural: apply every linear block as its layers (True) or as a dense matrix
+            (False); ``None`` (default) picks per block by size (same bounds up to rounding,
+            see :func:`nnbound.jacobian.chain.choose_dense`).
 
     Returns:
         :class:`JacobianBounds` with ``lower``/``upper`` ``(*batch_shape, S, *input_shape)``.
@@ -127,7 +132,7 @@ def jacobian_bounds(
     n = ball.center.shape[0]
     spec = _spec_tensor(C, n, ball.batch_shape, net)
     spec = spec.reshape(n, spec.shape[1], -1)
-    chain = build_chain(net, lb.intermediate.pre, spec)
+    chain = build_chain(net, lb.intermediate.pre, spec, structural=structural)
     lo, up, ch, rec, shifted = chain_bounds(chain, method, direction, shift)
     lead = tuple(ball.batch_shape) if ball.batch_shape else (n,)
     shape = (*lead, spec.shape[1], *net.input_shape)

@@ -63,10 +63,22 @@ def lipschitz_bounds(
     *,
     refine: bool = True,
     reference: bool = False,
+    structural: bool | None = None,
 ) -> LipschitzBounds:
     """Local Lipschitz constants of ``C f`` over ``ball`` with their Jacobian bounds (see
-    :func:`local_lipschitz` for the arguments)."""
-    jac = jacobian_bounds(net, ball, C, method, layer_method, direction, shift, reference=reference)
+    :func:`local_lipschitz` and :func:`~nnbound.jacobian.api.jacobian_bounds` for the
+    arguments)."""
+    jac = jacobian_bounds(
+        net,
+        ball,
+        C,
+        method,
+        layer_method,
+        direction,
+        shift,
+        reference=reference,
+        structural=structural,
+    )
     return LipschitzBounds(lipschitz_from_jacobian(jac, ball.p, refine=refine), ball.p, jac)
 
 

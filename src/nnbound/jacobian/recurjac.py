@@ -28,6 +28,12 @@ every supported activation, and still sound otherwise).
 Forward mode (``--lipsdir +1``) is the same algorithm on the transposed chain
 ``J^T = M_0^T D_0 ... M_{K-1}^T D_{K-1} E^T``, whose partial products are the products from
 the input side: the "rows" are then input coordinates instead of spec rows.
+
+A matrix ``M_k`` is a dense tensor or a structural :class:`~nnbound.jacobian.linop.BlockOp`
+(the IR layers of a conv block, applied as layers); the helpers :func:`apply_matrix`,
+:func:`interval_step`, :func:`matrix_columns` and :func:`transpose_matrix` take either, so the
+algorithms below are written once. Only the end of a chain is always dense: its entries' signs
+start the recursion.
 """
 
 from __future__ import annotations
@@ -38,6 +44,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nnbound.errors import UnsupportedError
+from nnbound.jacobian.linop import BlockOp
+
+Mat = Tensor | BlockOp
+"""A chain factor: a dense ``(c_{k+1}, c_k)`` / ``(B, c_{k+1}, c_k)`` tensor or a block op."""
+
+# A forward-mode chain starts from ``M_0^T`` as its dense end; above this many elements that is
+# refused (the recursion over that many rows would not finish anyway).
+MAX_DENSE_END_ELEMENTS = 1 << 26
+# A recursion over structural (conv) blocks needing more element operations than this (rows x
+# functionals x widths summed over levels) is refused up front: measured at ~15 ns each on a
+# loaded 2-core CPU, 2^33 is about two minutes (forward mode on an image CNN, where every
+# input pixel is a row, easily needs hours). Dense-only chains (MLPs) are never refused.
+MAX_RECURSION_WORK = 1 << 33
+
 # Elements of the largest (B, R, T, c) work tensor of one chunk of functionals.
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -46,7 +67,7 @@ _CHUNK_ELEMENTS = 1 << 22
 class Chain:
     """``J = end D_{K-1} mats[K-1] ... D_0 mats[0]`` (see the module docstring for shapes)."""
 
-    mats: tuple[Tensor, ...]
+    mats: tuple[Mat, ...]
     end: Tensor
     dlo: tuple[Tensor, ...]
     dhi: tuple[Tensor, ...]
@@ -65,18 +86,42 @@ class Chain:
         if k == 0:
             raise ValueError("a chain without diagonal factors has nothing to transpose")
         b = self.batch
-        mats = [self.end.transpose(1, 2)]  # (B, c_K, R)
-        mats += [m.transpose(-1, -2) for m in self.mats[k - 1 : 0 : -1]]
+        mats: list[Mat] = [self.end.transpose(1, 2)]  # (B, c_K, R)
+        mats += [transpose_matrix(m) for m in self.mats[k - 1 : 0 : -1]]
         first = self.mats[0]
-        end = first.transpose(-1, -2)  # (c_0, c_1) or (B, c_0, c_1)
+        if isinstance(first, BlockOp):
+            # The end's entries are needed (their signs start the recursion): materialise M_0^T.
+            if first.in_size * first.out_size > MAX_DENSE_END_ELEMENTS:
+                raise UnsupportedError(
+                    f"forward-mode RecurJac needs the first linear block as a dense "
+                    f"{first.in_size}x{first.out_size} matrix, which is too large: use "
+                    "direction -1 (backward mode) for this network"
+                )
+            end = first.columns(0, first.in_size)  # (c_0, c_1): row j is M_0 e_j
+        else:
+            end = first.transpose(-1, -2)  # (c_0, c_1) or (B, c_0, c_1)
         if end.dim() == 2:
             end = end.unsqueeze(0).expand(b, -1, -1)
         return Chain(tuple(mats), end, self.dlo[::-1], self.dhi[::-1])
 
 
-def apply_matrix(c: Tensor, m: Tensor) -> Tensor:
+def transpose_matrix(m: Mat) -> Mat:
+    """``M^T`` (a view for a tensor, a flag for a block op)."""
+    return m.t() if isinstance(m, BlockOp) else m.transpose(-1, -2)
+
+
+def matrix_columns(m: Mat, start: int, stop: int) -> Tensor:
+    """Columns ``start:stop`` of ``M`` as rows: ``(T, c_{k+1})`` or ``(B, T, c_{k+1})``."""
+    if isinstance(m, BlockOp):
+        return m.columns(start, stop)
+    return m.transpose(-1, -2)[..., start:stop, :]
+
+
+def apply_matrix(c: Tensor, m: Mat) -> Tensor:
     """``c @ m^T`` for functionals ``c`` ``(B, R, T, c_j)`` and ``m`` ``(c_{j+1}, c_j)`` or
     ``(B, c_{j+1}, c_j)``: the coefficient vectors ``M c`` one level up."""
+    if isinstance(m, BlockOp):
+        return m.matvec(c)
     if m.dim() == 2:
         return c @ m.T
     return c @ m.transpose(1, 2).unsqueeze(1)
@@ -89,11 +134,18 @@ def interval_product(lo: Tensor, up: Tensor, glo: Tensor, ghi: Tensor) -> tuple[
 
 
 def interval_step(
-    lo: Tensor, up: Tensor, glo: Tensor, ghi: Tensor, m: Tensor
+    lo: Tensor, up: Tensor, glo: Tensor, ghi: Tensor, m: Mat
 ) -> tuple[Tensor, Tensor]:
     """Bounds of ``Y D M`` for ``Y in [lo, up]`` ``(B, R, c_{k+1})``, ``D in [glo, ghi]``
     ``(B, c_{k+1})`` and exact ``M`` ``(c_{k+1}, c_k)`` (or batched): ``(B, R, c_k)`` each."""
     plo, phi = interval_product(lo, up, glo.unsqueeze(1), ghi.unsqueeze(1))
+    if isinstance(m, BlockOp):
+        # The same exact interval product in mid / radius form, ``[lo, hi] M = mid M +- rad |M|``
+        # (entry-wise equal to ``lo M+ + hi M-``, ``hi M+ + lo M-``), with the layers applied
+        # as layers; a block whose |M| is only bounded (two mixing layers) widens it soundly.
+        mid = m.rmatmul((plo + phi) * 0.5)
+        rad = m.abs_rmatmul((phi - plo) * 0.5)
+        return mid - rad, mid + rad
     mp, mn = m.clamp(min=0), m.clamp(max=0)
     return plo @ mp + phi @ mn, phi @ mp + plo @ mn
 
@@ -184,14 +236,22 @@ def recurjac_levels(ch: Chain) -> tuple[list[tuple[Tensor, Tensor]], Recursion]:
     levels: list[tuple[Tensor, Tensor]] = [(ch.end, ch.end)] * (k_total + 1)
     b, r = ch.batch, ch.rows
     widths = [m.shape[-2] for m in ch.mats]
+    work = b * r * sum(ch.mats[k].shape[-1] * sum(widths[k:]) for k in range(k_total))
+    if work > MAX_RECURSION_WORK and any(isinstance(m, BlockOp) for m in ch.mats):
+        raise UnsupportedError(
+            f"RecurJac on this chain ({r} rows per input set, layer widths {widths}) needs about "
+            f"{work:.1e} element operations, too many to finish; forward mode (direction +1) "
+            "has one row per input feature: use backward mode (direction -1), Fast-Lip, or "
+            "fewer input sets at a time"
+        )
     for k in range(k_total - 1, -1, -1):
         m = ch.mats[k]
         n_cols = m.shape[-1]
-        cols = m.transpose(-1, -2)  # (c_k, c_{k+1}): row j is M_k e_j
         step = _chunk(b, r, widths[k:])
         lows, ups = [], []
         for t0 in range(0, n_cols, step):
-            part = cols[..., t0 : t0 + step, :]
+            # Row j of a chunk is M_k e_j; a block op forms only this chunk of its columns.
+            part = matrix_columns(m, t0, min(t0 + step, n_cols))
             # Shared columns stay a broadcast view: the first step's products expand them.
             w = part.unsqueeze(1) if part.dim() == 3 else part
             ups.append(rec.upper(k, w))
@@ -269,7 +329,7 @@ def abs_sum_upper(
         # One chain per (b, r) whose first matrix is the single column M_0 s.
         expand = lambda t: t.repeat_interleave(r, dim=0)  # noqa: E731
         mats = [w.reshape(b * r, -1, 1)]
-        mats += [m if m.dim() == 2 else expand(m) for m in ch.mats[1:]]
+        mats += [m if isinstance(m, BlockOp) or m.dim() == 2 else expand(m) for m in ch.mats[1:]]
         end = ch.end.reshape(b * r, 1, -1)
         sub = Chain(
             tuple(mats),

@@ -3,10 +3,12 @@
 from nnbound.network.layers import (
     ACTIVATIONS,
     Activation,
+    AvgPool2d,
     Conv2d,
     Dense,
     Flatten,
     Layer,
+    MaxPool2d,
     Normalize,
     Reshape,
 )
@@ -17,10 +19,12 @@ from nnbound.network.to_torch import to_torch
 __all__ = [
     "ACTIVATIONS",
     "Activation",
+    "AvgPool2d",
     "Conv2d",
     "Dense",
     "Flatten",
     "Layer",
+    "MaxPool2d",
     "Network",
     "Normalize",
     "Reshape",

@@ -28,7 +28,16 @@ import numpy as np
 import torch
 
 from nnbound.errors import InputError, ModelFormatError, UnsupportedError
-from nnbound.network.layers import Activation, Dense, Flatten, Layer, Reshape, Shape
+from nnbound.network.layers import (
+    Activation,
+    AvgPool2d,
+    Dense,
+    Flatten,
+    Layer,
+    MaxPool2d,
+    Reshape,
+    Shape,
+)
 from nnbound.network.network import Network
 
 __all__ = ["HDF5_SIGNATURE", "from_keras_h5", "is_hdf5"]
@@ -44,6 +53,8 @@ _ACTIVATIONS: dict[str, str | None] = {
     "sigmoid": "sigmoid",
     "softplus": "softplus",
     "elu": "elu",
+    # the CLEVER reference's brelu models: Activation(bounded_relu), K.relu(x, max_value=1)
+    "bounded_relu": "brelu",
 }
 
 # Layers that are the identity at inference time.
@@ -165,6 +176,77 @@ def _input_shape(layers: list[dict[str, Any]]) -> Shape | None:
     return None
 
 
+def _int_pair(v: Any) -> tuple[int, int]:
+    vals = [int(v)] * 2 if isinstance(v, (int, float)) else [int(x) for x in v]
+    if len(vals) != 2:
+        raise ModelFormatError(f"expected two integers, got {v!r}")
+    return (vals[0], vals[1])
+
+
+_POOLS = ("AveragePooling2D", "MaxPooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
+
+
+def _pool_layers(
+    kind: str, cfg: dict[str, Any], shape: Shape | None, dtype: torch.dtype | None, where: str
+) -> list[Layer]:
+    """The IR layers of a Keras pooling layer on an input of ``shape``.
+
+    The IR pools ``(C, H, W)`` images. ``channels_first`` data is that layout. Keras's default
+    ``channels_last`` ``(H, W, C)`` is the same data order when ``C = 1`` (a Reshape on each
+    side is then exact); a global average pool of any ``(H, W, C)`` input is a Dense layer
+    (weights ``1 / (H W)``). Other cases, and ``padding='same'`` that would pad (Keras pads
+    asymmetrically and averages only the real entries), raise UnsupportedError.
+    """
+    if shape is None or len(shape) != 3:
+        raise UnsupportedError(f"{where}: {kind} needs a known 3-D image input, got {shape}")
+    first = cfg.get("data_format", "channels_last") == "channels_first"
+    c, h, w = shape if first else (shape[2], shape[0], shape[1])
+    glob = kind.startswith("Global")
+    avg = "Average" in kind
+    keepdims = bool(cfg.get("keepdims", False))
+    if glob:
+        kernel, stride = (h, w), (h, w)
+    else:
+        kernel = _int_pair(cfg.get("pool_size", (2, 2)))
+        strides = cfg.get("strides")
+        stride = kernel if strides is None else _int_pair(strides)
+        padding = str(cfg.get("padding", "valid")).lower()
+        if padding == "same":
+            for size, k, s in zip((h, w), kernel, stride, strict=True):
+                if max((-(-size // s) - 1) * s + k - size, 0):
+                    raise UnsupportedError(
+                        f"{where}: {kind} with padding='same' that pads the input (Keras pads "
+                        "asymmetrically); only padding that adds nothing is supported"
+                    )
+        elif padding != "valid":
+            raise UnsupportedError(f"{where}: {kind} with padding={padding!r}")
+    try:
+        pool: Layer = AvgPool2d(kernel, stride) if avg else MaxPool2d(kernel, stride)
+        _, ho, wo = pool.out_shape((c, h, w))
+    except InputError as exc:
+        raise ModelFormatError(f"{where}: {exc}") from None
+    if first:
+        out: list[Layer] = [pool]
+        if glob and not keepdims:
+            out.append(Flatten())
+        return out
+    if glob and avg and c > 1:
+        # mean over H and W of an (H, W, C) input: output channel k averages entries k, k+C, ...
+        weight = torch.zeros(c, h * w * c, dtype=dtype or torch.float32)
+        for k in range(c):
+            weight[k, k::c] = 1.0 / (h * w)
+        out = [Flatten(), Dense(weight, torch.zeros(c, dtype=weight.dtype))]
+        return [*out, Reshape((1, 1, c))] if keepdims else out
+    if c != 1:
+        raise UnsupportedError(
+            f"{where}: {kind} of a channels_last input with {c} channels; nnbound pools "
+            "(C, H, W) images, so only single-channel channels_last inputs are supported"
+        )
+    # (ho, wo, 1) has the data order of the pool's (1, ho, wo) output
+    tail: Layer = Flatten() if glob and not keepdims else Reshape((ho, wo, 1))
+    return [Reshape((1, h, w)), pool, tail]
+
+
 def _read(
     f: h5py.File, path: Path, input_range: tuple[float, float] | None, name: str | None
 ) -> Network:
@@ -238,10 +320,18 @@ def _read(
         elif kind == "ELU":
             push(Activation("elu", float(cfg.get("alpha", 1.0))), where)
         elif kind == "ReLU":
-            if cfg.get("max_value") is not None or float(cfg.get("threshold", 0.0)) != 0.0:
-                raise UnsupportedError(f"{where}: ReLU with max_value/threshold")
             slope = float(cfg.get("negative_slope", 0.0))
-            push(Activation("leaky_relu", slope) if slope else Activation("relu"), where)
+            cap = cfg.get("max_value")
+            if cap is not None and slope == 0.0 and float(cap) > 0.0:
+                cap = float(cap)  # the bounded ReLU min(max(x, 0), max_value)
+            elif cap is not None:
+                raise UnsupportedError(f"{where}: ReLU with max_value and negative_slope")
+            if float(cfg.get("threshold", 0.0)) != 0.0:
+                raise UnsupportedError(f"{where}: ReLU with a threshold")
+            if cap is not None:
+                push(Activation("brelu", cap), where)
+            else:
+                push(Activation("leaky_relu", slope) if slope else Activation("relu"), where)
         elif kind == "Lambda":
             # The reference builds arctan as Lambda(tf.atan) named "arctan_<i>"; a Lambda's
             # code is marshalled Python bytecode, which is never run here.
@@ -257,6 +347,9 @@ def _read(
             push(Flatten(), where)
         elif kind == "Reshape":
             push(Reshape(tuple(int(d) for d in cfg["target_shape"])), where)
+        elif kind in _POOLS:
+            for pool_layer in _pool_layers(kind, cfg, current, dtype, where):
+                push(pool_layer, where)
         else:
             raise UnsupportedError(f"{where}: unsupported Keras layer {kind}")
     if shape is None:
@@ -283,8 +376,12 @@ def from_keras_h5(
     """Read a Keras-2 Sequential model saved with ``model.save`` (HDF5, any file extension).
 
     Supported layers: InputLayer, Dense (activation linear/relu/tanh/sigmoid/softplus/elu),
-    Activation (same names), LeakyReLU (``alpha``), ELU, ReLU (no max_value/threshold),
-    Flatten (channels_last), Reshape, Dropout and other inference-time identities (skipped), and
+    Activation (same names; ``bounded_relu`` is the reference's bounded ReLU), LeakyReLU
+    (``alpha``), ELU, ReLU (``max_value`` c: the bounded ReLU; no threshold),
+    Flatten (channels_last), Reshape, AveragePooling2D / MaxPooling2D / GlobalAveragePooling2D /
+    GlobalMaxPooling2D (channels_first, or single-channel channels_last; a global average pool
+    of any channels_last input; no padding), Dropout and other inference-time identities
+    (skipped), and
     Lambda layers named ``arctan*`` (the RecurJac reference's arctan). Anything else raises
     :class:`UnsupportedError` naming the layer.
 

@@ -37,10 +37,12 @@ from onnx import numpy_helper
 from nnbound.errors import InputError, ModelFormatError, NnboundError, UnsupportedError
 from nnbound.network.layers import (
     Activation,
+    AvgPool2d,
     Conv2d,
     Dense,
     Flatten,
     Layer,
+    MaxPool2d,
     Normalize,
     Reshape,
     Shape,
@@ -56,6 +58,7 @@ META_META = "nnbound.meta"
 SUPPORTED_OPS: tuple[str, ...] = (
     "Add",
     "Atan",
+    "AveragePool",
     "BatchNormalization",
     "Clip",
     "Constant",
@@ -65,9 +68,12 @@ SUPPORTED_OPS: tuple[str, ...] = (
     "Elu",
     "Flatten",
     "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
     "Identity",
     "LeakyRelu",
     "MatMul",
+    "MaxPool",
     "Mul",
     "Relu",
     "Reshape",
@@ -79,7 +85,8 @@ SUPPORTED_OPS: tuple[str, ...] = (
     "Transpose",
     "Unsqueeze",
 )
-"""ONNX operators the importer understands (``Clip`` only as ``Clip(min=0)`` = ReLU,
+"""ONNX operators the importer understands (``Clip`` only as ``Clip(min=0)`` = ReLU or
+``Clip(min=0, max=c)`` = bounded ReLU,
 ``Dropout`` only in inference mode, ``Transpose`` only where it keeps the data order)."""
 
 _SIMPLE_ACTIVATIONS = {
@@ -503,9 +510,12 @@ class _Importer:
         if lo == 0.0 and (hi is None or hi >= 3.4e38):
             self._activation(b, "relu")
             return
+        if lo == 0.0 and hi is not None and 0.0 < hi < 3.4e38:
+            self._activation(b, "brelu", float(hi))  # the bounded ReLU min(max(x, 0), hi)
+            return
         raise UnsupportedError(
             f"unsupported ONNX op 'Clip' ({label}) with min={lo}, max={hi}: only Clip(min=0) "
-            "(= ReLU) is supported"
+            "(= ReLU) and Clip(min=0, max=c > 0) (= bounded ReLU) are supported"
         )
 
     def _op_Identity(self, b: _Builder, node: onnx.NodeProto, pos: int, label: str) -> None:
@@ -750,6 +760,113 @@ class _Importer:
         # applied step by step, exactly as the ONNX definition reads, so each step folds alone
         for op, c in (("sub", mean), ("div", denom), ("mul", scale), ("add", bias)):
             self._apply(b, op, c.reshape(cshape), label, "BatchNormalization")
+
+    # pooling ------------------------------------------------------------------------------
+    def _pool_input(self, b: _Builder, node: onnx.NodeProto, label: str) -> Shape:
+        """The (1, C, H, W) ONNX shape a 2-D pool reads; refuses anything else."""
+        op = node.op_type
+        s = b.shape
+        if len(s) != 4:
+            raise UnsupportedError(
+                f"unsupported ONNX op {op!r} ({label}): only 2-D pooling of (N, C, H, W) "
+                f"tensors is supported (input shape {s})"
+            )
+        if s[0] != 1:
+            raise UnsupportedError(f"{op} {label}: input of shape {s} has batch size {s[0]}")
+        if op == "MaxPool" and len([o for o in node.output if o]) > 1:
+            raise UnsupportedError(
+                f"unsupported ONNX op 'MaxPool' ({label}) with its Indices output: only the "
+                "pooled values are supported"
+            )
+        return s
+
+    def _pool_layer(self, b: _Builder, node: onnx.NodeProto, label: str) -> AvgPool2d | MaxPool2d:
+        """The IR layer of an ``AveragePool`` / ``MaxPool`` node (attributes checked)."""
+        op = node.op_type
+        attrs = _attrs(node)
+        s = self._pool_input(b, node, label)
+
+        def bad(attr: str, why: str) -> UnsupportedError:
+            return UnsupportedError(
+                f"unsupported ONNX op {op!r} ({label}): attribute {attr}={attrs.get(attr)!r} {why}"
+            )
+
+        if "kernel_shape" not in attrs:
+            raise ModelFormatError(f"{op} {label}: missing attribute kernel_shape")
+        kernel = tuple(int(v) for v in attrs["kernel_shape"])
+        if len(kernel) != 2 or min(kernel) < 1:
+            raise bad("kernel_shape", "(only 2-D kernels of positive size are supported)")
+        strides = tuple(int(v) for v in attrs.get("strides", (1, 1)))
+        if len(strides) != 2 or min(strides) < 1:
+            raise bad("strides", "(expected two positive integers)")
+        dilations = tuple(int(v) for v in attrs.get("dilations", (1, 1)))
+        if len(dilations) != 2 or min(dilations) < 1:
+            raise bad("dilations", "(expected two positive integers)")
+        if op == "AveragePool" and dilations != (1, 1):
+            raise bad("dilations", "(dilated average pooling is not supported)")
+        ceil_mode = int(attrs.get("ceil_mode", 0))
+        if ceil_mode not in (0, 1):
+            raise bad("ceil_mode", "(expected 0 or 1)")
+        if op == "MaxPool" and int(attrs.get("storage_order", 0)) != 0:
+            raise bad("storage_order", "(only the default row-major order is supported)")
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0, 0, 0, 0]
+            for i in range(2):
+                span = dilations[i] * (kernel[i] - 1) + 1
+                size = s[2 + i]
+                total = max((math.ceil(size / strides[i]) - 1) * strides[i] + span - size, 0)
+                small, large = total // 2, total - total // 2
+                upper = auto_pad == "SAME_UPPER"  # the odd extra pixel goes at the end
+                pads[i], pads[i + 2] = (small, large) if upper else (large, small)
+        elif auto_pad == "VALID":
+            pads = [0, 0, 0, 0]
+        elif auto_pad == "NOTSET":
+            pads = [int(v) for v in attrs.get("pads", (0, 0, 0, 0))]
+        else:
+            raise ModelFormatError(f"{op} {label}: unknown auto_pad {auto_pad!r}")
+        if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3] or min(pads) < 0:
+            what = "auto_pad" if auto_pad in ("SAME_UPPER", "SAME_LOWER") else "pads"
+            raise bad(
+                what,
+                f"gives padding {pads} ([top, left, bottom, right]); only symmetric padding is "
+                "supported",
+            )
+        try:
+            if op == "AveragePool":
+                cip = int(attrs.get("count_include_pad", 0))
+                if cip not in (0, 1):
+                    raise bad("count_include_pad", "(expected 0 or 1)")
+                return AvgPool2d(kernel, strides, (pads[0], pads[1]), bool(ceil_mode), bool(cip))
+            return MaxPool2d(kernel, strides, (pads[0], pads[1]), dilations, bool(ceil_mode))
+        except InputError as exc:
+            raise bad("pads", f"is not supported: {exc}") from None
+
+    def _append_pool(self, b: _Builder, layer: AvgPool2d | MaxPool2d, op: str, label: str) -> None:
+        b.materialize(b.shape[1:])
+        try:
+            out = layer.out_shape(b.ir_shape)
+        except InputError as exc:
+            raise ModelFormatError(f"{op} {label}: {exc}") from None
+        b.append(layer, out)
+        b.shape = (1, *out)
+
+    def _op_AveragePool(self, b: _Builder, node: onnx.NodeProto, pos: int, label: str) -> None:
+        self._append_pool(b, self._pool_layer(b, node, label), node.op_type, label)
+
+    _op_MaxPool = _op_AveragePool
+
+    def _op_GlobalAveragePool(
+        self, b: _Builder, node: onnx.NodeProto, pos: int, label: str
+    ) -> None:
+        s = self._pool_input(b, node, label)
+        kernel = (int(s[2]), int(s[3]))
+        global_avg = node.op_type == "GlobalAveragePool"
+        layer = AvgPool2d(kernel) if global_avg else MaxPool2d(kernel)
+        self._append_pool(b, layer, node.op_type, label)
+
+    _op_GlobalMaxPool = _op_GlobalAveragePool
 
     def _op_Conv(self, b: _Builder, node: onnx.NodeProto, pos: int, label: str) -> None:
         attrs = _attrs(node)

@@ -44,10 +44,12 @@ from torch import Tensor, nn
 from nnbound.errors import InputError, ModelFormatError, NnboundError, UnsupportedError
 from nnbound.network.layers import (
     Activation,
+    AvgPool2d,
     Conv2d,
     Dense,
     Flatten,
     Layer,
+    MaxPool2d,
     Normalize,
     Reshape,
     Shape,
@@ -573,6 +575,8 @@ def _apply_op(b: _Builder, op: str, kw: dict[str, Any], where: str) -> Any:
         return b.activation(_SIMPLE_ACTIVATIONS[op], 0.0, where)
     if op == "leaky_relu":
         return b.activation("leaky_relu", float(_get(kw, "negative_slope", default=0.01)), where)
+    if op in ("clamp", "clip", "hardtanh", "relu6", "clamp_min"):
+        return _clamp(b, op, kw, where)
     if op == "elu":
         if (
             float(_get(kw, "scale", default=1)) != 1
@@ -611,9 +615,36 @@ def _apply_op(b: _Builder, op: str, kw: dict[str, Any], where: str) -> Any:
             where,
         )
         return out if op == "batch_norm" else (out, None, None)
+    if op in _POOL_OPS:
+        return _pool(b, op, kw, where)
     if op in ("add", "sub", "rsub", "mul", "div", "true_divide", "neg"):
         return _elementwise(b, op, kw, where)
     raise UnsupportedError(f"{where}: unsupported operation {op!r}")
+
+
+def _clamp(b: _Builder, op: str, kw: Mapping[str, Any], where: str) -> _Value:
+    """``clamp``/``clip``/``hardtanh``/``relu6``/``clamp_min`` with constant bounds: ReLU when
+    the bounds are ``[0, inf)``, the bounded ReLU when they are ``[0, c]`` with ``c > 0``."""
+    if op == "relu6":
+        lo, hi = 0.0, 6.0
+    elif op == "hardtanh":
+        lo = _get(kw, "min_val", default=-1.0)
+        hi = _get(kw, "max_val", default=1.0)
+    else:
+        lo, hi = _get(kw, "min", default=None), _get(kw, "max", default=None)
+    for v in (lo, hi):
+        if _contains(v, _Value) or (isinstance(v, Tensor) and v.numel() != 1):
+            raise UnsupportedError(f"{where}: {op} with tensor bounds")
+    lo = None if lo is None else float(lo)
+    hi = None if hi is None else float(hi)
+    if lo == 0.0 and (hi is None or math.isinf(hi)):
+        return b.activation("relu", 0.0, where)
+    if lo == 0.0 and hi is not None and 0.0 < hi < math.inf:
+        return b.activation("brelu", hi, where)
+    raise UnsupportedError(
+        f"{where}: {op}(min={lo}, max={hi}); only min=0 (ReLU) or min=0, max=c > 0 (the "
+        "bounded ReLU) is supported"
+    )
 
 
 def _check_softplus(beta: float, threshold: float, where: str) -> None:
@@ -622,6 +653,97 @@ def _check_softplus(beta: float, threshold: float, where: str) -> None:
             f"{where}: Softplus with beta={beta:g}, threshold={threshold:g}; only the default "
             "beta=1, threshold=20 is supported"
         )
+
+
+_POOL_OPS = frozenset(
+    {
+        "avg_pool2d",
+        "max_pool2d",
+        "max_pool2d_with_indices",
+        "adaptive_avg_pool2d",
+        "_adaptive_avg_pool2d",
+        "adaptive_max_pool2d",
+        "fx_adaptive_max_pool2d",
+        "mean",
+    }
+)
+
+
+def _stride_or_kernel(v: Any) -> tuple[int, int] | None:
+    """A pooling stride; None or ``[]`` (ATen's spelling) means the kernel size."""
+    if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
+        return None
+    return _pair(v)
+
+
+def _adaptive_kernel(shape: Shape, output_size: Any, where: str) -> tuple[int, int]:
+    """The fixed kernel (= stride) of an adaptive pool from ``shape`` (C, H, W) to
+    ``output_size``; torch's windows ``[floor(i H / o), ceil((i + 1) H / o))`` all have that
+    size exactly when ``o`` divides ``H``."""
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size, output_size)
+    sizes = list(output_size)
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    kernel = []
+    for i, o in enumerate(sizes[:2]):
+        n = shape[1 + i]
+        o = n if o is None else int(o)
+        if o < 1 or n % o:
+            raise UnsupportedError(
+                f"{where}: adaptive pooling of {shape[1]}x{shape[2]} to output size "
+                f"{tuple(sizes)} has windows of different sizes; only output sizes that "
+                "divide the input size (a fixed pooling) are supported"
+            )
+        kernel.append(n // o)
+    return (kernel[0], kernel[1])
+
+
+def _pool(b: _Builder, op: str, kw: Mapping[str, Any], where: str) -> Any:
+    """Average / max / adaptive pooling and ``mean`` over the two spatial axes."""
+    shape = b.shape
+    if len(shape) != 3:
+        raise UnsupportedError(
+            f"{where}: {op} of a value of shape {shape}; only 2-D pooling of (C, H, W) "
+            "images is supported"
+        )
+    if op == "mean":
+        dims = kw.get("dim")
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        if sorted(int(d) % 4 for d in dims) != [2, 3] or kw.get("dtype") is not None:
+            raise UnsupportedError(
+                f"{where}: mean over dims {dims}; only the mean over the two spatial axes "
+                "(global average pooling) is supported"
+            )
+        out = b.push(AvgPool2d((shape[1], shape[2])), where)
+        if not bool(kw.get("keepdim", False)):
+            out = b.push(Flatten(), where)  # (C, 1, 1) -> (C,): the same data order
+        return out
+    if op in ("adaptive_avg_pool2d", "_adaptive_avg_pool2d"):
+        return b.push(AvgPool2d(_adaptive_kernel(shape, kw.get("output_size"), where)), where)
+    if op in ("adaptive_max_pool2d", "fx_adaptive_max_pool2d"):
+        if bool(kw.get("return_indices", False)):
+            raise UnsupportedError(f"{where}: adaptive max pooling with return_indices=True")
+        out = b.push(MaxPool2d(_adaptive_kernel(shape, kw.get("output_size"), where)), where)
+        # ATen's adaptive_max_pool2d returns (values, indices); only the values can be used.
+        return out if op == "fx_adaptive_max_pool2d" else (out, None)
+    kernel = _pair(kw["kernel_size"])
+    stride = _stride_or_kernel(kw.get("stride"))
+    padding = _pair(_get(kw, "padding", default=0))
+    ceil_mode = bool(_get(kw, "ceil_mode", default=False))
+    try:
+        if op == "avg_pool2d":
+            if kw.get("divisor_override") is not None:
+                raise UnsupportedError(f"{where}: avg_pool2d with divisor_override")
+            cip = bool(_get(kw, "count_include_pad", default=True))
+            return b.push(AvgPool2d(kernel, stride, padding, ceil_mode, cip), where)
+        if bool(kw.get("return_indices", False)):
+            raise UnsupportedError(f"{where}: max pooling with return_indices=True")
+        dilation = _pair(_get(kw, "dilation", default=1))
+        out = b.push(MaxPool2d(kernel, stride, padding, dilation, ceil_mode), where)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    return (out, None) if op == "max_pool2d_with_indices" else out
 
 
 def _size_of(x: Any, dim: Any) -> Any:
@@ -704,12 +826,35 @@ def _convert_module(b: _Builder, m: nn.Module, qualname: str) -> None:
         b.activation("softplus", 0.0, where)
     elif isinstance(m, nn.ELU):
         b.activation("elu", m.alpha, where)
+    elif isinstance(m, nn.Hardtanh):  # also nn.ReLU6 = Hardtanh(0, 6)
+        _clamp(b, "hardtanh", {"min_val": m.min_val, "max_val": m.max_val}, where)
     elif isinstance(m, (nn.Identity, *_DROPOUT_MODULES)):
         pass  # dropout is the identity in eval mode, which is how the IR is used
     elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         b.batch_norm(m.weight, m.bias, m.running_mean, m.running_var, m.eps, where)
-    elif isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-        raise UnsupportedError(f"{where}: {type(m).__name__} is not supported yet")
+    elif isinstance(m, nn.AvgPool2d):
+        _pool(
+            b,
+            "avg_pool2d",
+            {
+                "kernel_size": m.kernel_size,
+                "stride": m.stride,
+                "padding": m.padding,
+                "ceil_mode": m.ceil_mode,
+                "count_include_pad": m.count_include_pad,
+                "divisor_override": m.divisor_override,
+            },
+            where,
+        )
+    elif isinstance(m, nn.MaxPool2d):
+        kw = {"kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding}
+        kw |= {"dilation": m.dilation, "ceil_mode": m.ceil_mode}
+        _pool(b, "max_pool2d", {**kw, "return_indices": m.return_indices}, where)
+    elif isinstance(m, nn.AdaptiveAvgPool2d):
+        _pool(b, "adaptive_avg_pool2d", {"output_size": m.output_size}, where)
+    elif isinstance(m, nn.AdaptiveMaxPool2d):
+        kw = {"output_size": m.output_size, "return_indices": m.return_indices}
+        _pool(b, "fx_adaptive_max_pool2d", kw, where)
     elif any(True for _ in m.children()) or _has_own_forward_ops(m):
         _convert_custom(b, m, qualname)
     else:
@@ -730,10 +875,15 @@ _KNOWN_LEAVES: tuple[type[nn.Module], ...] = (
     nn.Sigmoid,
     nn.Softplus,
     nn.ELU,
+    nn.Hardtanh,
     nn.Identity,
     *_DROPOUT_MODULES,
     nn.BatchNorm1d,
     nn.BatchNorm2d,
+    nn.AvgPool2d,
+    nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
 )
 
 
@@ -796,12 +946,39 @@ _FX_FUNCTIONS: dict[Any, tuple[str, tuple[str, ...]]] = {
     torch.arctan: ("atan", ("input",)),
     F.leaky_relu: ("leaky_relu", ("input", "negative_slope", "inplace")),
     F.elu: ("elu", ("input", "alpha", "inplace")),
+    torch.clamp: ("clamp", ("input", "min", "max")),
+    torch.clip: ("clamp", ("input", "min", "max")),
+    torch.clamp_min: ("clamp", ("input", "min")),
+    F.hardtanh: ("hardtanh", ("input", "min_val", "max_val", "inplace")),
+    F.relu6: ("relu6", ("input", "inplace")),
     F.softplus: ("softplus", ("input", "beta", "threshold")),
     torch.flatten: ("flatten", ("input", "start_dim", "end_dim")),
     torch.reshape: ("reshape", ("input", "shape")),
     torch.unflatten: ("unflatten", ("input", "dim", "sizes")),
     F.linear: ("linear", ("input", "weight", "bias")),
     F.conv2d: ("conv2d", ("input", "weight", "bias", "stride", "padding", "dilation", "groups")),
+    F.avg_pool2d: (
+        "avg_pool2d",
+        (
+            "input",
+            "kernel_size",
+            "stride",
+            "padding",
+            "ceil_mode",
+            "count_include_pad",
+            "divisor_override",
+        ),
+    ),
+    F.max_pool2d: (
+        "max_pool2d",
+        ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    ),
+    F.adaptive_avg_pool2d: ("adaptive_avg_pool2d", ("input", "output_size")),
+    F.adaptive_max_pool2d: (
+        "fx_adaptive_max_pool2d",
+        ("input", "output_size", "return_indices"),
+    ),
+    torch.mean: ("mean", ("input", "dim", "keepdim", "dtype")),
     F.dropout: ("dropout", ("input", "p", "training", "inplace")),
     F.batch_norm: (
         "batch_norm",
@@ -827,6 +1004,10 @@ _FX_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sigmoid": ("sigmoid", ("input",)),
     "atan": ("atan", ("input",)),
     "arctan": ("atan", ("input",)),
+    "clamp": ("clamp", ("input", "min", "max")),
+    "clamp_": ("clamp", ("input", "min", "max")),
+    "clip": ("clamp", ("input", "min", "max")),
+    "clamp_min": ("clamp", ("input", "min")),
     "flatten": ("flatten", ("input", "start_dim", "end_dim")),
     "unflatten": ("unflatten", ("input", "dim", "sizes")),
     "size": ("size", ("input", "dim")),
@@ -839,6 +1020,7 @@ _FX_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mul": ("mul", ("input", "other")),
     "div": ("div", ("input", "other")),
     "neg": ("neg", ("input",)),
+    "mean": ("mean", ("input", "dim", "keepdim", "dtype")),
 }
 
 
@@ -1028,11 +1210,17 @@ def from_torch(
             and element-wise constant arithmetic are understood. A module that ``torch.fx``
             cannot trace is read as its children in registration order (inserting a Flatten
             before a Linear that receives an image); that guess is then checked.
+            ``torch.clamp``/``clip``/``F.hardtanh``/``F.relu6`` with bounds ``[0, c]`` (the
+            bounded ReLU) are understood.
             Supported modules: Linear, Conv2d (zero padding), Flatten, Unflatten, ReLU,
-            LeakyReLU, Tanh, Sigmoid, Softplus (beta=1, threshold=20), ELU, Identity, Dropout
+            LeakyReLU, Tanh, Sigmoid, Softplus (beta=1, threshold=20), ELU, ReLU6 /
+            Hardtanh(0, c) (the bounded ReLU), Identity, Dropout
             (skipped), BatchNorm1d/2d (running statistics; folded into the preceding
             Linear/Conv2d, or a Normalize layer when acting on the input) and nnbound's own
-            NormalizeModule/ReshapeModule/Arctan.
+            NormalizeModule/ReshapeModule/Arctan; AvgPool2d (no divisor_override), MaxPool2d
+            (no return_indices), AdaptiveAvgPool2d / AdaptiveMaxPool2d whose output size
+            divides the input size (a fixed pooling), and in traced code ``F.avg_pool2d``,
+            ``F.max_pool2d``, the adaptive pools and ``mean`` over the two spatial axes.
         input_shape: shape of one input without the batch axis, e.g. ``(1, 28, 28)``.
         input_range: the data domain ``(low, high)`` of every input feature, or ``None``.
         name: network name (default: the module's class name).
@@ -1174,7 +1362,13 @@ _TS_KNOWN = frozenset(
         "Sigmoid",
         "Softplus",
         "ELU",
+        "Hardtanh",
+        "ReLU6",
         "Identity",
+        "AvgPool2d",
+        "MaxPool2d",
+        "AdaptiveAvgPool2d",
+        "AdaptiveMaxPool2d",
         "Dropout",
         "Dropout1d",
         "Dropout2d",

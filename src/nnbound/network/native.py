@@ -12,7 +12,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from nnbound.errors import ModelFormatError
-from nnbound.network.layers import Activation, Conv2d, Dense, Flatten, Layer, Normalize, Reshape
+from nnbound.network.layers import (
+    Activation,
+    AvgPool2d,
+    Conv2d,
+    Dense,
+    Flatten,
+    Layer,
+    MaxPool2d,
+    Normalize,
+    Reshape,
+)
 from nnbound.network.network import Network
 
 FORMAT_NAME = "nnbound-network"
@@ -29,6 +39,24 @@ def _layer_spec(layer: Layer) -> dict[str, Any]:
             "padding": list(layer.padding),
             "dilation": list(layer.dilation),
             "groups": layer.groups,
+        }
+    if isinstance(layer, AvgPool2d):
+        return {
+            "type": "avgpool2d",
+            "kernel_size": list(layer.kernel_size),
+            "stride": list(layer.stride or layer.kernel_size),
+            "padding": list(layer.padding),
+            "ceil_mode": layer.ceil_mode,
+            "count_include_pad": layer.count_include_pad,
+        }
+    if isinstance(layer, MaxPool2d):
+        return {
+            "type": "maxpool2d",
+            "kernel_size": list(layer.kernel_size),
+            "stride": list(layer.stride or layer.kernel_size),
+            "padding": list(layer.padding),
+            "dilation": list(layer.dilation),
+            "ceil_mode": layer.ceil_mode,
         }
     if isinstance(layer, Flatten):
         return {"type": "flatten"}
@@ -65,6 +93,19 @@ def save_network(net: Network, path: str | Path) -> Path:
     return path
 
 
+def _ints(v: Any) -> tuple[int, int]:
+    """A pair of integers from the header (TypeError -- a malformed header -- otherwise)."""
+    if not isinstance(v, list) or len(v) != 2 or not all(isinstance(x, int) for x in v):
+        raise TypeError(f"expected two integers, got {v!r}")
+    return (int(v[0]), int(v[1]))
+
+
+def _flag(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {v!r}")
+    return v
+
+
 def _build_layer(i: int, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Layer:
     def t(key: str) -> torch.Tensor:
         try:
@@ -85,6 +126,22 @@ def _build_layer(i: int, spec: dict[str, Any], tensors: dict[str, torch.Tensor])
             tuple(spec["padding"]),
             tuple(spec["dilation"]),
             int(spec["groups"]),
+        )
+    if kind == "avgpool2d":
+        return AvgPool2d(
+            _ints(spec["kernel_size"]),
+            _ints(spec["stride"]),
+            _ints(spec["padding"]),
+            _flag(spec.get("ceil_mode", False)),
+            _flag(spec.get("count_include_pad", True)),
+        )
+    if kind == "maxpool2d":
+        return MaxPool2d(
+            _ints(spec["kernel_size"]),
+            _ints(spec["stride"]),
+            _ints(spec["padding"]),
+            _ints(spec.get("dilation", [1, 1])),
+            _flag(spec.get("ceil_mode", False)),
         )
     if kind == "flatten":
         return Flatten()

@@ -13,9 +13,11 @@ from nnbound.errors import InputError
 from nnbound.network.layers import (
     LINEAR_TYPES,
     Activation,
+    AvgPool2d,
     Conv2d,
     Dense,
     Layer,
+    MaxPool2d,
     Reshape,
     Shape,
 )
@@ -26,7 +28,8 @@ class Network:
     """A feed-forward network: ``layers`` applied in order to an input of ``input_shape``.
 
     Attributes:
-        layers: linear layers (Dense, Conv2d, Flatten, Reshape, Normalize) and activations.
+        layers: linear layers (Dense, Conv2d, AvgPool2d, Flatten, Reshape, Normalize),
+            activations and max pools (MaxPool2d).
         input_shape: shape of one input, without the batch axis (e.g. ``(784,)`` or
             ``(1, 28, 28)``).
         input_range: the data domain ``(low, high)`` of every input feature, e.g. ``(-0.5, 0.5)``
@@ -126,8 +129,9 @@ class Network:
 
     @property
     def is_mlp(self) -> bool:
-        """True if every affine layer is Dense (flatten/reshape/normalize allowed)."""
-        return not any(isinstance(layer, Conv2d) for layer in self.layers)
+        """True if every affine layer is Dense (flatten/reshape/normalize allowed) and there is
+        no pooling."""
+        return not any(isinstance(layer, (Conv2d, AvgPool2d, MaxPool2d)) for layer in self.layers)
 
     # -- conversions ----------------------------------------------------------------------
     def to(
@@ -202,6 +206,8 @@ def layer_summary(layer: Layer) -> str:
     if isinstance(layer, Activation):
         if layer.name in ("leaky_relu", "elu"):
             return f"Activation({layer.name}, alpha={layer.alpha:g})"
+        if layer.name == "brelu":
+            return f"Activation(brelu, cap={layer.alpha:g})"
         return f"Activation({layer.name})"
     if isinstance(layer, Conv2d):
         w = layer.weight
@@ -211,6 +217,25 @@ def layer_summary(layer: Layer) -> str:
         )
     if isinstance(layer, Reshape):
         return f"Reshape{layer.shape}"
+    if isinstance(layer, AvgPool2d):
+        extra = "".join(
+            (
+                ", ceil_mode" if layer.ceil_mode else "",
+                "" if layer.count_include_pad else ", count_include_pad=False",
+            )
+        )
+        return (
+            f"AvgPool2d(kernel={layer.kernel_size}, stride={layer.stride}, "
+            f"padding={layer.padding}{extra})"
+        )
+    if isinstance(layer, MaxPool2d):
+        extra = (f", dilation={layer.dilation}" if layer.dilation != (1, 1) else "") + (
+            ", ceil_mode" if layer.ceil_mode else ""
+        )
+        return (
+            f"MaxPool2d(kernel={layer.kernel_size}, stride={layer.stride}, "
+            f"padding={layer.padding}{extra})"
+        )
     return type(layer).__name__
 
 

@@ -2,9 +2,11 @@
 
 The exported graph reads ``input`` of shape ``(batch, *net.input_shape)`` (``batch`` symbolic)
 and writes ``logits`` of shape ``(batch, *net.output_shape)``. Each IR layer maps to standard
-operators: Dense -> ``Gemm(transB=1)``, Conv2d -> ``Conv``, Flatten -> ``Flatten(axis=1)``,
+operators: Dense -> ``Gemm(transB=1)``, Conv2d -> ``Conv``, AvgPool2d -> ``AveragePool``,
+MaxPool2d -> ``MaxPool``, Flatten -> ``Flatten(axis=1)``,
 Reshape -> ``Reshape`` (target ``[-1, *shape]``), Normalize -> ``Sub`` then ``Div``, activations
--> ``Relu``/``LeakyRelu``/``Tanh``/``Sigmoid``/``Atan``/``Softplus``/``Elu``. Tensors are written
+-> ``Relu``/``LeakyRelu``/``Tanh``/``Sigmoid``/``Atan``/``Softplus``/``Elu``, the bounded
+ReLU -> ``Clip(min=0, max=cap)``. Tensors are written
 as FLOAT, or DOUBLE for a float64 network, so a round trip through
 :func:`~nnbound.network.from_onnx.from_onnx` is exact. The network's name, ``input_range``,
 ``input_shape`` and ``meta`` travel as model ``metadata_props`` (``nnbound.*`` keys, JSON values).
@@ -23,7 +25,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.from_onnx import META_INPUT_RANGE, META_INPUT_SHAPE, META_META, META_NAME
-from nnbound.network.layers import Activation, Conv2d, Dense, Flatten, Normalize, Reshape
+from nnbound.network.layers import (
+    Activation,
+    AvgPool2d,
+    Conv2d,
+    Dense,
+    Flatten,
+    MaxPool2d,
+    Normalize,
+    Reshape,
+)
 from nnbound.network.network import Network
 
 MIN_OPSET = 7
@@ -46,6 +57,34 @@ def _version() -> str:
         return importlib_metadata.version("nnbound")
     except importlib_metadata.PackageNotFoundError:  # running from a source tree
         return "unknown"
+
+
+def _pool_node(
+    layer: AvgPool2d | MaxPool2d, cur: str, out: str, p: str, opset: int, i: int
+) -> onnx.NodeProto:
+    """``AveragePool`` / ``MaxPool`` with the layer's options (``ceil_mode`` and dilations
+    exist from opset 10 on)."""
+    ph, pw = layer.padding
+    attrs: dict[str, object] = {
+        "kernel_shape": list(layer.kernel_size),
+        "strides": list(layer.stride or layer.kernel_size),
+        "pads": [ph, pw, ph, pw],
+    }
+    dilated = isinstance(layer, MaxPool2d) and layer.dilation != (1, 1)
+    if layer.ceil_mode or dilated:
+        if opset < 10:
+            what = "ceil_mode" if layer.ceil_mode else "dilation"
+            raise UnsupportedError(
+                f"cannot export layer {i} ({type(layer).__name__}) with {what} to ONNX opset "
+                f"{opset}; use opset 10 or later"
+            )
+        attrs["ceil_mode"] = int(layer.ceil_mode)
+    if isinstance(layer, AvgPool2d):
+        attrs["count_include_pad"] = int(layer.count_include_pad)
+        return helper.make_node("AveragePool", [cur], [out], name=f"{p}_avgpool", **attrs)
+    if dilated:
+        attrs["dilations"] = list(layer.dilation)
+    return helper.make_node("MaxPool", [cur], [out], name=f"{p}_maxpool", **attrs)
 
 
 def save_onnx(net: Network, path: str | Path, *, opset: int = 17) -> Path:
@@ -100,6 +139,8 @@ def save_onnx(net: Network, path: str | Path, *, opset: int = 17) -> Path:
                 [out], name=f"{p}_conv", kernel_shape=[kh, kw], pads=[ph, pw, ph, pw],
                 strides=list(layer.stride), dilations=list(layer.dilation), group=layer.groups,
             ))
+        elif isinstance(layer, (AvgPool2d, MaxPool2d)):
+            nodes.append(_pool_node(layer, cur, out, p, opset, i))
         elif isinstance(layer, Flatten):
             nodes.append(helper.make_node("Flatten", [cur], [out], name=f"{p}_flatten", axis=1))
         elif isinstance(layer, Reshape):
@@ -115,6 +156,18 @@ def save_onnx(net: Network, path: str | Path, *, opset: int = 17) -> Path:
             nodes.append(helper.make_node(
                 "Div", [mid, const(f"{p}.std", layer.std)], [out], name=f"{p}_div"
             ))
+        elif isinstance(layer, Activation) and layer.name == "brelu":
+            # Clip(min=0, max=cap): attributes before opset 11, scalar inputs from 11 on.
+            if opset < 11:
+                nodes.append(helper.make_node(
+                    "Clip", [cur], [out], name=f"{p}_brelu", min=0.0, max=float(layer.alpha)
+                ))
+            else:
+                lo_name = const(f"{p}.min", np.array(0.0, dtype=np_dtype))
+                hi_name = const(f"{p}.max", np.array(layer.alpha, dtype=np_dtype))
+                nodes.append(helper.make_node(
+                    "Clip", [cur, lo_name, hi_name], [out], name=f"{p}_brelu"
+                ))
         elif isinstance(layer, Activation):
             op = _ACTIVATION_OPS[layer.name]
             attrs = {"alpha": float(layer.alpha)} if layer.name in ("leaky_relu", "elu") else {}

@@ -5,7 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from nnbound.network.layers import Activation, Conv2d, Dense, Flatten, Layer, Normalize, Reshape
+from nnbound.network.layers import (
+    Activation,
+    AvgPool2d,
+    Conv2d,
+    Dense,
+    Flatten,
+    Layer,
+    MaxPool2d,
+    Normalize,
+    Reshape,
+)
 from nnbound.network.network import Network
 
 
@@ -49,6 +59,8 @@ def activation_module(act: Activation) -> nn.Module:
         "arctan": lambda: Arctan(),
         "softplus": lambda: nn.Softplus(),
         "elu": lambda: nn.ELU(act.alpha),
+        # the bounded ReLU min(max(x, 0), cap); nn.ReLU6 is Hardtanh(0, 6)
+        "brelu": lambda: nn.Hardtanh(0.0, act.alpha),
     }[act.name]()
 
 
@@ -83,6 +95,22 @@ def layer_module(layer: Layer) -> nn.Module:
             m.weight.copy_(w)
             m.bias.copy_(layer.bias)
         return m
+    if isinstance(layer, AvgPool2d):
+        return nn.AvgPool2d(
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.ceil_mode,
+            layer.count_include_pad,
+        )
+    if isinstance(layer, MaxPool2d):
+        return nn.MaxPool2d(
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            ceil_mode=layer.ceil_mode,
+        )
     if isinstance(layer, Flatten):
         return nn.Flatten()
     if isinstance(layer, Reshape):

@@ -47,3 +47,9 @@ class Relaxation(Protocol):
         """True if stable neurons relax exactly whatever their bounds (ReLU, leaky ReLU): then
         only unstable neurons need tight pre-activation bounds."""
         ...
+
+    @property
+    def kinks(self) -> tuple[float, ...]:
+        """Where a piecewise-linear activation changes slope (empty for smooth ones): a neuron
+        is unstable, i.e. relaxed inexactly, when a kink lies strictly inside ``(l, u)``."""
+        ...

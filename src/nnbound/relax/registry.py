@@ -5,6 +5,7 @@ from __future__ import annotations
 from nnbound.errors import UnsupportedError
 from nnbound.network.layers import Activation
 from nnbound.relax.base import Relaxation
+from nnbound.relax.bounded_relu import BoundedReluRelaxation
 from nnbound.relax.convex import ConvexRelaxation
 from nnbound.relax.functions import S_SHAPED, SOFTPLUS, elu_function
 from nnbound.relax.relu import LeakyReluRelaxation, LowerSlope
@@ -16,12 +17,14 @@ def relaxation_for(
     relu_lower: LowerSlope = LowerSlope.ADAPTIVE,
     tangent: TangentRule = TangentRule.EXACT,
 ) -> Relaxation:
-    """The relaxation of ``act``; ``relu_lower`` picks the ReLU/leaky lower line and
-    ``tangent`` the S-shaped tangent rule."""
+    """The relaxation of ``act``; ``relu_lower`` picks the ReLU/leaky lower line (and the
+    bounded ReLU's non-chord lines) and ``tangent`` the S-shaped tangent rule."""
     if act.name == "relu":
         return LeakyReluRelaxation(0.0, relu_lower)
     if act.name == "leaky_relu":
         return LeakyReluRelaxation(act.alpha, relu_lower)
+    if act.name == "brelu":
+        return BoundedReluRelaxation(act.alpha, relu_lower)
     if act.name in S_SHAPED:
         return SShapedRelaxation(S_SHAPED[act.name], tangent)
     if act.name == "softplus":

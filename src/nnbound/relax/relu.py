@@ -51,6 +51,10 @@ class LeakyReluRelaxation:
     def is_piecewise_linear(self) -> bool:
         return True
 
+    @property
+    def kinks(self) -> tuple[float, ...]:
+        return (0.0,)
+
     def linear(self, lower: Tensor, upper: Tensor) -> LinearRelaxation:
         a = self.alpha
         active = lower >= 0

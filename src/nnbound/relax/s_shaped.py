@@ -185,6 +185,10 @@ class SShapedRelaxation:
     def is_piecewise_linear(self) -> bool:
         return False
 
+    @property
+    def kinks(self) -> tuple[float, ...]:
+        return ()
+
     def linear(self, lower: Tensor, upper: Tensor) -> LinearRelaxation:
         fn = self.function
         dtype = lower.dtype

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from nnbound.attacks import EAD, Attack, AttackResult, CarliniWagnerL2, MinimalPGD
 from nnbound.bounds.methods import ALL_METHODS
@@ -101,10 +101,50 @@ def jacobian_available(net: Network) -> str | None:
 
 
 def _piecewise_linear(net: Network) -> bool:
-    return all(a.name in ("relu", "leaky_relu") for a in net.activations)
+    return all(a.name in ("relu", "leaky_relu", "brelu") for a in net.activations)
 
 
-def available_methods(net: Network) -> tuple[list[str], dict[str, str]]:
+Model = Network | nn.Module
+"""What :func:`evaluate` runs on: a :class:`Network` (every method), or a differentiable
+``nn.Module`` returning logits that carries ``input_range`` (its data domain) and ``name``
+attributes, such as a catalogue :class:`~nnbound.catalogue.ImageClassifier`: CLEVER and the
+attacks only, since certified bounds need the sequential network IR."""
+
+
+def certified_unavailable(net: Model) -> str | None:
+    """None for a :class:`Network`; for a torch module, why certified bounds are not run."""
+    if isinstance(net, Network):
+        return None
+    name = getattr(net, "name", type(net).__name__)
+    return (
+        f"certified bounds are not available for {name}: it is a torch module (residual / "
+        "concatenating graph) outside nnbound's sequential network IR; CLEVER and the "
+        "attacks run on any differentiable model"
+    )
+
+
+def _range_of(net: Model) -> tuple[float, float] | None:
+    r = getattr(net, "input_range", None)
+    return None if r is None else (float(r[0]), float(r[1]))
+
+
+def _as_input(net: Model, x: Tensor) -> Tensor:
+    if isinstance(net, Network):
+        return net.check_input(x)
+    x = torch.as_tensor(x)
+    tensors = (*net.parameters(), *net.buffers())
+    ref = next((t for t in tensors if torch.is_floating_point(t)), None)
+    if ref is not None:
+        x = x.to(device=ref.device, dtype=ref.dtype)
+    shape = getattr(net, "input_shape", None)
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise InputError(f"inputs of shape {tuple(x.shape[1:])}, the model expects {shape}")
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("the inputs contain NaN or inf values")
+    return x
+
+
+def available_methods(net: Model) -> tuple[list[str], dict[str, str]]:
     """The default methods for ``net`` and, for each left out, why.
 
     Fast-Lin and CROWN-adaptive need ReLU / leaky-ReLU activations (``crown-general`` replaces
@@ -113,6 +153,13 @@ def available_methods(net: Network) -> tuple[list[str], dict[str, str]]:
     """
     chosen: list[str] = []
     missing: dict[str, str] = {}
+    if (why := certified_unavailable(net)) is not None:
+        missing.update(dict.fromkeys(("crown", "fastlin", "ibp", "recurjac"), why))
+        if (why := clever_available()) is None:
+            chosen.append("clever")
+        else:
+            missing["clever"] = why
+        return [*chosen, *ATTACK_METHODS], missing
     if _piecewise_linear(net):
         chosen += ["crown", "fastlin", "ibp"]
     else:
@@ -131,7 +178,7 @@ def available_methods(net: Network) -> tuple[list[str], dict[str, str]]:
     return chosen, missing
 
 
-def parse_methods(spec: str | Sequence[str] | None, net: Network) -> list[str]:
+def parse_methods(spec: str | Sequence[str] | None, net: Model) -> list[str]:
     """Methods from a comma list (None/``"auto"`` = :func:`available_methods`), validated:
     unknown names and unavailable methods raise a one-line error."""
     if spec is None or spec == "auto" or spec == "all":
@@ -143,6 +190,8 @@ def parse_methods(spec: str | Sequence[str] | None, net: Network) -> list[str]:
         if not name:
             continue
         method_kind(name)
+        if method_kind(name) == "certified" and (why := certified_unavailable(net)):
+            raise UnsupportedError(f"--methods {name}: {why}")
         if name == "clever" and (why := clever_available()) is not None:
             raise UnsupportedError(f"--methods clever: {why}; leave clever out")
         if name in JACOBIAN_CERTIFIED and (why := jacobian_available(net)) is not None:
@@ -478,7 +527,7 @@ def _margins(logits: Tensor, labels: Tensor, targets: Tensor) -> list[float]:
 
 
 def _clever_scores(
-    net: Network,
+    net: Model,
     x: Tensor,
     labels: Tensor,
     targets: Tensor,
@@ -503,6 +552,7 @@ def _clever_scores(
             batch_size=s.clever_batch,
             seed=s.seed + int(indices[i]),
             share_samples=s.clever_share,
+            input_range=_range_of(net),
         )
         samples = est.collect(
             net, x[i], label=int(labels[i]), targets="untargeted" if t == UNTARGETED else [t]
@@ -525,7 +575,9 @@ def _clever_scores(
     return scores
 
 
-def _attack(name: str, p: float, s: EvaluateSettings, domain: str | None) -> Attack:
+def _attack(
+    name: str, p: float, s: EvaluateSettings, domain: tuple[float, float] | str | None
+) -> Attack:
     common: dict[str, Any] = {"domain": domain, "seed": s.seed, "batch_size": s.batch_size}
     if name == "pgd":
         return MinimalPGD(
@@ -554,7 +606,7 @@ def _attack(name: str, p: float, s: EvaluateSettings, domain: str | None) -> Att
 
 
 def evaluate(
-    net: Network,
+    net: Model,
     x: Tensor,
     labels: Tensor,
     targets: Tensor,
@@ -568,7 +620,8 @@ def evaluate(
     """The sandwich for each input.
 
     Args:
-        net: the network (any device, float32 or float64).
+        net: the network (any device, float32 or float64), or a torch module with
+            ``input_range`` and ``name`` attributes (see :data:`Model`; no certified methods).
         x: correctly classified inputs ``(M, *input_shape)``.
         labels: ``(M,)`` their classes.
         targets: ``(M,)`` target classes, -1 for untargeted.
@@ -585,7 +638,7 @@ def evaluate(
     s.check()
     p = parse_norm(norm)
     chosen = parse_methods(methods, net)
-    x = net.check_input(x)
+    x = _as_input(net, x)
     m = x.shape[0]
     labels = torch.as_tensor(labels).reshape(-1).long().cpu()
     targets = torch.as_tensor(targets).reshape(-1).long().cpu()
@@ -600,8 +653,8 @@ def evaluate(
             f"inputs {[idx[i] for i in wrong]} are misclassified: the sandwich is defined for "
             "correctly classified inputs"
         )
-    domain_cert = net.input_range if s.bounded_input else None
-    attack_domain = "auto" if s.attack_clip else None
+    domain_cert = _range_of(net) if s.bounded_input else None
+    attack_domain = _range_of(net) if s.attack_clip else None
     margins = _margins(logits, labels, targets)
     certified: dict[str, list[float]] = {}
     attacks: dict[str, list[float]] = {}
@@ -671,7 +724,7 @@ def evaluate(
             )
         )
     return Evaluation(
-        model=net.name,
+        model=getattr(net, "name", type(net).__name__),
         norm=p,
         methods=tuple(chosen),
         records=tuple(records),
@@ -679,7 +732,7 @@ def evaluate(
         settings=s,
         inputs=x.detach().cpu(),
         examples=examples,
-        input_range=net.input_range,
+        input_range=_range_of(net),
     )
 
 
@@ -747,9 +800,11 @@ __all__ = [
     "EvaluateSettings",
     "Evaluation",
     "Flag",
+    "Model",
     "SandwichRecord",
     "available_methods",
     "best_examples",
+    "certified_unavailable",
     "evaluate",
     "method_kind",
     "parse_methods",

@@ -194,6 +194,8 @@ def _activation_layer(m: nn.Module) -> Activation | None:
         return Activation("softplus")
     if isinstance(m, nn.ELU):
         return Activation("elu", float(m.alpha))
+    if isinstance(m, nn.Hardtanh) and m.min_val == 0.0 and m.max_val > 0.0:
+        return Activation("brelu", float(m.max_val))  # the bounded ReLU
     return None
 
 

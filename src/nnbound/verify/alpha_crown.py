@@ -32,11 +32,11 @@ import torch
 from torch import Tensor
 
 from nnbound.bounds.interval import interval_forward
-from nnbound.bounds.linear import start_rows
-from nnbound.bounds.methods import _first_block_bounds, _padded_indices, _spec_tensor
+from nnbound.bounds.linear import padded_indices, start_rows
+from nnbound.bounds.methods import _first_block_bounds, _spec_tensor
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.errors import InputError, UnsupportedError
-from nnbound.network.layers import Activation
+from nnbound.network.layers import Activation, MaxPool2d
 from nnbound.network.network import Network
 from nnbound.relax.relu import LeakyReluRelaxation, LowerSlope
 from nnbound.sets.box import InputSet
@@ -84,6 +84,13 @@ def relu_slopes(net: Network) -> dict[int, float]:
     """The negative-side slope of every activation (0 for ReLU); raises for other activations."""
     out = {}
     for i, layer in enumerate(net.layers):
+        if isinstance(layer, MaxPool2d):
+            # The engine's backward pass is written for element-wise ReLU lines only; max pools
+            # are bounded by crown / crown-general (nnbound.relax.maxpool) instead.
+            raise UnsupportedError(
+                f"alpha-CROWN (and the verifier's branch and bound) does not support max pooling "
+                f"(layer {i}); use crown or crown-general"
+            )
         if isinstance(layer, Activation):
             if layer.name == "relu":
                 out[i] = 0.0
@@ -122,7 +129,7 @@ class _Lines:
         n = lo.shape[0]
         rl = relax.linear(lo, up)
         mask = ((lo < 0) & (up > 0)).reshape(n, -1)
-        idx = _padded_indices(mask)
+        idx = padded_indices(mask)
         valid = (
             torch.arange(idx.shape[1], device=lo.device).unsqueeze(0) < mask.sum(1, keepdim=True)
         ).to(lo.dtype)
@@ -282,7 +289,7 @@ class _Engine:
                 # unstable here can tighten: their slope parameters are laid out for them.
                 mask = ((lo < 0) & (up > 0)).reshape(n, -1)
                 if bool(mask.any()):
-                    self.idx[j] = _padded_indices(mask)
+                    self.idx[j] = padded_indices(mask)
             gap = lo - up
             scale = 1.0 + torch.maximum(lo.abs(), up.abs())
             empty |= (gap > _EMPTY_TOL * scale).reshape(n, -1).any(1)
@@ -348,7 +355,7 @@ def _row_groups(mask: Tensor, max_rows: int = 256) -> list[tuple[Tensor, Tensor]
         while stop < n and stop - start < max_rows and sorted_counts[stop] * 2 >= top:
             stop += 1
         rows = order[start:stop]
-        out.append((rows, _padded_indices(mask[rows])))
+        out.append((rows, padded_indices(mask[rows])))
         start = stop
     return out
 
