@@ -38,6 +38,7 @@ from torch import Tensor
 from nnbound.bounds.interval import box_concretize, interval_forward
 from nnbound.bounds.linear import backward_linear_bounds, padded_indices, start_rows
 from nnbound.bounds.result import Bounds, IntermediateBounds
+from nnbound.bounds.row_norms import first_block_row_norms
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.layers import (
     NONLINEAR_TYPES,
@@ -121,13 +122,8 @@ def _first_block_bounds(net: Network, end: int, ball: InputSet) -> tuple[Tensor,
         # pool) it is only sound, so those blocks take the exact row-norm path below when
         # its dense coefficients fit in memory.
         return box_lo, box_hi
-    size = math.prod(shapes[end])
-    eye = torch.eye(size, dtype=mid.dtype, device=mid.device).reshape(1, size, *shapes[end])
-    a = eye
-    for i in range(end - 1, -1, -1):
-        a = layers[i].transpose(a, shapes[i])
-    row_norm = torch.linalg.vector_norm(a.reshape(size, -1), ball.q, dim=-1)
-    dev = (ball.eps.unsqueeze(1) * row_norm.unsqueeze(0)).reshape(mid.shape)
+    row_norm = first_block_row_norms(layers, shapes, end, ball.q, mid.dtype, mid.device)
+    dev = (ball.eps.unsqueeze(1) * row_norm.reshape(1, -1)).reshape(mid.shape)
     lower, upper = mid - dev, mid + dev
     if ball.domain is not None:
         lower, upper = lower.maximum(box_lo), upper.minimum(box_hi)
