@@ -96,8 +96,8 @@ def backward_linear_bounds(
             weight = None
             if cols is not None:
                 assert isinstance(layer, Dense)
-                bias: Tensor | None = layer.bias[cols].unsqueeze(1)  # (N, 1, K')
-                weight = layer.weight[cols]  # (N, K', in)
+                bias: Tensor | None = _rows_of(layer.bias, cols).unsqueeze(1)  # (N, 1, K')
+                weight = _rows_of(layer.weight, cols)  # (N, K', in)
                 cols = None
             else:
                 bias = layer.bias_map(shapes[i + 1])
@@ -213,6 +213,12 @@ def _transpose(
     return layer.transpose(a, in_shape)  # type: ignore[union-attr]
 
 
+def _rows_of(t: Tensor, idx: Tensor) -> Tensor:
+    """``t[idx]`` for an integer index of any shape; ``index_select`` on the flattened index is
+    several times faster than advanced indexing on CPU."""
+    return t.index_select(0, idx.reshape(-1)).reshape(*idx.shape, *t.shape[1:])
+
+
 def start_rows(
     layers: tuple[Layer, ...], shapes: list[Shape], end: int, idx: Tensor, dtype, device
 ) -> tuple[Tensor, Tensor, int]:
@@ -222,8 +228,8 @@ def start_rows(
     n, u = idx.shape
     last = layers[end - 1]
     if isinstance(last, Dense):
-        a = last.weight[idx]  # (N, U, in)
-        const = last.bias[idx]
+        a = _rows_of(last.weight, idx)  # (N, U, in)
+        const = _rows_of(last.bias, idx)
         return a, const, end - 1
     size = math.prod(shapes[end])
     a = torch.zeros(n, u, size, dtype=dtype, device=device)
