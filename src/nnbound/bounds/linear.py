@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from nnbound.network.layers import Activation, Dense, Layer, MaxPool2d, Shape
+from nnbound.network.layers import Activation, Conv2d, Dense, Layer, MaxPool2d, Shape
 from nnbound.relax.base import LinearRelaxation
 from nnbound.relax.maxpool import MaxPoolLines, maxpool_backward
 from nnbound.sets.box import InputSet
@@ -224,14 +224,56 @@ def start_rows(
 ) -> tuple[Tensor, Tensor, int]:
     """Spec rows selecting neurons ``idx`` (``(N, U)`` flat indices) of the output of
     ``layers[end - 1]``, already carried through that layer when it is Dense (a row gather
-    instead of a one-hot matrix product). Returns ``(a, const, new_end)``."""
+    instead of a one-hot matrix product) or Conv2d (the kernel written at the neuron's
+    receptive field instead of a transposed convolution of a one-hot image). Returns
+    ``(a, const, new_end)``."""
     n, u = idx.shape
     last = layers[end - 1]
     if isinstance(last, Dense):
         a = _rows_of(last.weight, idx)  # (N, U, in)
         const = _rows_of(last.bias, idx)
         return a, const, end - 1
+    if isinstance(last, Conv2d):
+        a = _conv_rows(last, shapes[end - 1], shapes[end], idx)
+        return a, _rows_of(last.bias, idx // math.prod(shapes[end][1:])), end - 1
     size = math.prod(shapes[end])
     a = torch.zeros(n, u, size, dtype=dtype, device=device)
     a.scatter_(2, idx.unsqueeze(-1), 1.0)
     return a.reshape(n, u, *shapes[end]), torch.zeros(n, u, dtype=dtype, device=device), end
+
+
+def _conv_rows(conv: Conv2d, in_shape: Shape, out_shape: Shape, idx: Tensor) -> Tensor:
+    """Row ``(o, y, x)`` of a convolution's matrix for each flat output index in ``idx``
+    (``(N, U)``): ``(N, U, *in_shape)``.
+
+    Output ``(o, y, x)`` reads input ``(c, y*s - p + i*d, x*s - p + j*d)`` with weight
+    ``w[o, c - group_start, i, j]`` for the channels ``c`` of ``o``'s group. Within one row
+    these positions are distinct, so adding the taps into zeros writes each once; taps that
+    fall in the padding add a zero at position 0, which changes nothing.
+    """
+    n, u = idx.shape
+    c_out, h_out, w_out = out_shape
+    _, h_in, w_in = in_shape
+    per_group, kh, kw = conv.weight.shape[1:]
+    (sy, sx), (py, px), (dy, dx) = conv.stride, conv.padding, conv.dilation
+    dev = idx.device
+    o = idx // (h_out * w_out)
+    y = idx % (h_out * w_out) // w_out
+    x = idx % w_out
+    group = o // (c_out // conv.groups)
+    chan = group.unsqueeze(-1) * per_group + torch.arange(per_group, device=dev)  # (N, U, G)
+    iy = y.unsqueeze(-1) * sy - py + torch.arange(kh, device=dev) * dy  # (N, U, kh)
+    ix = x.unsqueeze(-1) * sx - px + torch.arange(kw, device=dev) * dx  # (N, U, kw)
+    valid = ((iy >= 0) & (iy < h_in)).unsqueeze(-1) & ((ix >= 0) & (ix < w_in)).unsqueeze(-2)
+    pos = (
+        chan[..., :, None, None] * (h_in * w_in)
+        + iy[..., None, :, None] * w_in
+        + ix[..., None, None, :]
+    )  # (N, U, G, kh, kw)
+    valid = valid.unsqueeze(2).expand_as(pos)
+    taps = _rows_of(conv.weight, o)  # (N, U, G, kh, kw)
+    taps = torch.where(valid, taps, torch.zeros((), dtype=taps.dtype, device=dev))
+    pos = torch.where(valid, pos, torch.zeros((), dtype=pos.dtype, device=dev))
+    a = torch.zeros(n, u, math.prod(in_shape), dtype=conv.weight.dtype, device=dev)
+    a.scatter_add_(2, pos.reshape(n, u, -1), taps.reshape(n, u, -1))
+    return a.reshape(n, u, *in_shape)
