@@ -80,8 +80,13 @@ ALIASES = {"interval": "ibp", "crown": "crown-adaptive", "fast-lin": "fastlin"}
 LAYERWISE_METHODS = tuple(METHODS) + tuple(ALIASES)
 ALL_METHODS = (*LAYERWISE_METHODS, "spectral", "quad", "alpha-crown")
 
-# Elements of one backward-pass coefficient tensor processed at once (bounds memory use).
-_CHUNK_ELEMENTS = 1 << 26
+# Elements of one backward-pass coefficient tensor processed at once. Small enough to stay
+# in cache: on CPU a CNN's CROWN call ran 3x faster at 2^22 than at 2^26 (one image's rows at
+# a time instead of eight), with MLP radius searches unchanged (measured on cifar-2c2f).
+_CHUNK_ELEMENTS = 1 << 22
+# Largest dense coefficient block the exact first-block row norms are built for under Linf when
+# the block has several mixing layers (otherwise interval arithmetic, sound but looser).
+_EXACT_FIRST_BLOCK_ELEMENTS = 1 << 26
 # Rows bounded together in one backward pass (grouped by similar numbers of unstable neurons).
 _ROWS_PER_GROUP = 8
 
@@ -116,7 +121,7 @@ def _first_block_bounds(net: Network, end: int, ball: InputSet) -> tuple[Tensor,
         1 for layer in layers[:end] if not isinstance(layer, (Flatten, Reshape, Normalize))
     )
     widest = math.prod(shapes[end]) * max(math.prod(s) for s in shapes[: end + 1])
-    if ball.p == math.inf and (mixing <= 1 or widest > _CHUNK_ELEMENTS):
+    if ball.p == math.inf and (mixing <= 1 or widest > _EXACT_FIRST_BLOCK_ELEMENTS):
         # Centre/radius arithmetic is exact for one affine map of a box (element-wise and
         # reshaping layers around it keep it exact). With several (a conv then an average
         # pool) it is only sound, so those blocks take the exact row-norm path below when
