@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,38 @@ def _node_label(node: onnx.NodeProto, index: int) -> str:
         return f"node {node.name!r}"
     out = node.output[0] if node.output else "?"
     return f"node #{index} -> {out!r}"
+
+
+def _resolve_pads(
+    attrs: dict,
+    op: str,
+    label: str,
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+) -> tuple[str, list[int]]:
+    """``(auto_pad, [top, left, bottom, right])`` of a Conv or pooling node: explicit ``pads``,
+    or the padding ``SAME_UPPER`` / ``SAME_LOWER`` imply (the odd extra pixel goes at the end
+    for UPPER, at the start for LOWER), or none for ``VALID``."""
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0, 0, 0, 0]
+        for i in range(2):
+            span = dilations[i] * (int(kernel[i]) - 1) + 1
+            size = int(spatial[i])
+            total = max((math.ceil(size / strides[i]) - 1) * strides[i] + span - size, 0)
+            small, large = total // 2, total - total // 2
+            upper = auto_pad == "SAME_UPPER"
+            pads[i], pads[i + 2] = (small, large) if upper else (large, small)
+    elif auto_pad == "VALID":
+        pads = [0, 0, 0, 0]
+    elif auto_pad == "NOTSET":
+        pads = [int(v) for v in attrs.get("pads", (0, 0, 0, 0))]
+    else:
+        raise ModelFormatError(f"{op} {label}: unknown auto_pad {auto_pad!r}")
+    return auto_pad, pads
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -314,8 +347,10 @@ class _Importer:
             raise ModelFormatError(f"{where}: ONNX graph has no input (truncated or invalid)")
         if len(inputs) > 1:
             names = ", ".join(repr(i.name) for i in inputs)
-            raise UnsupportedError(f"{where}: ONNX graph has {len(inputs)} inputs ({names}); "
-                                   "only single-input networks are supported")
+            raise UnsupportedError(
+                f"{where}: ONNX graph has {len(inputs)} inputs ({names}); "
+                "only single-input networks are supported"
+            )
         if len(graph.output) != 1:
             raise (ModelFormatError if not graph.output else UnsupportedError)(
                 f"{where}: ONNX graph has {len(graph.output)} outputs; expected exactly one"
@@ -809,23 +844,7 @@ class _Importer:
             raise bad("ceil_mode", "(expected 0 or 1)")
         if op == "MaxPool" and int(attrs.get("storage_order", 0)) != 0:
             raise bad("storage_order", "(only the default row-major order is supported)")
-        auto_pad = attrs.get("auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            pads = [0, 0, 0, 0]
-            for i in range(2):
-                span = dilations[i] * (kernel[i] - 1) + 1
-                size = s[2 + i]
-                total = max((math.ceil(size / strides[i]) - 1) * strides[i] + span - size, 0)
-                small, large = total // 2, total - total // 2
-                upper = auto_pad == "SAME_UPPER"  # the odd extra pixel goes at the end
-                pads[i], pads[i + 2] = (small, large) if upper else (large, small)
-        elif auto_pad == "VALID":
-            pads = [0, 0, 0, 0]
-        elif auto_pad == "NOTSET":
-            pads = [int(v) for v in attrs.get("pads", (0, 0, 0, 0))]
-        else:
-            raise ModelFormatError(f"{op} {label}: unknown auto_pad {auto_pad!r}")
+        auto_pad, pads = _resolve_pads(attrs, op, label, s[2:], kernel, strides, dilations)
         if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3] or min(pads) < 0:
             what = "auto_pad" if auto_pad in ("SAME_UPPER", "SAME_LOWER") else "pads"
             raise bad(
@@ -893,23 +912,7 @@ class _Importer:
             )
         strides = tuple(int(v) for v in attrs.get("strides", (1, 1)))
         dilations = tuple(int(v) for v in attrs.get("dilations", (1, 1)))
-        auto_pad = attrs.get("auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            pads = [0, 0, 0, 0]
-            for i in range(2):
-                k_eff = dilations[i] * (w.shape[2 + i] - 1) + 1
-                size = s[2 + i]
-                total = max((math.ceil(size / strides[i]) - 1) * strides[i] + k_eff - size, 0)
-                small, large = total // 2, total - total // 2
-                upper = auto_pad == "SAME_UPPER"  # the odd extra pixel goes at the end
-                pads[i], pads[i + 2] = (small, large) if upper else (large, small)
-        elif auto_pad == "VALID":
-            pads = [0, 0, 0, 0]
-        elif auto_pad == "NOTSET":
-            pads = [int(v) for v in attrs.get("pads", (0, 0, 0, 0))]
-        else:
-            raise ModelFormatError(f"Conv {label}: unknown auto_pad {auto_pad!r}")
+        _, pads = _resolve_pads(attrs, "Conv", label, s[2:], w.shape[2:], strides, dilations)
         if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3] or min(pads) < 0:
             raise UnsupportedError(
                 f"unsupported ONNX op 'Conv' ({label}) with asymmetric padding {pads} "
