@@ -55,7 +55,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from nnbound.data.dataset import Dataset
 from nnbound.errors import InputError
@@ -63,6 +62,7 @@ from nnbound.network.from_torch import from_torch
 from nnbound.network.layers import ACTIVATIONS, Activation
 from nnbound.network.network import Network
 from nnbound.network.to_torch import activation_module
+from nnbound.train.train import fit_epochs
 
 MNIST_WIDTHS: tuple[int, ...] = (32, 32, 64, 64, 200, 200)
 """The reference's 7-layer CNN widths for MNIST (also used for digits)."""
@@ -340,32 +340,19 @@ def fit(
     Raises:
         InputError: the loss becomes NaN or infinite.
     """
-    opt = _optimizer(model, options)
-    n = len(images)
-    losses: list[float] = []
-    show = sys.stderr.isatty()
-    model.train()
-    for epoch in tqdm(
-        range(epochs), desc=desc, unit="epoch", file=sys.stderr, disable=not show, leave=False
-    ):
-        perm = torch.randperm(n, generator=generator)
-        total = 0.0
-        for i in range(0, n, options.batch_size):
-            idx = perm[i : i + options.batch_size]
-            loss = F.cross_entropy(model(images[idx]) / temperature, targets[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        mean = total / n
-        if not math.isfinite(mean):
-            raise InputError(
-                f"training diverged (loss {mean}) at epoch {epoch + 1}; lower the learning "
-                f"rate (lr={options.learning_rate})"
-            )
-        losses.append(mean)
-    model.eval()
-    return losses
+    return fit_epochs(
+        model,
+        _optimizer(model, options),
+        images,
+        targets,
+        batch_size=options.batch_size,
+        epochs=epochs,
+        generator=generator,
+        lr=options.learning_rate,
+        temperature=temperature,
+        desc=desc,
+        show=sys.stderr.isatty(),
+    )
 
 
 @torch.no_grad()

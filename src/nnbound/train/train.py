@@ -257,6 +257,55 @@ def network_name(dataset: str, config: TrainConfig) -> str:
     return f"{dataset}_{arch}_{config.activation}_{sizes}"
 
 
+def fit_epochs(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    images: Tensor,
+    targets: Tensor,
+    *,
+    batch_size: int,
+    epochs: int,
+    generator: torch.Generator,
+    lr: float,
+    temperature: float = 1.0,
+    desc: str = "train",
+    show: bool = False,
+) -> list[float]:
+    """Train ``model`` in place on ``cross_entropy(model(x) / temperature, targets)``
+    (``targets``: class indices ``(N,)`` or probabilities ``(N, classes)``), shuffling with
+    ``generator``, and return the mean loss of each epoch; the model is left in eval mode.
+
+    Raises:
+        InputError: the loss becomes NaN or infinite (``lr`` is named in the message).
+    """
+    n = len(images)
+    losses: list[float] = []
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", file=sys.stderr, disable=not show,
+               leave=False)  # fmt: skip
+    model.train()
+    for epoch in bar:
+        perm = torch.randperm(n, generator=generator)
+        total = 0.0
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            loss = F.cross_entropy(model(images[idx]) / temperature, targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        mean = total / n
+        if not math.isfinite(mean):
+            raise InputError(
+                f"training diverged (loss {mean}) at epoch {epoch + 1}; lower the learning "
+                f"rate (lr={lr})"
+            )
+        losses.append(mean)
+        bar.set_postfix(loss=f"{mean:.4f}")
+    bar.close()
+    model.eval()
+    return losses
+
+
 def train_network(
     train: Dataset, test: Dataset, config: TrainConfig, *, progress: bool = True
 ) -> tuple[Network, TrainReport]:
@@ -277,8 +326,6 @@ def train_network(
     num_classes = train.num_classes
     x_train = train.images.to(torch.float32)
     y_train = train.labels
-    n = len(train)
-    losses: list[float] = []
     start = time.perf_counter()
     # fork_rng restores the caller's global CPU RNG afterwards: training is a pure function of
     # (data, config) and does not perturb anybody else's random stream.
@@ -287,31 +334,18 @@ def train_network(
         model = build_model(config, train.shape, num_classes)
         gen = torch.Generator().manual_seed(config.seed)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        show = progress and sys.stderr.isatty()
-        bar = tqdm(range(config.epochs), desc="train", unit="epoch", file=sys.stderr,
-                   disable=not show, leave=False)
-        model.train()
-        for _epoch in bar:
-            perm = torch.randperm(n, generator=gen)
-            total = 0.0
-            for i in range(0, n, config.batch_size):
-                idx = perm[i : i + config.batch_size]
-                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-            epoch_loss = total / n
-            if not math.isfinite(epoch_loss):
-                raise InputError(
-                    f"training diverged (loss {epoch_loss}) at epoch {_epoch + 1}; "
-                    f"lower the learning rate (lr={config.lr})"
-                )
-            losses.append(epoch_loss)
-            bar.set_postfix(loss=f"{epoch_loss:.4f}")
-        bar.close()
+        losses = fit_epochs(
+            model,
+            opt,
+            x_train,
+            y_train,
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            generator=gen,
+            lr=config.lr,
+            show=progress and sys.stderr.isatty(),
+        )
     seconds = time.perf_counter() - start
-    model.eval()
     train_acc = accuracy(model, x_train, y_train)
     test_acc = accuracy(model, test.images.to(torch.float32), test.labels)
     report = TrainReport(tuple(losses), train_acc, test_acc, seconds, config)
