@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from nnbound.network.layers import Activation, Dense
+from nnbound.bounds.spectral import block_matrix
+from nnbound.network.layers import Activation, Dense, Flatten
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 
@@ -195,8 +196,12 @@ def pgd_extremes(
     gather = torch.arange(s)
     pmin = bx[:, 0][torch.arange(rows)[:, None], gather[None, :], arg_min]
     pmax = bx[:, 1][torch.arange(rows)[:, None], gather[None, :], arg_max]
-    return (mins.detach(), maxs.detach(), pmin.reshape(rows, s, *shape).detach(),
-            pmax.reshape(rows, s, *shape).detach())
+    return (
+        mins.detach(),
+        maxs.detach(),
+        pmin.reshape(rows, s, *shape).detach(),
+        pmax.reshape(rows, s, *shape).detach(),
+    )
 
 
 def pgd_violation(
@@ -230,3 +235,22 @@ def check_points_within(
     lo = lower.reshape(n, 1, -1)
     up = upper.reshape(n, 1, -1)
     return float((lo - out).max()), float((out - up).max())
+
+
+def unrolled(net: Network) -> Network:
+    """The same function with each linear block (conv, avg pool, normalize, flatten) as one
+    Dense layer (for CNN-equals-unrolled-MLP checks)."""
+    layers, shapes = net.layers, net.shapes
+    acts = [i for i, layer in enumerate(layers) if isinstance(layer, Activation)]
+    out: list = [Flatten()]
+    start = 0
+    for end in [*acts, len(layers)]:
+        w = block_matrix(layers, shapes, start, end)
+        zero = torch.zeros(1, *shapes[start], dtype=w.dtype)
+        for layer in layers[start:end]:
+            zero = layer.forward(zero)
+        out.append(Dense(w, zero.reshape(-1)))
+        if end < len(layers):
+            out.append(layers[end])
+        start = end + 1
+    return Network(tuple(out), net.input_shape)

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import methods_for, pgd_extremes
+from helpers import methods_for, pgd_extremes, unrolled
 from nnbound.bounds.api import bounds
-from nnbound.bounds.spectral import block_matrix
 from nnbound.network.layers import Activation, Conv2d, Dense, Flatten, Normalize
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
@@ -38,24 +37,6 @@ def random_cnn(activation: str, seed: int) -> Network:
         Dense(rnd(5, 36, scale=1 / 6), rnd(5, scale=0.2)),
     )
     return Network(layers, (1, 6, 6), name=f"cnn-{activation}")
-
-
-def unrolled(net: Network) -> Network:
-    """The same function with each linear block (conv, normalize, flatten) as a Dense layer."""
-    layers, shapes = net.layers, net.shapes
-    acts = [i for i, layer in enumerate(layers) if isinstance(layer, Activation)]
-    out: list = [Flatten()]
-    start = 0
-    for end in [*acts, len(layers)]:
-        w = block_matrix(layers, shapes, start, end)
-        zero = torch.zeros(1, *shapes[start], dtype=w.dtype)
-        for layer in layers[start:end]:
-            zero = layer.forward(zero)
-        out.append(Dense(w, zero.reshape(-1)))
-        if end < len(layers):
-            out.append(layers[end])
-        start = end + 1
-    return Network(tuple(out), net.input_shape)
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "brelu"])

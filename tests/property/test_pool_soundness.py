@@ -13,9 +13,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import methods_for, pgd_extremes
+from helpers import methods_for, pgd_extremes, unrolled
 from nnbound.bounds.api import bounds
-from nnbound.bounds.spectral import block_matrix
 from nnbound.network.layers import (
     Activation,
     AvgPool2d,
@@ -77,24 +76,6 @@ def pool_cnn(kind: str, activation: str, seed: int) -> Network:
         Dense(rnd(4, width, scale=1 / math.sqrt(width)), rnd(4, scale=0.2)),
     )
     return Network(layers, (1, 7, 7), name=f"{kind}-{activation}")
-
-
-def unrolled(net: Network) -> Network:
-    """The same function with each linear block (conv, avg pool, ...) as one Dense layer."""
-    layers, shapes = net.layers, net.shapes
-    acts = [i for i, layer in enumerate(layers) if isinstance(layer, Activation)]
-    out: list = [Flatten()]
-    start = 0
-    for end in [*acts, len(layers)]:
-        w = block_matrix(layers, shapes, start, end)
-        zero = torch.zeros(1, *shapes[start], dtype=w.dtype)
-        for layer in layers[start:end]:
-            zero = layer.forward(zero)
-        out.append(Dense(w, zero.reshape(-1)))
-        if end < len(layers):
-            out.append(layers[end])
-        start = end + 1
-    return Network(tuple(out), net.input_shape)
 
 
 CASES = [("avg", "relu"), ("max", "relu"), ("mixed", "relu"), ("max", "tanh"), ("avg", "sigmoid")]
