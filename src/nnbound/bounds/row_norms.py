@@ -110,7 +110,4 @@ def _conv_row_norms(conv: Conv2d, scale: Tensor, q: float) -> Tensor | None:
     patches = patches.reshape(conv.groups, per_group * kh * kw, positions)
     w = w.reshape(conv.groups, out_c // conv.groups, per_group * kh * kw)
     best = (w.unsqueeze(-1) * patches.unsqueeze(1)).amax(2)  # (groups, out/g, positions)
-    h = (scale.shape[2] + 2 * conv.padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[
-        0
-    ] + 1
-    return best.reshape(1, out_c, h, positions // h)
+    return best.reshape(1, *conv.out_shape(tuple(scale.shape[1:])))
