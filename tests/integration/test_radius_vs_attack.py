@@ -18,7 +18,8 @@ from nnbound.data.registry import load_dataset
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.spec import all_margins_spec
-from nnbound.tasks.radius import certified_radius
+from nnbound.tasks.radius import _Certifier, certified_radius, margin_specs
+from nnbound.tasks.search import batched_binary_search
 from nnbound.tasks.targets import select_targets
 from nnbound.train.train import TrainConfig, train_network
 
@@ -69,3 +70,24 @@ def test_certified_radius_below_attack(digits, activation: str, norm: float) -> 
         # The published ordering, on average over the images.
         assert radii["crown-adaptive"].mean() >= radii["fastlin"].mean() * 0.999
         assert radii["fastlin"].mean() > radii["ibp"].mean()
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("norm", [math.inf, 2.0])
+def test_bracketed_search_gives_the_reference_search_radius(
+    digits, activation: str, norm: float
+) -> None:
+    """The default search (decisions inferred where monotonicity settles them, the MLP's
+    second layer through the centre split) returns the radius the reference's plain search
+    finds with every decision evaluated."""
+    net = _trained(digits, activation).to(dtype=torch.float64)
+    x, labels, targets = _untargeted(net, digits[1])
+    spec = margin_specs(labels, targets, 10, net.dtype)
+    for method in methods_for(activation):
+        if method == "ibp":
+            continue
+        got = certified_radius(net, x, labels, targets, norm=norm, method=method, steps=15)
+        plain = _Certifier(net, x, spec, norm, method, None, False, reuse=True)
+        plain.centre_cache = None
+        want = batched_binary_search(plain, x.shape[0], 0.005, max_steps=15)
+        assert torch.equal(got, want), (method, got, want)

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnbound.tasks.search import batched_binary_search, bisect_down
+from nnbound.tasks.search import batched_binary_search, bisect_down, bracketed_binary_search
 
 
 def reference_binary_search(condition, current, max_steps, tol=1e-5, upper_limit=1e5):
@@ -69,3 +69,96 @@ def test_bisect_down_stays_below_threshold() -> None:
     got = bisect_down(lambda r, e: e <= t[r], torch.tensor([0.2, 0.25], dtype=torch.float64), 20)
     assert got[0] <= 0.1 and got[0] > 0.099
     assert got[1] == 0.25 * (1 - 2.0**-20)
+
+
+def _concave_margin(roots: torch.Tensor, curvature: torch.Tensor):
+    """A margin bound falling faster as eps grows (as layer-wise bounds do): zero at ``roots``,
+    slope -1 at eps = 0."""
+
+    def margin(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        r, c = roots[rows], curvature[rows]
+        return (r - eps) * (1 + c * (r + eps))
+
+    return margin
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    roots=st.lists(st.floats(1e-6, 1e3), min_size=1, max_size=6),
+    curvature=st.floats(0.0, 1e3),
+    start=st.floats(1e-4, 10.0),
+    steps=st.integers(1, 30),
+)
+def test_bracketed_search_takes_the_reference_decisions(
+    roots: list[float], curvature: float, start: float, steps: int
+) -> None:
+    """For a margin that is positive exactly below a threshold, the bracketed search returns
+    what the reference's search returns, evaluating each row at most 5 times per step."""
+    t = torch.tensor(roots, dtype=torch.float64)
+    c = torch.full_like(t, curvature) / t
+    margin = _concave_margin(t, c)
+    evaluations = torch.zeros(len(roots), dtype=torch.int64)
+
+    def counted(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        evaluations[rows] += 1
+        return margin(rows, eps)
+
+    all_rows = torch.arange(len(roots))
+    m0 = margin(all_rows, torch.zeros_like(t))
+    # The true initial slope (1 for this margin), and no slope at all: the same answer.
+    for slope in (torch.ones_like(t), None):
+        evaluations.zero_()
+        got = bracketed_binary_search(counted, m0, start, slope0=slope, max_steps=steps)
+        for i in range(len(roots)):
+            want = reference_binary_search(
+                lambda e, i=i: bool(
+                    margin(torch.tensor([i]), torch.tensor([e], dtype=t.dtype))[0] > 0
+                ),
+                start,
+                steps,
+            )
+            assert got[i].item() == want
+        assert int(evaluations.max()) <= 5 * steps
+
+
+def test_bracketed_search_saves_far_evaluations() -> None:
+    """The reference's x10 jump far past the root is decided without evaluating it."""
+    t = torch.tensor([0.0123, 0.05, 0.3], dtype=torch.float64)
+    margin = _concave_margin(t, 3 / t)
+    seen: list[torch.Tensor] = []
+
+    def counted(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        seen.append(eps / t[rows])
+        return margin(rows, eps)
+
+    m0 = margin(torch.arange(3), torch.zeros(3, dtype=torch.float64))
+    slope = torch.ones(3, dtype=torch.float64)
+    got = bracketed_binary_search(counted, m0, 0.005, slope0=slope, max_steps=15)
+    want = batched_binary_search(lambda r, e: margin(r, e) > 0, 3, 0.005, max_steps=15)
+    assert torch.equal(got, want)
+    ratios = torch.cat(seen)
+    assert ratios.numel() < 3 * 15
+    assert float(ratios.max()) < 3.0  # never at 10x the root
+
+
+def test_bracketed_search_misclassified_centre_needs_no_evaluation() -> None:
+    def never(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("evaluated")
+
+    got = bracketed_binary_search(never, torch.tensor([0.0, -1.0]), 0.005, max_steps=15)
+    assert torch.equal(got, torch.zeros(2, dtype=torch.float64))
+
+
+def test_bracketed_search_is_sound_when_the_bound_is_not_monotone() -> None:
+    """Certified on [0, 0.1] and again on [0.2, 0.3]: whatever it infers, the result lies
+    inside a ball that was evaluated as certified."""
+    passed: list[float] = []
+
+    def bumpy(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        m = torch.where((eps <= 0.1) | ((eps >= 0.2) & (eps <= 0.3)), 1.0, -1.0).double()
+        passed.extend(float(e) for e, v in zip(eps, m, strict=True) if v > 0)
+        return m
+
+    got = bracketed_binary_search(bumpy, torch.tensor([1.0]), 0.005, max_steps=30)
+    assert float(got[0]) <= max(passed)
+    assert float(got[0]) > 0.09

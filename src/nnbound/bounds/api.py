@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from nnbound.bounds.centre_split import CentreProducts
 from nnbound.bounds.methods import ALL_METHODS, _spec_tensor, layerwise_bounds
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.bounds.spectral import spectral_bounds
@@ -23,6 +24,7 @@ def bounds(
     reference: bool = False,
     tangent: TangentRule = TangentRule.EXACT,
     prior: dict[int, tuple[Tensor, Tensor]] | None = None,
+    centre_cache: CentreProducts | None = None,
 ) -> Bounds:
     """Certified lower/upper bounds of ``C @ net(x)`` for all ``x`` in ``ball``.
 
@@ -40,6 +42,8 @@ def bounds(
         tangent: tangent rule of S-shaped relaxations.
         prior: pre-activation bounds known to hold over the ball (see
             :func:`nnbound.bounds.methods.layerwise_bounds`).
+        centre_cache: products reused across calls with the same centres (see
+            :func:`nnbound.bounds.methods.layerwise_bounds`; layer-wise methods only).
 
     Returns:
         :class:`Bounds` with ``lower``/``upper`` shaped ``(*ball.batch_shape, S)``.
@@ -68,4 +72,13 @@ def bounds(
         from nnbound.bounds.quadratic import quadratic_bounds
 
         return quadratic_bounds(net, ball, C)
-    return layerwise_bounds(net, ball, method, C, reference=reference, tangent=tangent, prior=prior)
+    return layerwise_bounds(
+        net,
+        ball,
+        method,
+        C,
+        reference=reference,
+        tangent=tangent,
+        prior=prior,
+        centre_cache=centre_cache,
+    )

@@ -68,7 +68,13 @@ def backward_linear_bounds(
         layer = layers[i]
         if isinstance(layer, Activation):
             rl = lines[i]
-            if i > 0 and isinstance(layers[i - 1], Dense) and len(shapes[i]) == 1:
+            rows = (a_lo if a_lo is not None else a_up).shape[1]  # type: ignore[union-attr]
+            if (
+                i > 0
+                and isinstance(layers[i - 1], Dense)
+                and len(shapes[i]) == 1
+                and rows >= _COMPRESS_MIN_ROWS
+            ):
                 rl, cols = _drop_dead_columns(rl)
                 if cols is not None:
                     same = a_lo is a_up
@@ -117,8 +123,12 @@ def backward_linear_bounds(
     return out_lo, out_up
 
 
-# Compress an activation's columns when the widest row keeps at most this fraction of them.
+# Compress an activation's columns when the widest row keeps at most this fraction of them,
+# and the spec has at least this many rows: gathering the weight rows copies the weight once
+# per ball row, which only pays when enough rows share it (a 9-row final pass ran faster as
+# one shared-weight product).
 _COMPRESS_BELOW = 0.85
+_COMPRESS_MIN_ROWS = 64
 
 
 def padded_indices(mask: Tensor) -> Tensor:

@@ -35,6 +35,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nnbound.bounds.centre_split import (
+    CentreProducts,
+    TwoDenseBlocks,
+    split_backward_bounds,
+    two_dense_blocks,
+)
 from nnbound.bounds.interval import box_concretize, interval_forward
 from nnbound.bounds.linear import backward_linear_bounds, padded_indices, start_rows
 from nnbound.bounds.result import Bounds, IntermediateBounds
@@ -182,14 +188,66 @@ def _tighten_by_backward_pass(
         sub_lines = {k: _line_rows(v, rows) for k, v in lines.items()}
         a, const, end = start_rows(layers, shapes, j, idx, ball.center.dtype, ball.center.device)
         c_lo, c_up = backward_linear_bounds(layers, shapes, end, a, const, sub_lines, sub_ball)
-        # Padding repeats a row's first candidate, so every write is that neuron's own bound;
-        # a row without candidates keeps its bounds (as it would if bounded alone).
-        has_any = (counts[rows] > 0).unsqueeze(1)
-        for flat, new, take in ((flat_lo, c_lo, torch.maximum), (flat_up, c_up, torch.minimum)):
-            block = flat[rows]
-            old = block.gather(1, idx)
-            best = take(old, new) if intersect else new
-            flat[rows] = block.scatter(1, idx, torch.where(has_any, best, old))
+        _write_bounds(flat_lo, flat_up, rows, idx, c_lo, c_up, counts[rows] > 0, intersect)
+    return flat_lo.reshape(lower.shape), flat_up.reshape(upper.shape)
+
+
+def _write_bounds(
+    flat_lo: Tensor,
+    flat_up: Tensor,
+    rows: Tensor,
+    idx: Tensor,
+    new_lo: Tensor,
+    new_up: Tensor,
+    has_any: Tensor,
+    intersect: bool,
+) -> None:
+    """Write the bounds of neurons ``idx`` (``(R', U)`` padded) of ball rows ``rows`` into
+    ``flat_lo``/``flat_up`` (kept where tighter when ``intersect``).
+
+    Padding repeats a row's first candidate, so every write is that neuron's own bound; a row
+    without candidates (``has_any`` false) keeps its bounds (as it would if bounded alone).
+    """
+    keep = has_any.unsqueeze(1)
+    for flat, new, take in ((flat_lo, new_lo, torch.maximum), (flat_up, new_up, torch.minimum)):
+        block = flat[rows]
+        old = block.gather(1, idx)
+        best = take(old, new) if intersect else new
+        flat[rows] = block.scatter(1, idx, torch.where(keep, best, old))
+
+
+def _tighten_by_split(
+    blocks: TwoDenseBlocks,
+    cache: CentreProducts,
+    relax: Relaxation,
+    lines: LinearRelaxation,
+    ball: InputSet,
+    candidates: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    intersect: bool,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_tighten_by_backward_pass` for the second activation of a two-Dense-block
+    network, by :func:`~nnbound.bounds.centre_split.split_backward_bounds`."""
+    n = candidates.shape[0]
+    flat_lo = lower.reshape(n, -1).clone()
+    flat_up = upper.reshape(n, -1).clone()
+    counts = candidates.sum(1)
+    order = torch.argsort(counts, descending=True, stable=True)
+    n_in = blocks.w1.shape[1]
+    start = 0
+    while start < n:
+        largest = int(counts[order[start]])
+        if largest == 0:
+            break
+        rows = order[start : start + max(1, _CHUNK_ELEMENTS // (2 * largest * n_in))]
+        start += rows.numel()
+        idx = padded_indices(candidates[rows])
+        c_lo, c_up = split_backward_bounds(
+            blocks, cache, relax, _line_rows(lines, rows), ball.rows(rows), idx
+        )
+        assert isinstance(c_lo, Tensor)
+        _write_bounds(flat_lo, flat_up, rows, idx, c_lo, c_up, counts[rows] > 0, intersect)
     return flat_lo.reshape(lower.shape), flat_up.reshape(upper.shape)
 
 
@@ -202,6 +260,7 @@ def layerwise_bounds(
     reference: bool = False,
     tangent: TangentRule = TangentRule.EXACT,
     prior: dict[int, tuple[Tensor, Tensor]] | None = None,
+    centre_cache: CentreProducts | None = None,
 ) -> Bounds:
     """Bounds of ``C @ net(x)`` for every x in ``ball`` with a layer-wise method.
 
@@ -220,6 +279,10 @@ def layerwise_bounds(
             upper)}`` shaped like ``Bounds.intermediate.pre``; they are intersected in and
             spare the backward passes of neurons they prove stable. Ignored with
             ``reference``.
+        centre_cache: products kept across calls with the same centres (a radius search):
+            with it, the second activation of an MLP is bounded by
+            :func:`~nnbound.bounds.centre_split.split_backward_bounds` (the same bounds up to
+            rounding, multiplying only the unstable first-layer neurons' columns).
 
     Returns:
         :class:`Bounds` with ``lower``/``upper`` of shape ``(*ball.batch_shape, S)``.
@@ -271,9 +334,30 @@ def layerwise_bounds(
                         candidates |= (flat_lo < kink) & (flat_up > kink)
                 else:
                     candidates = torch.ones_like(flat_lo, dtype=torch.bool)
-                lo, up = _tighten_by_backward_pass(
-                    net, j, ball, lines, candidates, lo, up, intersect
-                )
+                blocks = None
+                if pos == 1 and centre_cache is not None:
+                    blocks = two_dense_blocks(net, prev, j)
+                prev_lines = lines[prev]
+                if (
+                    blocks is not None
+                    and relax[prev].is_piecewise_linear
+                    and isinstance(prev_lines, LinearRelaxation)
+                ):
+                    lo, up = _tighten_by_split(
+                        blocks,
+                        centre_cache,
+                        relax[prev],
+                        prev_lines,
+                        ball,
+                        candidates,
+                        lo,
+                        up,
+                        intersect,
+                    )
+                else:
+                    lo, up = _tighten_by_backward_pass(
+                        net, j, ball, lines, candidates, lo, up, intersect
+                    )
         up = torch.maximum(up, lo)  # rounding can cross them when the interval is a point
         pre[j] = (lo, up)
         layer = layers[j]

@@ -8,14 +8,15 @@ import torch
 from torch import Tensor
 
 from nnbound.bounds.api import bounds
-from nnbound.bounds.methods import ALL_METHODS
+from nnbound.bounds.centre_split import CentreProducts
+from nnbound.bounds.methods import ALL_METHODS, LAYERWISE_METHODS
 from nnbound.bounds.spectral import spectral_lipschitz
 from nnbound.errors import InputError
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
-from nnbound.sets.norms import parse_norm
+from nnbound.sets.norms import dual_norm, lp_norm, parse_norm
 from nnbound.sets.spec import all_margins_spec, margin_spec
-from nnbound.tasks.search import batched_binary_search, recheck
+from nnbound.tasks.search import batched_binary_search, bracketed_binary_search, recheck
 from nnbound.tasks.targets import UNTARGETED
 
 
@@ -58,6 +59,8 @@ class _Certifier:
         self.reuse = reuse and not reference and method not in ("spectral", "quad", "ibp")
         self.cache: dict[int, tuple[Tensor, Tensor]] = {}
         self.cache_eps = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
+        # Per-centre products of an MLP's first two layers, shared by every eps of the search.
+        self.centre_cache = None if reference else CentreProducts()
 
     def _prior(self, rows: Tensor, eps: Tensor) -> dict[int, tuple[Tensor, Tensor]] | None:
         if not self.cache:
@@ -73,15 +76,26 @@ class _Certifier:
         return prior
 
     def __call__(self, rows: Tensor, eps: Tensor) -> Tensor:
+        return self.margin(rows, eps) > 0
+
+    def margin(self, rows: Tensor, eps: Tensor) -> Tensor:
+        """Per row, the lower bound of the smallest spec margin over the ball (``(R,)``, CPU)."""
         rows_dev = rows.to(self.x.device)
         ball = LpBall.make(
             self.x[rows_dev], eps.to(device=self.x.device, dtype=self.x.dtype), self.p, self.domain
         )
         prior = self._prior(rows, eps) if self.reuse else None
         b = bounds(
-            self.net, ball, self.method, self.spec[rows_dev], reference=self.reference, prior=prior
+            self.net,
+            ball,
+            self.method,
+            self.spec[rows_dev],
+            reference=self.reference,
+            prior=prior,
+            centre_cache=self.centre_cache if self.method in LAYERWISE_METHODS else None,
         )
-        ok = (b.lower.amin(-1) > 0).cpu()
+        margin = b.lower.amin(-1).cpu()
+        ok = margin > 0
         # Keep the bounds of a failed eps when it is smaller than the one remembered.
         keep = ~ok & (eps < self.cache_eps[rows])
         if self.reuse and bool(keep.any()):
@@ -97,7 +111,19 @@ class _Certifier:
                 self.cache[j][0][target] = lo[k]
                 self.cache[j][1][target] = up[k]
             self.cache_eps[rows[keep]] = eps[keep]
-        return ok
+        return margin
+
+    def centre_margin(self) -> tuple[Tensor, Tensor]:
+        """At each centre, the smallest spec margin (any bound's value at eps = 0) and the dual
+        norm of its gradient (the rate at which a tight bound falls at first), ``(B,)`` each."""
+        with torch.enable_grad():
+            x = self.x.detach().clone().requires_grad_(True)
+            logits = self.net.forward(x).reshape(x.shape[0], -1, 1)
+            margins = (self.spec.reshape(*self.spec.shape[:2], -1) @ logits).squeeze(-1)
+            smallest = margins.amin(-1)
+            (grad,) = torch.autograd.grad(smallest.sum(), x)
+        slope = lp_norm(grad, dual_norm(self.p), grad.dim() - 1)
+        return smallest.detach().cpu(), slope.detach().cpu()
 
 
 def certified_radius(
@@ -151,7 +177,13 @@ def certified_radius(
         lip = spectral_lipschitz(net64, spec64, p)
         return (margin / lip).clamp_min(0).amin(-1).cpu()
     condition = _Certifier(net, x, spec, p, method, domain, reference, reuse=True)
-    radius = batched_binary_search(condition, x.shape[0], eps0, max_steps=steps)
+    if reference:
+        radius = batched_binary_search(condition, x.shape[0], eps0, max_steps=steps)
+    else:
+        margin0, slope0 = condition.centre_margin()
+        radius = bracketed_binary_search(
+            condition.margin, margin0, eps0, slope0=slope0, max_steps=steps
+        )
     if verify_float64 and net.dtype != torch.float64:
         net64 = net.to(dtype=torch.float64)
         cond64 = _Certifier(

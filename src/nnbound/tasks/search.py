@@ -6,15 +6,75 @@ lower the upper end and divide by 10 until a success is seen, then bisect; stop 
 ``max_steps`` evaluations, when ``upper - lower <= tol`` or when the candidate exceeds
 ``upper_limit``; return the last certified eps (0 if none). Every step evaluates the condition
 for all unfinished rows in one batched call.
+
+:func:`bracketed_binary_search` takes the same decisions with fewer and cheaper evaluations
+when certification is monotone in eps (see its docstring).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+# Root estimates a row may evaluate before it evaluates the reference's own candidate.
+_GUESSES_PER_CANDIDATE = 4
+# Before any failure, the candidate is evaluated itself when within this log-ratio of the root
+# estimate (it is cheap and as informative as the estimate).
+_FAR_RATIO = math.log(1.25)
+
+
+@dataclass
+class _ReferenceSearch:
+    """Per-row state of the reference's search: its bracket, next candidate and step count."""
+
+    lower: Tensor
+    upper: Tensor
+    current: Tensor
+    steps: Tensor
+    done: Tensor
+    max_steps: int
+    tol: float
+    upper_limit: float
+    scale: float
+
+    @staticmethod
+    def start(
+        n: int, eps0: float, max_steps: int, tol: float, upper_limit: float, scale: float
+    ) -> _ReferenceSearch:
+        f64 = torch.float64
+        return _ReferenceSearch(
+            torch.zeros(n, dtype=f64),
+            torch.full((n,), math.inf, dtype=f64),
+            torch.full((n,), float(eps0), dtype=f64),
+            torch.zeros(n, dtype=torch.int64),
+            torch.full((n,), max_steps <= 0, dtype=torch.bool),
+            max_steps,
+            tol,
+            upper_limit,
+            scale,
+        )
+
+    def advance(self, rows: Tensor, ok: Tensor) -> None:
+        """Take the decisions ``ok`` for the candidates of ``rows`` (the reference's update)."""
+        cur = self.current[rows]
+        lo = torch.where(ok, cur, self.lower[rows])
+        up = torch.where(ok, self.upper[rows], cur)
+        seen_fail = torch.isfinite(up)
+        seen_ok = lo > 0
+        mid = (lo + up) / 2
+        nxt = torch.where(
+            ok,
+            torch.where(seen_fail, mid, cur * self.scale),
+            torch.where(seen_ok, mid, cur / self.scale),
+        )
+        self.lower[rows], self.upper[rows], self.current[rows] = lo, up, nxt
+        self.steps[rows] += 1
+        finished = (self.steps[rows] >= self.max_steps) | (nxt > self.upper_limit)
+        self.done[rows] = finished | (up - lo <= self.tol)
 
 
 def batched_binary_search(
@@ -32,33 +92,107 @@ def batched_binary_search(
     ``condition(rows, eps)`` gets the indices of the rows still searching and their candidate
     eps (float64) and returns a bool tensor: True where eps is certified.
     """
-    lower = torch.zeros(n, dtype=torch.float64)
-    upper = torch.full((n,), math.inf, dtype=torch.float64)
-    current = torch.full((n,), float(eps0), dtype=torch.float64)
-    steps = torch.zeros(n, dtype=torch.int64)
-    done = torch.zeros(n, dtype=torch.bool)
-    if max_steps <= 0:
-        return lower
-    while not bool(done.all()):
-        rows = torch.nonzero(~done).squeeze(1)
-        ok = condition(rows, current[rows]).to(torch.bool).cpu()
-        cur = current[rows]
-        lo, up = lower[rows], upper[rows]
-        lo = torch.where(ok, cur, lo)
-        up = torch.where(ok, up, cur)
-        seen_fail = torch.isfinite(up)
-        seen_ok = lo > 0
-        mid = (lo + up) / 2
-        nxt = torch.where(
-            ok,
-            torch.where(seen_fail, mid, cur * scale),
-            torch.where(seen_ok, mid, cur / scale),
+    search = _ReferenceSearch.start(n, eps0, max_steps, tol, upper_limit, scale)
+    while not bool(search.done.all()):
+        rows = torch.nonzero(~search.done).squeeze(1)
+        ok = condition(rows, search.current[rows]).to(torch.bool).cpu()
+        search.advance(rows, ok)
+    return search.lower
+
+
+def bracketed_binary_search(
+    margin: Callable[[Tensor, Tensor], Tensor],
+    margin0: Tensor,
+    eps0: float,
+    *,
+    slope0: Tensor | None = None,
+    max_steps: int = 15,
+    tol: float = 1e-5,
+    upper_limit: float = 1e5,
+    scale: float = 10.0,
+) -> Tensor:
+    """The reference's search (:func:`batched_binary_search`) for the condition
+    ``margin(rows, eps) > 0``, with each decision inferred where monotonicity settles it.
+
+    ``margin(rows, eps)`` returns a float tensor: a lower bound of the spec's margin over the
+    ball of radius eps (certified where > 0); ``margin0`` ``(n,)`` is the margin at the centre
+    (eps = 0) and ``slope0`` (optional) the dual norm of its gradient there, the rate at which
+    a tight bound starts to fall.
+
+    Per row it keeps the largest eps evaluated as certified (``P``) and the smallest evaluated
+    as failed (``F``). A candidate of the reference's search at or below ``P`` is taken as
+    certified (its ball lies inside ``P``'s), one at or above ``F`` as failed, without an
+    evaluation. When a candidate lies between them, the row evaluates either that candidate
+    or, when the candidate is far from the root, the root estimated from the margins known so
+    far (regula falsi with the Illinois correction; while no failure is known, the root of
+    ``margin0 - slope0 e - c e^2`` through the last certified point): one evaluation there
+    usually decides the candidate and several after it. The reference's far candidates (it
+    multiplies by 10 until a failure) are costly for layer-wise bounds, since most neurons are
+    unstable there; these are the ones skipped.
+
+    When the bound's decision is monotone in eps (certified at eps implies certified below it)
+    the result is exactly the reference search's. When it is not, the result is still sound:
+    every eps taken as certified lies inside a ball that was evaluated as certified.
+    """
+    n = margin0.shape[0]
+    m0 = margin0.detach().to(torch.float64).cpu()
+    g0 = torch.zeros(n, dtype=torch.float64) if slope0 is None else slope0.to(torch.float64).cpu()
+    search = _ReferenceSearch.start(n, eps0, max_steps, tol, upper_limit, scale)
+    f64 = torch.float64
+    best_ok = torch.zeros(n, dtype=f64)  # P: largest eps evaluated as certified (0: the centre)
+    m_ok = m0.clone()  # the margin bound at P
+    # F: smallest eps evaluated as failed. A centre whose margin is not positive fails every
+    # eps (a sound bound is at most the margin at the centre).
+    first_fail = torch.where(m0 > 0, math.inf, 0.0).to(f64)
+    m_fail = torch.where(m0 > 0, math.nan, m0).to(f64)
+    last_side = torch.zeros(n, dtype=torch.int8)  # +1 last evaluation certified, -1 failed
+    guesses = torch.zeros(n, dtype=torch.int64)  # estimates evaluated for the current candidate
+    while True:
+        # Take every decision the bracket settles.
+        while True:
+            cur = search.current
+            settled = ~search.done & ((cur <= best_ok) | (cur >= first_fail))
+            if not bool(settled.any()):
+                break
+            rows = torch.nonzero(settled).squeeze(1)
+            search.advance(rows, cur[rows] <= best_ok[rows])
+            guesses[rows] = 0
+        if bool(search.done.all()):
+            return search.lower
+        rows = torch.nonzero(~search.done).squeeze(1)
+        p, mp = best_ok[rows], m_ok[rows]
+        f, mf = first_fail[rows], m_fail[rows]
+        cand = search.current[rows]
+        bounded = torch.isfinite(f)
+        width = torch.where(bounded, f - p, 0.0)
+        # Root of the chord through the two ends (with F unknown: through the centre and P).
+        falsi = (p + width * mp / (mp - mf)).clamp(p + width / 50, f - width / 50)
+        guess = torch.where(bounded, falsi, _quadratic_root(m0[rows], g0[rows], p, mp))
+        usable = torch.isfinite(guess) & (guess > p) & (guess < f) & (bounded | (p > 0))
+        far = torch.where(
+            bounded, (cand - guess).abs() > width / 8, (cand / guess).log().abs() > _FAR_RATIO
         )
-        lower[rows], upper[rows], current[rows] = lo, up, nxt
-        steps[rows] += 1
-        finished = (steps[rows] >= max_steps) | (nxt > upper_limit) | (up - lo <= tol)
-        done[rows] = finished
-    return lower
+        speculate = usable & far & (guesses[rows] < _GUESSES_PER_CANDIDATE)
+        eps = torch.where(speculate, guess, cand)
+        guesses[rows] += speculate.long()
+        m = margin(rows, eps).detach().to(f64).cpu()
+        ok = m > 0
+        # Illinois: halve the kept end's margin when the same end moved twice in a row.
+        side = torch.where(ok, 1, -1).to(torch.int8)
+        repeat = side == last_side[rows]
+        last_side[rows] = side
+        best_ok[rows] = torch.where(ok, eps, p)
+        m_ok[rows] = torch.where(ok, m, torch.where(repeat, mp / 2, mp))
+        first_fail[rows] = torch.where(ok, f, eps)
+        m_fail[rows] = torch.where(ok, torch.where(repeat, mf / 2, mf), m)
+
+
+def _quadratic_root(m0: Tensor, g0: Tensor, p: Tensor, mp: Tensor) -> Tensor:
+    """Positive root of ``m0 - g0 e - c e^2`` with ``c >= 0`` fitted through ``(p, mp)``."""
+    c = ((m0 - g0 * p - mp) / (p * p)).clamp_min(0.0)
+    disc = (g0 * g0 + 4 * c * m0).clamp_min(0.0).sqrt()
+    # 2 m0 / (g0 + disc) is the root without the cancellation of (disc - g0) / (2c).
+    return 2 * m0 / (g0 + disc)
 
 
 def bisect_down(condition: Callable[[Tensor, Tensor], Tensor], high: Tensor, steps: int) -> Tensor:

@@ -1,0 +1,186 @@
+"""Backward passes to a network's second activation, split at the centre's activation pattern.
+
+For a network whose first two blocks are one Dense layer each (``y = W2 act(W1 x + b1) + b2``,
+an MLP), the backward pass of second-block neuron j has input coefficients
+
+    A_j = sum_k W2[j, k] s_jk W1[k]
+
+where ``s_jk`` is the slope of the first-activation line of neuron k the pass picks (the upper
+line where ``W2[j, k] > 0`` for the upper bound, the lower line elsewhere; the other way round
+for the lower bound). Write ``s_jk = base_k + (s_jk - base_k)`` with ``base_k`` the slope of
+neuron k's lines at the centre (where ``l = u = z_k``: 1 for an active ReLU, 0 or the leak for
+an inactive one). Then
+
+    A = G + sum_{k in D} (W2[:, k] (s_:k - base_k)) W1[k],   G = W2 diag(base) W1,
+
+where ``G`` does not depend on eps and ``D`` holds the neurons whose lines differ from
+``base``: the unstable ones (for a stable neuron both lines have slope ``base``; CROWN-adaptive's
+lower line of an unstable ReLU also has, for a ball, the slope ``base``). A certified-radius
+search evaluates the same centre at many eps, so ``G`` is computed once per centre
+(:class:`CentreProducts`) and each evaluation multiplies only the ``|D|`` unstable columns
+instead of every live one. The sum is the same as the plain backward pass's
+(:func:`nnbound.bounds.linear.backward_linear_bounds`) up to rounding; tests pin the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from nnbound.bounds.linear import _rows_of, padded_indices
+from nnbound.network.layers import Activation, Dense, Flatten, Layer, Reshape
+from nnbound.network.network import Network
+from nnbound.relax.base import LinearRelaxation, Relaxation
+from nnbound.sets.box import InputSet
+
+# Elements of the coefficient block one batched product writes (see methods._CHUNK_ELEMENTS).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class TwoDenseBlocks:
+    """The first two blocks of a network as matrices: ``z = W1 x + b1``, ``y = W2 a + b2``."""
+
+    w1: Tensor
+    b1: Tensor
+    w2: Tensor
+    b2: Tensor
+
+
+def two_dense_blocks(net: Network, first: int, second: int) -> TwoDenseBlocks | None:
+    """The Dense layers before activation ``first`` and between it and ``second``, when each
+    block is exactly one Dense layer plus reshaping layers (Flatten/Reshape) on a flat input;
+    None otherwise (the split does not apply)."""
+    layers = net.layers
+    if not isinstance(layers[first], Activation) or not isinstance(layers[second], Activation):
+        return None
+    one = _only_dense(layers[:first])
+    two = _only_dense(layers[first + 1 : second])
+    if one is None or two is None or len(net.shapes[first]) != 1:
+        return None
+    return TwoDenseBlocks(one.weight, one.bias, two.weight, two.bias)
+
+
+def _only_dense(block: tuple[Layer, ...]) -> Dense | None:
+    dense = [layer for layer in block if isinstance(layer, Dense)]
+    others = [layer for layer in block if not isinstance(layer, (Dense, Flatten, Reshape))]
+    return dense[0] if len(dense) == 1 and not others else None
+
+
+class CentreProducts:
+    """Cache of ``G = W2 diag(base) W1`` per first-activation slope pattern ``base`` at a centre.
+
+    Keyed by the pattern's bytes (every centre with the same pattern shares one ``G``), for one
+    network's two blocks, holding at most ``max_bytes`` (further patterns are computed on each
+    use instead of stored).
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = max_bytes
+        self._stored: dict[bytes, Tensor] = {}
+        self._bytes = 0
+        self._weights: tuple[Tensor, Tensor] | None = None
+        self._columns = torch.empty(0)
+        self._signed = (self._columns, self._columns)
+
+    def _check_network(self, blocks: TwoDenseBlocks) -> None:
+        if self._weights is None or not (
+            self._weights[0] is blocks.w1 and self._weights[1] is blocks.w2
+        ):
+            # Another network (or a copy in another dtype): nothing stored applies.
+            self._stored.clear()
+            self._bytes = 0
+            self._weights = (blocks.w1, blocks.w2)
+            self._columns = blocks.w2.T.contiguous()
+            self._signed = (blocks.w2.clamp(min=0), blocks.w2.clamp(max=0))
+
+    def columns(self, blocks: TwoDenseBlocks) -> Tensor:
+        """``W2`` transposed and contiguous: its columns as rows, for fast gathers."""
+        self._check_network(blocks)
+        return self._columns
+
+    def signed_parts(self, blocks: TwoDenseBlocks) -> tuple[Tensor, Tensor]:
+        """``max(W2, 0)`` and ``min(W2, 0)``."""
+        self._check_network(blocks)
+        return self._signed
+
+    def products(self, blocks: TwoDenseBlocks, base: Tensor) -> list[Tensor]:
+        """``G`` (``(K2, n_in)``) for each row of ``base`` (``(N, K1)``)."""
+        self._check_network(blocks)
+        keys = [row.numpy().tobytes() for row in base.detach().cpu()]
+        missing = sorted({k: i for i, k in enumerate(keys) if k not in self._stored}.values())
+        fresh: dict[bytes, Tensor] = {}
+        step = max(1, _CHUNK_ELEMENTS // (4 * blocks.w2.shape[0] * blocks.w1.shape[1]) + 1)
+        computed = [
+            g
+            for s in range(0, len(missing), step)
+            for g in _base_products(blocks, base[missing[s : s + step]])
+        ]
+        if missing:
+            for i, g in zip(missing, computed, strict=True):
+                fresh[keys[i]] = g
+                size = g.numel() * g.element_size()
+                if self._bytes + size <= self.max_bytes:
+                    self._stored[keys[i]] = g
+                    self._bytes += size
+        return [self._stored[k] if k in self._stored else fresh[k] for k in keys]
+
+
+def _base_products(blocks: TwoDenseBlocks, base: Tensor) -> Tensor:
+    """``W2 diag(base_n) W1`` for each row of ``base``, over its nonzero entries only."""
+    nonzero = base != 0
+    cols = padded_indices(nonzero)  # (N, S); a padded slot repeats a column with weight 0
+    valid = torch.arange(cols.shape[1], device=cols.device) < nonzero.sum(1, keepdim=True)
+    weight = torch.where(valid, base.gather(1, cols), 0.0)
+    left = _rows_of(blocks.w2.T, cols).transpose(1, 2) * weight.unsqueeze(1)  # (N, K2, S)
+    return torch.bmm(left, _rows_of(blocks.w1, cols))  # (N, K2, n_in)
+
+
+def split_backward_bounds(
+    blocks: TwoDenseBlocks,
+    cache: CentreProducts,
+    relax: Relaxation,
+    lines: LinearRelaxation,
+    ball: InputSet,
+    rows: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Lower and upper bounds of the second-block neurons ``rows`` (``(N, R)`` flat indices)
+    over ``ball`` (N rows), carried back through the first activation's ``lines``.
+
+    Equal (up to rounding) to the plain backward pass of those neurons.
+    """
+    w1, b1, b2 = blocks.w1, blocks.b1, blocks.b2
+    centre = ball.center.reshape(ball.center.shape[0], -1)
+    z = torch.nn.functional.linear(centre, w1, b1)
+    base = relax.linear(z, z).lower_slope  # the slopes at the centre, where l = u = z
+    ls, lb, us, ub = lines.lower_slope, lines.lower_bias, lines.upper_slope, lines.upper_bias
+    # Constants over every second-block neuron at once: the bias picks up each chosen line's
+    # value at the first layer's bias plus its intercept.
+    pos, neg = cache.signed_parts(blocks)
+    up_line, lo_line = us * b1 + ub, ls * b1 + lb  # (N, K1)
+    c_up = pos @ up_line.T + neg @ lo_line.T + b2.unsqueeze(1)  # (K2, N)
+    c_lo = pos @ lo_line.T + neg @ up_line.T + b2.unsqueeze(1)
+    c_up, c_lo = c_up.T.gather(1, rows), c_lo.T.gather(1, rows)
+    g = cache.products(blocks, base)  # (K2, n_in) per ball row
+    d_up, d_lo = us - base, ls - base
+    differs = (d_up != 0) | (d_lo != 0)
+    n, r = rows.shape
+    cols = padded_indices(differs)  # (N, D); padded slots get zero differences below
+    valid = torch.arange(cols.shape[1], device=cols.device) < differs.sum(1, keepdim=True)
+    du = torch.where(valid, d_up.gather(1, cols), 0.0).unsqueeze(-1)  # (N, D, 1)
+    dl = torch.where(valid, d_lo.gather(1, cols), 0.0).unsqueeze(-1)
+    # W2[rows, cols] per ball row, laid out (N, D, R): columns of W2 first (D < R mostly).
+    w = _rows_of(cache.columns(blocks), cols)  # (N, D, K2)
+    w = w.gather(2, rows.unsqueeze(1).expand(-1, cols.shape[1], -1))
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    left = torch.cat((wp * du + wn * dl, wp * dl + wn * du), dim=2)  # (N, D, 2R)
+    both = torch.bmm(left.transpose(1, 2), _rows_of(w1, cols))  # (N, 2R, n_in)
+    g_rows = torch.stack([g[i].index_select(0, rows[i]) for i in range(n)])  # (N, R, n_in)
+    a_up = both[:, :r].add_(g_rows)
+    a_lo = both[:, r:].add_(g_rows)
+    shape = (n, r, *ball.center.shape[1:])
+    lower = ball.concretize(a_lo.reshape(shape), c_lo)[0]
+    upper = ball.concretize(a_up.reshape(shape), c_up)[1]
+    return lower, upper

@@ -1,0 +1,153 @@
+"""The centre-split backward pass to an MLP's second activation equals the plain one.
+
+``layerwise_bounds(..., centre_cache=CentreProducts())`` takes the split path
+(:mod:`nnbound.bounds.centre_split`); without it, the plain backward pass. Both must give the
+same intermediate and final bounds (to rounding) for every piecewise-linear activation, method,
+norm, with and without a data box, on first calls and on calls that reuse the cache.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import NORMS, PIECEWISE_LINEAR, check_points_within, pgd_extremes, random_network
+from nnbound.network.layers import Activation, Dense, Flatten
+from nnbound.network.network import Network
+from nnbound.sets.lp_ball import LpBall
+
+centre_split = importlib.import_module("nnbound.bounds.centre_split")
+methods = importlib.import_module("nnbound.bounds.methods")
+CentreProducts = centre_split.CentreProducts
+
+SPLIT_METHODS = ("fastlin", "crown-adaptive", "crown-general")
+
+
+def _both(net, ball, method, cache, C=None):
+    plain = methods.layerwise_bounds(net, ball, method, C)
+    split = methods.layerwise_bounds(net, ball, method, C, centre_cache=cache)
+    return plain, split
+
+
+def _assert_same(plain, split, tol: float = 1e-9) -> None:
+    for j, (lo, up) in plain.intermediate.pre.items():
+        s_lo, s_up = split.intermediate.pre[j]
+        torch.testing.assert_close(s_lo, lo, rtol=tol, atol=tol)
+        torch.testing.assert_close(s_up, up, rtol=tol, atol=tol)
+    torch.testing.assert_close(split.lower, plain.lower, rtol=tol, atol=tol)
+    torch.testing.assert_close(split.upper, plain.upper, rtol=tol, atol=tol)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    activation=st.sampled_from(PIECEWISE_LINEAR),
+    method=st.sampled_from(SPLIT_METHODS),
+    p=st.sampled_from(NORMS),
+    hidden=st.lists(st.integers(2, 12), min_size=2, max_size=3),
+    eps=st.floats(0.0, 1.0),
+    domain=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_split_equals_plain_backward_pass(
+    activation: str,
+    method: str,
+    p: float,
+    hidden: list[int],
+    eps: float,
+    domain: bool,
+    seed: int,
+) -> None:
+    net = random_network(activation, [5, *hidden, 3], seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, 5, generator=gen, dtype=torch.float64) - 0.5
+    eps_rows = eps * torch.rand(3, generator=gen, dtype=torch.float64)
+    ball = LpBall.make(x, eps_rows, p, (-0.5, 0.5) if domain else None)
+    cache = CentreProducts()
+    _assert_same(*_both(net, ball, method, cache))
+    # A second call at other radii reuses the stored products.
+    ball2 = LpBall.make(x, eps_rows * 0.5 + 0.01, p, (-0.5, 0.5) if domain else None)
+    _assert_same(*_both(net, ball2, method, cache))
+
+
+def test_cache_is_reused_bounded_and_reset_per_network() -> None:
+    net = random_network("relu", [6, 10, 8, 4], seed=3)
+    x = torch.rand(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) - 0.5
+    x[3] = x[0]  # the same centre twice: one stored product
+    first = net.layers[0]
+    patterns = {tuple((first.weight @ row + first.bias > 0).tolist()) for row in x}
+    cache = CentreProducts()
+    ball = LpBall.make(x, 0.2, math.inf)
+    _assert_same(*_both(net, ball, "crown-adaptive", cache))
+    assert len(cache._stored) == len(patterns) == 3
+    stored = dict(cache._stored)
+    _assert_same(*_both(net, LpBall.make(x, 0.1, math.inf), "crown-adaptive", cache))
+    assert all(cache._stored[k] is v for k, v in stored.items())
+    # Nothing stored beyond max_bytes, same bounds.
+    tiny = CentreProducts(max_bytes=0)
+    _assert_same(*_both(net, ball, "crown-adaptive", tiny))
+    assert not tiny._stored
+    # Another network empties the cache instead of using the first one's products.
+    other = random_network("relu", [6, 10, 8, 4], seed=4)
+    _assert_same(*_both(other, ball, "crown-adaptive", cache))
+    assert len(cache._stored) == 3
+    assert not any(cache._stored.get(k) is v for k, v in stored.items())
+
+
+def test_float32_split_agrees_to_rounding() -> None:
+    net = random_network("relu", [20, 64, 64, 10], seed=1, dtype=torch.float32)
+    x = torch.rand(5, 20, generator=torch.Generator().manual_seed(0)) - 0.5
+    ball = LpBall.make(x, 0.05, 2.0)
+    _assert_same(*_both(net, ball, "crown-adaptive", CentreProducts()), tol=2e-4)
+
+
+def test_flatten_input_and_spec_rows() -> None:
+    """An image-shaped input flattened before the first Dense, and a margin spec."""
+    gen = torch.Generator().manual_seed(0)
+    f64 = torch.float64
+
+    def dense(out: int, inp: int) -> Dense:
+        w = torch.randn(out, inp, generator=gen, dtype=f64) / math.sqrt(inp)
+        return Dense(w, torch.randn(out, generator=gen, dtype=f64) * 0.3)
+
+    layers = (
+        Flatten(),
+        dense(16, 12),
+        Activation("relu"),
+        dense(9, 16),
+        Activation("relu"),
+        dense(3, 9),
+    )
+    net = Network(layers=layers, input_shape=(1, 3, 4))
+    x = torch.rand(2, 1, 3, 4, generator=gen, dtype=torch.float64)
+    C = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]], dtype=torch.float64)
+    ball = LpBall.make(x, torch.tensor([[0.05, 0.2], [0.1, 0.3]], dtype=torch.float64), math.inf)
+    _assert_same(*_both(net, ball, "crown-adaptive", CentreProducts(), C))
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_split_bounds_hold_at_attacked_points(p: float) -> None:
+    net = random_network("relu", [8, 24, 24, 5], seed=7)
+    x = torch.rand(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) - 0.5
+    ball = LpBall.make(x, {1.0: 0.6, 2.0: 0.3, math.inf: 0.1}[p], p)
+    b = methods.layerwise_bounds(net, ball, "crown-adaptive", centre_cache=CentreProducts())
+    mins, maxs = pgd_extremes(net, ball)
+    assert bool((b.lower <= mins + 1e-9).all()) and bool((maxs <= b.upper + 1e-9).all())
+    points = ball.sample(2000, generator=torch.Generator().manual_seed(1))
+    below, above = check_points_within(net, points, None, b.lower, b.upper)
+    assert below <= 1e-9 and above <= 1e-9
+
+
+def test_structure_other_than_two_dense_blocks_takes_the_plain_pass() -> None:
+    net = random_network("relu", [5, 6, 4], seed=0)  # one hidden layer: no second activation
+    assert centre_split.two_dense_blocks(net, 1, 1) is None
+    deep = random_network("relu", [5, 6, 6, 6, 3], seed=0)
+    assert centre_split.two_dense_blocks(deep, 1, 3) is not None
+    assert centre_split.two_dense_blocks(deep, 3, 5) is None  # an activation inside block one
