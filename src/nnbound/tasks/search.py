@@ -20,11 +20,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# Root estimates a row may evaluate before it evaluates the reference's own candidate.
-_GUESSES_PER_CANDIDATE = 4
-# Before any failure, the candidate is evaluated itself when within this log-ratio of the root
-# estimate (it is cheap and as informative as the estimate).
-_FAR_RATIO = math.log(1.25)
+# Evaluations per search step a row may spend on candidates chosen from root estimates; past
+# that it evaluates the reference's own next candidate each time (certain progress).
+_EVALUATIONS_PER_STEP = 3
+# Before any failure is known, the root of the quadratic fit is scaled by this (when that is
+# still above the largest certified eps P; otherwise the fit is near P and the row tries as far
+# past the root as P is below it, to find a failure): layer-wise
+# bounds fall ever faster with eps, so the fit overestimates, and evaluations above the root
+# cost more than below it (more unstable neurons).
+_EXTRAPOLATION_PULL = 0.85
 
 
 @dataclass
@@ -57,6 +61,45 @@ class _ReferenceSearch:
             upper_limit,
             scale,
         )
+
+    def decisive_candidate(self, row: int, certified: float, failed: float, root: float) -> float:
+        """The candidate of ``row`` to evaluate next, given that eps up to ``certified`` is
+        known certified, eps from ``failed`` on known failed, and ``root`` estimates where the
+        bound crosses zero.
+
+        Replays the search from its current state with every unknown decision taken from
+        ``root``. Candidates certified along that path only grow and failed ones only shrink,
+        so the last certified one and the last failed one, once evaluated, settle every other
+        unknown decision of the path: the one of the two nearer ``root`` is returned.
+        """
+        lo, up = float(self.lower[row]), float(self.upper[row])
+        cur, steps = float(self.current[row]), int(self.steps[row])
+        last_ok, last_fail = math.nan, math.nan
+        while True:
+            if cur <= certified:
+                ok = True
+            elif cur >= failed:
+                ok = False
+            else:
+                ok = cur <= root
+                if ok:
+                    last_ok = cur
+                else:
+                    last_fail = cur
+            lo, up = (cur, up) if ok else (lo, cur)
+            if ok:
+                nxt = (lo + up) / 2 if math.isfinite(up) else cur * self.scale
+            else:
+                nxt = (lo + up) / 2 if lo > 0 else cur / self.scale
+            steps += 1
+            if steps >= self.max_steps or nxt > self.upper_limit or up - lo <= self.tol:
+                break
+            cur = nxt
+        if math.isnan(last_fail) or (
+            not math.isnan(last_ok) and root - last_ok <= last_fail - root
+        ):
+            return last_ok
+        return last_fail
 
     def advance(self, rows: Tensor, ok: Tensor) -> None:
         """Take the decisions ``ok`` for the candidates of ``rows`` (the reference's update)."""
@@ -145,8 +188,7 @@ def bracketed_binary_search(
     # eps (a sound bound is at most the margin at the centre).
     first_fail = torch.where(m0 > 0, math.inf, 0.0).to(f64)
     m_fail = torch.where(m0 > 0, math.nan, m0).to(f64)
-    last_side = torch.zeros(n, dtype=torch.int8)  # +1 last evaluation certified, -1 failed
-    guesses = torch.zeros(n, dtype=torch.int64)  # estimates evaluated for the current candidate
+    evaluations = torch.zeros(n, dtype=torch.int64)
     while True:
         # Take every decision the bracket settles.
         while True:
@@ -156,35 +198,53 @@ def bracketed_binary_search(
                 break
             rows = torch.nonzero(settled).squeeze(1)
             search.advance(rows, cur[rows] <= best_ok[rows])
-            guesses[rows] = 0
         if bool(search.done.all()):
             return search.lower
         rows = torch.nonzero(~search.done).squeeze(1)
         p, mp = best_ok[rows], m_ok[rows]
         f, mf = first_fail[rows], m_fail[rows]
-        cand = search.current[rows]
         bounded = torch.isfinite(f)
         width = torch.where(bounded, f - p, 0.0)
-        # Root of the chord through the two ends (with F unknown: through the centre and P).
-        falsi = (p + width * mp / (mp - mf)).clamp(p + width / 50, f - width / 50)
-        guess = torch.where(bounded, falsi, _quadratic_root(m0[rows], g0[rows], p, mp))
-        usable = torch.isfinite(guess) & (guess > p) & (guess < f) & (bounded | (p > 0))
-        far = torch.where(
-            bounded, (cand - guess).abs() > width / 8, (cand / guess).log().abs() > _FAR_RATIO
+        # Root of the cubic through the centre, P and F (with F unknown: of the quadratic
+        # through the centre and P, pulled in since the bound falls ever faster).
+        inside = _cubic_root(m0[rows], g0[rows], p, mp, f, mf).clamp(
+            p + width / 100, f - width / 100
         )
-        speculate = usable & far & (guesses[rows] < _GUESSES_PER_CANDIDATE)
-        eps = torch.where(speculate, guess, cand)
-        guesses[rows] += speculate.long()
+        quadratic = _quadratic_root(m0[rows], g0[rows], p, mp)
+        pulled = _EXTRAPOLATION_PULL * quadratic
+        extrapolated = torch.where(pulled > p, pulled, 2 * quadratic - p)
+        guess = torch.where(bounded, inside, extrapolated)
+        usable = torch.isfinite(guess) & (guess > p) & (guess < f) & (bounded | (p > 0))
+        usable &= evaluations[rows] < _EVALUATIONS_PER_STEP * max_steps
+        eps = search.current[rows].clone()
+        for k in torch.nonzero(usable).squeeze(1).tolist():
+            eps[k] = search.decisive_candidate(
+                int(rows[k]), float(p[k]), float(f[k]), float(guess[k])
+            )
+        evaluations[rows] += 1
         m = margin(rows, eps).detach().to(f64).cpu()
         ok = m > 0
-        # Illinois: halve the kept end's margin when the same end moved twice in a row.
-        side = torch.where(ok, 1, -1).to(torch.int8)
-        repeat = side == last_side[rows]
-        last_side[rows] = side
         best_ok[rows] = torch.where(ok, eps, p)
-        m_ok[rows] = torch.where(ok, m, torch.where(repeat, mp / 2, mp))
+        m_ok[rows] = torch.where(ok, m, mp)
         first_fail[rows] = torch.where(ok, f, eps)
-        m_fail[rows] = torch.where(ok, torch.where(repeat, mf / 2, mf), m)
+        m_fail[rows] = torch.where(ok, mf, m)
+
+
+def _cubic_root(m0: Tensor, g0: Tensor, p: Tensor, mp: Tensor, f: Tensor, mf: Tensor) -> Tensor:
+    """Root in ``(p, f)`` of ``m0 - g0 e - c e^2 - d e^3`` fitted through ``(p, mp)`` and
+    ``(f, mf)`` (``d = 0`` when ``p = 0``), found by bisection (the fit changes sign there)."""
+    yp, yf = m0 - g0 * p - mp, m0 - g0 * f - mf
+    det = p * p * f * f * (f - p)
+    two = det > 0
+    safe = torch.where(two, det, 1.0)
+    c = torch.where(two, (yp * f**3 - yf * p**3) / safe, yf / (f * f))
+    d = torch.where(two, (yf * p * p - yp * f * f) / safe, 0.0)
+    lo, hi = p.clone(), f.clone()
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        above = m0 - mid * (g0 + mid * (c + mid * d)) > 0
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return (lo + hi) / 2
 
 
 def _quadratic_root(m0: Tensor, g0: Tensor, p: Tensor, mp: Tensor) -> Tensor:
