@@ -34,6 +34,8 @@ from nnbound.network.layers import Activation, Dense, Flatten, Layer, Reshape
 from nnbound.network.network import Network
 from nnbound.relax.base import LinearRelaxation, Relaxation
 from nnbound.sets.box import InputSet
+from nnbound.sets.lp_ball import LpBall
+from nnbound.sets.norms import lp_norm
 
 # Elements of the coefficient block one batched product writes (see methods._CHUNK_ELEMENTS).
 _CHUNK_ELEMENTS = 1 << 22
@@ -69,6 +71,19 @@ def _only_dense(block: tuple[Layer, ...]) -> Dense | None:
     return dense[0] if len(dense) == 1 and not others else None
 
 
+class _Product:
+    """One stored ``G`` and its row norms per dual norm (computed on first use)."""
+
+    def __init__(self, g: Tensor) -> None:
+        self.g = g
+        self._norms: dict[float, Tensor] = {}
+
+    def row_norms(self, q: float) -> Tensor:
+        if q not in self._norms:
+            self._norms[q] = lp_norm(self.g, q, 1)
+        return self._norms[q]
+
+
 class CentreProducts:
     """Cache of ``G = W2 diag(base) W1`` per first-activation slope pattern ``base`` at a centre.
 
@@ -79,11 +94,12 @@ class CentreProducts:
 
     def __init__(self, max_bytes: int = 1 << 30) -> None:
         self.max_bytes = max_bytes
-        self._stored: dict[bytes, Tensor] = {}
+        self._stored: dict[bytes, _Product] = {}
         self._bytes = 0
         self._weights: tuple[Tensor, Tensor] | None = None
         self._columns = torch.empty(0)
         self._signed = (self._columns, self._columns)
+        self._w1_norms: dict[float, Tensor] = {}
 
     def _check_network(self, blocks: TwoDenseBlocks) -> None:
         if self._weights is None or not (
@@ -95,6 +111,14 @@ class CentreProducts:
             self._weights = (blocks.w1, blocks.w2)
             self._columns = blocks.w2.T.contiguous()
             self._signed = (blocks.w2.clamp(min=0), blocks.w2.clamp(max=0))
+            self._w1_norms = {}
+
+    def first_row_norms(self, blocks: TwoDenseBlocks, q: float) -> Tensor:
+        """``||W1[k]||_q`` for every first-layer neuron k."""
+        self._check_network(blocks)
+        if q not in self._w1_norms:
+            self._w1_norms[q] = lp_norm(blocks.w1, q, 1)
+        return self._w1_norms[q]
 
     def columns(self, blocks: TwoDenseBlocks) -> Tensor:
         """``W2`` transposed and contiguous: its columns as rows, for fast gathers."""
@@ -106,12 +130,12 @@ class CentreProducts:
         self._check_network(blocks)
         return self._signed
 
-    def products(self, blocks: TwoDenseBlocks, base: Tensor) -> list[Tensor]:
+    def products(self, blocks: TwoDenseBlocks, base: Tensor) -> list[_Product]:
         """``G`` (``(K2, n_in)``) for each row of ``base`` (``(N, K1)``)."""
         self._check_network(blocks)
         keys = [row.numpy().tobytes() for row in base.detach().cpu()]
         missing = sorted({k: i for i, k in enumerate(keys) if k not in self._stored}.values())
-        fresh: dict[bytes, Tensor] = {}
+        fresh: dict[bytes, _Product] = {}
         step = max(1, _CHUNK_ELEMENTS // (4 * blocks.w2.shape[0] * blocks.w1.shape[1]) + 1)
         computed = [
             g
@@ -120,10 +144,10 @@ class CentreProducts:
         ]
         if missing:
             for i, g in zip(missing, computed, strict=True):
-                fresh[keys[i]] = g
+                fresh[keys[i]] = _Product(g)
                 size = g.numel() * g.element_size()
                 if self._bytes + size <= self.max_bytes:
-                    self._stored[keys[i]] = g
+                    self._stored[keys[i]] = fresh[keys[i]]
                     self._bytes += size
         return [self._stored[k] if k in self._stored else fresh[k] for k in keys]
 
@@ -145,25 +169,31 @@ def split_backward_bounds(
     lines: LinearRelaxation,
     ball: InputSet,
     rows: Tensor,
+    kinks: tuple[float, ...] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds of the second-block neurons ``rows`` (``(N, R)`` flat indices)
     over ``ball`` (N rows), carried back through the first activation's ``lines``.
 
-    Equal (up to rounding) to the plain backward pass of those neurons.
+    Equal (up to rounding) to the plain backward pass of those neurons, except with ``kinks``
+    (the second activation's kinks, for a Lp ball without a domain): a neuron that a cheaper
+    bound already shows on one side of every kink gets that bound instead. It replaces the
+    norm ``||A_j||_q`` by ``||G_j||_q + sum_{k in D} |X_jk| ||W1[k]||_q`` (the triangle
+    inequality; ``A_j . x0`` is exact and cheap, ``W1 x0`` being known), so it is sound and
+    looser, and it costs no product with ``W1``. Use it only where nothing reads such a
+    neuron's bounds beyond which side of the kinks it is on (its lines do not depend on more).
     """
     w1, b1, b2 = blocks.w1, blocks.b1, blocks.b2
     centre = ball.center.reshape(ball.center.shape[0], -1)
-    z = torch.nn.functional.linear(centre, w1, b1)
-    base = relax.linear(z, z).lower_slope  # the slopes at the centre, where l = u = z
+    z0 = torch.nn.functional.linear(centre, w1)
+    base = relax.linear(z0 + b1, z0 + b1).lower_slope  # the slopes at the centre (l = u = z)
     ls, lb, us, ub = lines.lower_slope, lines.lower_bias, lines.upper_slope, lines.upper_bias
     # Constants over every second-block neuron at once: the bias picks up each chosen line's
     # value at the first layer's bias plus its intercept.
     pos, neg = cache.signed_parts(blocks)
     up_line, lo_line = us * b1 + ub, ls * b1 + lb  # (N, K1)
-    c_up = pos @ up_line.T + neg @ lo_line.T + b2.unsqueeze(1)  # (K2, N)
-    c_lo = pos @ lo_line.T + neg @ up_line.T + b2.unsqueeze(1)
-    c_up, c_lo = c_up.T.gather(1, rows), c_lo.T.gather(1, rows)
-    g = cache.products(blocks, base)  # (K2, n_in) per ball row
+    c_up = (pos @ up_line.T + neg @ lo_line.T + b2.unsqueeze(1)).T.gather(1, rows)
+    c_lo = (pos @ lo_line.T + neg @ up_line.T + b2.unsqueeze(1)).T.gather(1, rows)
+    products = cache.products(blocks, base)
     d_up, d_lo = us - base, ls - base
     differs = (d_up != 0) | (d_lo != 0)
     n, r = rows.shape
@@ -175,12 +205,59 @@ def split_backward_bounds(
     w = _rows_of(cache.columns(blocks), cols)  # (N, D, K2)
     w = w.gather(2, rows.unsqueeze(1).expand(-1, cols.shape[1], -1))
     wp, wn = w.clamp(min=0), w.clamp(max=0)
-    left = torch.cat((wp * du + wn * dl, wp * dl + wn * du), dim=2)  # (N, D, 2R)
-    both = torch.bmm(left.transpose(1, 2), _rows_of(w1, cols))  # (N, 2R, n_in)
-    g_rows = torch.stack([g[i].index_select(0, rows[i]) for i in range(n)])  # (N, R, n_in)
-    a_up = both[:, :r].add_(g_rows)
-    a_lo = both[:, r:].add_(g_rows)
-    shape = (n, r, *ball.center.shape[1:])
-    lower = ball.concretize(a_lo.reshape(shape), c_lo)[0]
-    upper = ball.concretize(a_up.reshape(shape), c_up)[1]
-    return lower, upper
+    x_up, x_lo = wp * du + wn * dl, wp * dl + wn * du  # (N, D, R): A = G + X^T W1[D]
+    full = torch.ones(n, r, dtype=torch.bool, device=rows.device)
+    lower = upper = c_lo  # replaced below (every row is written)
+    if kinks is not None and isinstance(ball, LpBall) and ball.domain is None:
+        lower, upper = _cheap_bounds(cache, blocks, products, ball, rows, cols, z0, x_lo, x_up)
+        lower, upper = lower + c_lo, upper + c_up
+        full = torch.zeros_like(full)
+        for kink in kinks:
+            full |= (lower < kink) & (upper > kink)
+    if not bool(full.any()):
+        return lower, upper
+    # The rows left get the exact norm: A for those rows only (padded per ball row).
+    keep = padded_indices(full)  # (N, R') positions along R
+    r2 = keep.shape[1]
+    pick = keep.unsqueeze(1).expand(-1, cols.shape[1], -1)
+    left = torch.cat((x_up.gather(2, pick), x_lo.gather(2, pick)), dim=2)  # (N, D, 2R')
+    both = torch.bmm(left.transpose(1, 2), _rows_of(w1, cols))  # (N, 2R', n_in)
+    kept_rows = rows.gather(1, keep)
+    g_rows = torch.stack([products[i].g.index_select(0, kept_rows[i]) for i in range(n)])
+    a_up = both[:, :r2].add_(g_rows)
+    a_lo = both[:, r2:].add_(g_rows)
+    shape = (n, r2, *ball.center.shape[1:])
+    exact_lo = ball.concretize(a_lo.reshape(shape), c_lo.gather(1, keep))[0]
+    exact_up = ball.concretize(a_up.reshape(shape), c_up.gather(1, keep))[1]
+    if lower is c_lo:  # no cheap bounds: every row is in keep, padded
+        lower, upper = torch.empty_like(c_lo), torch.empty_like(c_up)
+    # Padding repeats a row's first kept position, whose exact bound is written twice.
+    return lower.scatter(1, keep, exact_lo), upper.scatter(1, keep, exact_up)
+
+
+def _cheap_bounds(
+    cache: CentreProducts,
+    blocks: TwoDenseBlocks,
+    products: list[_Product],
+    ball: LpBall,
+    rows: Tensor,
+    cols: Tensor,
+    z0: Tensor,
+    x_lo: Tensor,
+    x_up: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Sound bounds (without constants) of ``A . x`` over the ball with the norm of
+    ``A = G + X^T W1[D]`` bounded by the triangle inequality (see
+    :func:`split_backward_bounds`)."""
+    q = ball.q
+    n = rows.shape[0]
+    centre = ball.center.reshape(n, -1)
+    g_mid = torch.stack([products[i].g @ centre[i] for i in range(n)]).gather(1, rows)
+    g_norm = torch.stack([products[i].row_norms(q) for i in range(n)]).gather(1, rows)
+    z_d = z0.gather(1, cols).unsqueeze(-1)  # W1[D] x0: (N, D, 1)
+    rn = cache.first_row_norms(blocks, q)[cols].unsqueeze(-1)  # (N, D, 1)
+    eps = ball.eps.unsqueeze(1)
+    mid_lo, mid_up = g_mid + (x_lo * z_d).sum(1), g_mid + (x_up * z_d).sum(1)
+    dev_lo = g_norm + (x_lo.abs() * rn).sum(1)
+    dev_up = g_norm + (x_up.abs() * rn).sum(1)
+    return mid_lo - eps * dev_lo, mid_up + eps * dev_up

@@ -226,9 +226,11 @@ def _tighten_by_split(
     lower: Tensor,
     upper: Tensor,
     intersect: bool,
+    kinks: tuple[float, ...] | None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`_tighten_by_backward_pass` for the second activation of a two-Dense-block
-    network, by :func:`~nnbound.bounds.centre_split.split_backward_bounds`."""
+    network, by :func:`~nnbound.bounds.centre_split.split_backward_bounds` (``kinks``: settle
+    neurons by its cheaper bound where that suffices)."""
     n = candidates.shape[0]
     flat_lo = lower.reshape(n, -1).clone()
     flat_up = upper.reshape(n, -1).clone()
@@ -244,7 +246,7 @@ def _tighten_by_split(
         start += rows.numel()
         idx = padded_indices(candidates[rows])
         c_lo, c_up = split_backward_bounds(
-            blocks, cache, relax, _line_rows(lines, rows), ball.rows(rows), idx
+            blocks, cache, relax, _line_rows(lines, rows), ball.rows(rows), idx, kinks
         )
         assert isinstance(c_lo, Tensor)
         _write_bounds(flat_lo, flat_up, rows, idx, c_lo, c_up, counts[rows] > 0, intersect)
@@ -343,6 +345,9 @@ def layerwise_bounds(
                     and relax[prev].is_piecewise_linear
                     and isinstance(prev_lines, LinearRelaxation)
                 ):
+                    # When this is the last relaxed layer, nothing downstream reads a stable
+                    # neuron's bounds beyond its side of the kinks (its lines need no more).
+                    last = pos == len(acts) - 1 and intersect
                     lo, up = _tighten_by_split(
                         blocks,
                         centre_cache,
@@ -353,6 +358,7 @@ def layerwise_bounds(
                         lo,
                         up,
                         intersect,
+                        relax[j].kinks if last else None,
                     )
                 else:
                     lo, up = _tighten_by_backward_pass(

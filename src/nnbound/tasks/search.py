@@ -29,6 +29,8 @@ _EVALUATIONS_PER_STEP = 3
 # bounds fall ever faster with eps, so the fit overestimates, and evaluations above the root
 # cost more than below it (more unstable neurons).
 _EXTRAPOLATION_PULL = 0.85
+# Before any evaluation, the first-order root ``margin0 / slope0`` is scaled by this.
+_FIRST_PULL = 0.1
 
 
 @dataclass
@@ -213,8 +215,11 @@ def bracketed_binary_search(
         quadratic = _quadratic_root(m0[rows], g0[rows], p, mp)
         pulled = _EXTRAPOLATION_PULL * quadratic
         extrapolated = torch.where(pulled > p, pulled, 2 * quadratic - p)
+        # Nothing evaluated yet: the first-order root, pulled in further.
+        linear = _FIRST_PULL * m0[rows] / g0[rows]
+        extrapolated = torch.where(p > 0, extrapolated, linear)
         guess = torch.where(bounded, inside, extrapolated)
-        usable = torch.isfinite(guess) & (guess > p) & (guess < f) & (bounded | (p > 0))
+        usable = torch.isfinite(guess) & (guess > p) & (guess < f)
         usable &= evaluations[rows] < _EVALUATIONS_PER_STEP * max_steps
         eps = search.current[rows].clone()
         for k in torch.nonzero(usable).squeeze(1).tolist():
