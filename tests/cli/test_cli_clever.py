@@ -45,8 +45,9 @@ def model_and_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, li
 
 def test_human_output_ends_with_the_reference_stats_lines(capsys, model_and_inputs) -> None:
     model, inputs = model_and_inputs
-    code, out, err = run(capsys, "clever", str(model), *inputs, "--numimage", "1",
-                         "-N", "16", "-i", "20", "--quiet")
+    code, out, err = run(
+        capsys, "clever", str(model), *inputs, "--numimage", "1", "-N", "16", "-i", "20", "--quiet"
+    )
     assert code == 0 and err == ""
     lines = out.strip().splitlines()
     stats = lines[-3:]
@@ -64,8 +65,20 @@ def test_human_output_ends_with_the_reference_stats_lines(capsys, model_and_inpu
 
 def test_json_record_and_untargeted(capsys, model_and_inputs) -> None:
     model, inputs = model_and_inputs
-    code, out, _ = run(capsys, "clever", str(model), *inputs, "--numimage", "3", "--startimage",
-                       "1", "--targettype", "untargeted", "--json", *FAST)
+    code, out, _ = run(
+        capsys,
+        "clever",
+        str(model),
+        *inputs,
+        "--numimage",
+        "3",
+        "--startimage",
+        "1",
+        "--targettype",
+        "untargeted",
+        "--json",
+        *FAST,
+    )
     assert code == 0
     rec = json.loads(out)
     assert rec["settings"]["nsamp"] == 16 and rec["settings"]["radii"]["2"] == 3.0
@@ -87,19 +100,65 @@ def test_json_record_and_untargeted(capsys, model_and_inputs) -> None:
 
 def test_class_target_ball_sampling_and_order_two(capsys, model_and_inputs) -> None:
     model, inputs = model_and_inputs
-    code, out, _ = run(capsys, "clever", str(model), *inputs, "--numimage", "4", "--targettype",
-                       "0", "--sampling", "ball", "--radius", "0.5", "--cap", "--json", *FAST)
+    code, out, _ = run(
+        capsys,
+        "clever",
+        str(model),
+        *inputs,
+        "--numimage",
+        "4",
+        "--targettype",
+        "0",
+        "--sampling",
+        "ball",
+        "--radius",
+        "0.5",
+        "--cap",
+        "--json",
+        *FAST,
+    )
     assert code == 0
     rec = json.loads(out)
     assert all(i["target"] == 0 and i["label"] != 0 for i in rec["images"])
     assert all(v <= 0.5 for i in rec["images"] for v in i["scores"].values())
-    code, out, _ = run(capsys, "clever", str(model), *inputs, "--numimage", "1", "--targettype",
-                       "top2", "--sampling", "ball", "--norms", "inf", "--json", *FAST)
+    code, out, _ = run(
+        capsys,
+        "clever",
+        str(model),
+        *inputs,
+        "--numimage",
+        "1",
+        "--targettype",
+        "top2",
+        "--sampling",
+        "ball",
+        "--norms",
+        "inf",
+        "--json",
+        *FAST,
+    )
     scores = json.loads(out)["images"][0]["scores"]
     assert scores["1"] is None and scores["2"] is None and scores["inf"] > 0
-    code, out, _ = run(capsys, "clever", str(model), *inputs, "--numimage", "1", "--targettype",
-                       "top2", "--order", "2", "--json", "-N", "4", "-i", "3", "--quiet",
-                       "--method", "maxsamp")
+    code, out, _ = run(
+        capsys,
+        "clever",
+        str(model),
+        *inputs,
+        "--numimage",
+        "1",
+        "--targettype",
+        "top2",
+        "--order",
+        "2",
+        "--json",
+        "-N",
+        "4",
+        "-i",
+        "3",
+        "--quiet",
+        "--method",
+        "maxsamp",
+    )
     assert code == 0
     img = json.loads(out)["images"][0]
     assert img["scores"]["2"] > 0 and img["scores"]["1"] is None
@@ -110,9 +169,24 @@ def test_save_samples_then_from_samples_gives_the_same_scores(
 ) -> None:
     model, inputs = model_and_inputs
     path = tmp_path / "s.npz"
-    code, out1, _ = run(capsys, "clever", str(model), *inputs, "--numimage", "1", "--targettype",
-                        "top2,least", "-N", "16", "-i", "15", "--quiet", "--json",
-                        "--save-samples", str(path))
+    code, out1, _ = run(
+        capsys,
+        "clever",
+        str(model),
+        *inputs,
+        "--numimage",
+        "1",
+        "--targettype",
+        "top2,least",
+        "-N",
+        "16",
+        "-i",
+        "15",
+        "--quiet",
+        "--json",
+        "--save-samples",
+        str(path),
+    )
     assert code == 0 and path.exists()
     with np.load(path, allow_pickle=False) as z:
         assert z["maxima"].shape == (2, 3, 15)
@@ -122,8 +196,9 @@ def test_save_samples_then_from_samples_gives_the_same_scores(
     assert [i["scores"] for i in a["images"]] == [i["scores"] for i in b["images"]]
     assert [i["kind"] for i in b["images"]] == ["least", "top2"]
     # refit the same samples with another method
-    code, out3, _ = run(capsys, "clever", "--from-samples", str(path), "--method", "maxsamp",
-                        "--quiet")
+    code, out3, _ = run(
+        capsys, "clever", "--from-samples", str(path), "--method", "maxsamp", "--quiet"
+    )
     assert code == 0 and out3.strip().splitlines()[-1].startswith("[STATS][L0] info = top2")
 
 

@@ -40,9 +40,7 @@ pytestmark = pytest.mark.skipif(
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    return ort.InferenceSession(
-        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def _to_double(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -64,9 +62,7 @@ def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-6))
 
 
-@pytest.mark.parametrize(
-    "path", NETWORKS, ids=[str(p.relative_to(VNNCOMP)) for p in NETWORKS]
-)
+@pytest.mark.parametrize("path", NETWORKS, ids=[str(p.relative_to(VNNCOMP)) for p in NETWORKS])
 def test_network_matches_onnxruntime(path: Path) -> None:
     net = from_onnx(path)
     assert len(net.output_shape) == 1

@@ -68,8 +68,14 @@ def cases(draw, activations=ALL_ACTIVATIONS):
 
 def build(case: dict, dtype: torch.dtype = torch.float64):
     """(net, ball, C) for a drawn case; everything random comes from ``case["seed"]``."""
-    net = random_network(case["act"], case["sizes"], seed=case["seed"], dtype=dtype,
-                         alpha=case["alpha"], weight_scale=case["weight_scale"])
+    net = random_network(
+        case["act"],
+        case["sizes"],
+        seed=case["seed"],
+        dtype=dtype,
+        alpha=case["alpha"],
+        weight_scale=case["weight_scale"],
+    )
     gen = torch.Generator().manual_seed(case["seed"] + 1)
     b, n_in, n_out = case["batch"], case["sizes"][0], case["sizes"][-1]
     center = torch.randn(b, n_in, generator=gen, dtype=torch.float64)
@@ -90,8 +96,9 @@ def attack_points(net, ball, c, seed):
     tol = 1e-9 if ball.center.dtype == torch.float64 else 1e-5
     gen = torch.Generator().manual_seed(seed)
     pts = [ball.sample(48, generator=gen), ball.vertices(24, generator=gen)]
-    *_, pmin, pmax = pgd_extremes(net, ball, c, steps=40, restarts=3, pool=64, seed=seed,
-                                  return_points=True)
+    *_, pmin, pmax = pgd_extremes(
+        net, ball, c, steps=40, restarts=3, pool=64, seed=seed, return_points=True
+    )
     pts += [pmin, pmax]
     x = torch.cat(pts, 1)
     assert bool(ball.contains(x, tol=tol).all())
@@ -159,8 +166,9 @@ def test_eps_per_row_and_radius_matches_single_eps(case: dict, k: int) -> None:
         assert multi.lower.shape == (b, k, case["specs"])
         assert multi.upper.shape == (b, k, case["specs"])
         for j in range(k):
-            single = layerwise_bounds(net, LpBall.make(center, eps[:, j], case["p"], domain),
-                                      method, C=c)
+            single = layerwise_bounds(
+                net, LpBall.make(center, eps[:, j], case["p"], domain), method, C=c
+            )
             torch.testing.assert_close(multi.lower[:, j], single.lower, rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(multi.upper[:, j], single.upper, rtol=1e-12, atol=1e-12)
 
@@ -178,8 +186,8 @@ def test_batch_rows_are_independent(case: dict) -> None:
     for method in methods_for(case["act"]):
         both = layerwise_bounds(net, ball, method, C=c)
         for i in range(3):
-            one_ball = LpBall.make(ball.center[i:i + 1], float(ball.eps[i]), ball.p, ball.domain)
-            one = layerwise_bounds(net, one_ball, method, C=c if c.dim() == 2 else c[i:i + 1])
+            one_ball = LpBall.make(ball.center[i : i + 1], float(ball.eps[i]), ball.p, ball.domain)
+            one = layerwise_bounds(net, one_ball, method, C=c if c.dim() == 2 else c[i : i + 1])
             torch.testing.assert_close(both.lower[i], one.lower[0], rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(both.upper[i], one.upper[0], rtol=1e-12, atol=1e-12)
             for k, (lo, up) in one.intermediate.pre.items():
@@ -207,8 +215,10 @@ def test_batch_rows_are_independent_minimal_repro() -> None:
         layers=(
             Dense(t([[1.265, -1.097], [0.44, 1.171], [0.751, -0.392]]), t([-0.532, -0.131, 0.46])),
             Activation("relu"),
-            Dense(t([[-0.377, -0.051, 0.849], [-0.297, 0.201, -0.647], [1.015, 0.187, -1.621]]),
-                  t([-0.336, -0.135, 0.865])),
+            Dense(
+                t([[-0.377, -0.051, 0.849], [-0.297, 0.201, -0.647], [1.015, 0.187, -1.621]]),
+                t([-0.336, -0.135, 0.865]),
+            ),
             Activation("relu"),
             Dense(t([[0.207, -1.036, -0.25]]), t([-0.045])),
         ),

@@ -31,8 +31,11 @@ F64 = torch.float64
 
 
 def dense_params(net: Network) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(layer.weight.double().numpy(), layer.bias.double().numpy())
-            for layer in net.layers if isinstance(layer, Dense)]
+    return [
+        (layer.weight.double().numpy(), layer.bias.double().numpy())
+        for layer in net.layers
+        if isinstance(layer, Dense)
+    ]
 
 
 def dual(p: float) -> float:
@@ -68,10 +71,15 @@ def _ball_constraints(x0: np.ndarray, eps: float, p: float, nvar: int):
 
 
 def _lp(c, a_ub, b_ub, a_eq, b_eq, bounds):
-    res = linprog(c, A_ub=a_ub if len(a_ub) else None, b_ub=b_ub if len(b_ub) else None,
-                  A_eq=a_eq if a_eq is not None and len(a_eq) else None,
-                  b_eq=b_eq if b_eq is not None and len(b_eq) else None,
-                  bounds=bounds, method="highs")
+    res = linprog(
+        c,
+        A_ub=a_ub if len(a_ub) else None,
+        b_ub=b_ub if len(b_ub) else None,
+        A_eq=a_eq if a_eq is not None and len(a_eq) else None,
+        b_eq=b_eq if b_eq is not None and len(b_eq) else None,
+        bounds=bounds,
+        method="highs",
+    )
     return res
 
 
@@ -109,8 +117,14 @@ def exact_extremes(params, x0, eps, p, spec):
             b_all = np.concatenate([np.array(cons_b), b_ub]) if len(b_ub) else np.array(cons_b)
             bounds = bnds + [(0, None)] * extra
             for sign in (1.0, -1.0):
-                res = _lp(np.concatenate([sign * obj_a, np.zeros(extra)]), a_all, b_all, None,
-                          None, bounds)
+                res = _lp(
+                    np.concatenate([sign * obj_a, np.zeros(extra)]),
+                    a_all,
+                    b_all,
+                    None,
+                    None,
+                    bounds,
+                )
                 if res.status == 2:
                     return  # infeasible pattern
                 assert res.status == 0, res.message
@@ -155,7 +169,7 @@ def triangle_lp(params, x0, eps, p, spec, pre):
         l, u = pre[k]
         for n in range(len(b)):
             zrow = np.zeros(total)
-            zrow[offs[k]:offs[k + 1]] = w[n]  # z = zrow . v + b[n]
+            zrow[offs[k] : offs[k + 1]] = w[n]  # z = zrow . v + b[n]
             hrow = np.zeros(total)
             hrow[offs[k + 1] + n] = 1.0
             rows += [zrow, -zrow]  # l <= z <= u
@@ -177,19 +191,27 @@ def triangle_lp(params, x0, eps, p, spec, pre):
     bounds = bnds + [(0, None)] * (nvar - n0) + [(0, None)] * extra
     w, b = params[-1]
     obj = np.zeros(total)
-    obj[offs[-2]:offs[-1]] = spec @ w
+    obj[offs[-2] : offs[-1]] = spec @ w
     const = spec @ b
     out = []
     for sign in (1.0, -1.0):
-        res = _lp(sign * obj, a_all, b_all, np.array(eq_rows) if eq_rows else None,
-                  np.array(eq_rhs) if eq_rhs else None, bounds)
+        res = _lp(
+            sign * obj,
+            a_all,
+            b_all,
+            np.array(eq_rows) if eq_rows else None,
+            np.array(eq_rhs) if eq_rhs else None,
+            bounds,
+        )
         assert res.status == 0, res.message
         out.append(sign * res.fun + const)
     return out[0], out[1]
 
 
-@pytest.mark.parametrize(("sizes", "p"), [([2, 4, 4, 1], math.inf), ([2, 4, 4, 1], 1.0),
-                                          ([3, 5, 5, 2], math.inf), ([3, 5, 5, 2], 1.0)])
+@pytest.mark.parametrize(
+    ("sizes", "p"),
+    [([2, 4, 4, 1], math.inf), ([2, 4, 4, 1], 1.0), ([3, 5, 5, 2], math.inf), ([3, 5, 5, 2], 1.0)],
+)
 def test_exact_vs_triangle_lp_vs_crown(sizes: list[int], p: float) -> None:
     checked = 0
     for seed in range(4):
@@ -229,8 +251,9 @@ def average_widths(n_nets: int = 200) -> dict[str, float]:
     for seed in range(n_nets):
         depth = int(rng.integers(2, 4))
         sizes = [int(rng.integers(4, 11))] + [int(rng.integers(10, 31)) for _ in range(depth)] + [3]
-        net = random_network("relu", sizes, seed=seed, weight_scale=float(rng.uniform(1.0, 2.0)),
-                             bias_scale=0.1)
+        net = random_network(
+            "relu", sizes, seed=seed, weight_scale=float(rng.uniform(1.0, 2.0)), bias_scale=0.1
+        )
         x0 = torch.tensor(rng.normal(size=(2, sizes[0])))
         # ~20% of the hidden neurons end up unstable (0-100% per network)
         eps = float(rng.uniform(0.05, 0.3))
@@ -245,8 +268,10 @@ def test_average_width_ordering() -> None:
     """Fast-Lin <= CROWN is not a per-case theorem (CROWN's adaptive slope can lose), but on
     average over 200 random networks CROWN <= Fast-Lin <= IBP."""
     w = average_widths(200)
-    print(f"\nmean widths over 200 nets: IBP {w['ibp']:.4f}  Fast-Lin {w['fastlin']:.4f}  "
-          f"CROWN {w['crown-adaptive']:.4f}")
+    print(
+        f"\nmean widths over 200 nets: IBP {w['ibp']:.4f}  Fast-Lin {w['fastlin']:.4f}  "
+        f"CROWN {w['crown-adaptive']:.4f}"
+    )
     assert w["crown-adaptive"] <= w["fastlin"] <= w["ibp"], w
 
 
@@ -404,8 +429,12 @@ def test_margin_spec_tighter_than_subtracting_logits(act: str) -> None:
             one = layerwise_bounds(net, ball, method, C=margin_spec(labels, targets, classes, F64))
             sep_lo, sep_up = _separate(plain.lower, plain.upper, labels, others)
             t_lo, t_up = _separate(plain.lower, plain.upper, labels, targets[:, None])
-            gain = min(float((allm.lower - sep_lo).min()), float((sep_up - allm.upper).min()),
-                       float((one.lower - t_lo).min()), float((t_up - one.upper).min()))
+            gain = min(
+                float((allm.lower - sep_lo).min()),
+                float((sep_up - allm.upper).min()),
+                float((one.lower - t_lo).min()),
+                float((t_up - one.upper).min()),
+            )
             theorem = depth == 1 or method in ("ibp", "fastlin", "fastlin-interval")
             if theorem:
                 assert gain >= -1e-10, (method, seed, gain)
@@ -413,9 +442,15 @@ def test_margin_spec_tighter_than_subtracting_logits(act: str) -> None:
                 crown_gain.setdefault(method, []).append(gain)
             # and the margin rows are what all_margins_spec says: label minus other, in order
             np.testing.assert_allclose(
-                layerwise_bounds(net, ball, method, C=margin_spec(labels, others[:, 1], classes,
-                                                                   F64)).lower[:, 0].numpy(),
-                allm.lower[:, 1].numpy(), rtol=1e-12, atol=1e-12)
+                layerwise_bounds(
+                    net, ball, method, C=margin_spec(labels, others[:, 1], classes, F64)
+                )
+                .lower[:, 0]
+                .numpy(),
+                allm.lower[:, 1].numpy(),
+                rtol=1e-12,
+                atol=1e-12,
+            )
     for method, gains in crown_gain.items():
         g = np.array(gains)
         assert (g >= -1e-10).mean() >= 0.9, (method, g)
@@ -484,7 +519,7 @@ def ref_compute_bounds(params, x0, eps, p, method, spec):
     ubs, lbs = [x0 + eps, ub], [x0 - eps, lb]
     pre = [(lb, ub)]
     for num in range(1, len(ws) - 1):
-        ub, lb = ref_backward(ws[:num + 1], bs[:num + 1], ubs, lbs, x0, eps, p, method)
+        ub, lb = ref_backward(ws[: num + 1], bs[: num + 1], ubs, lbs, x0, eps, p, method)
         ubs.append(ub)
         lbs.append(lb)
         pre.append((lb, ub))

@@ -39,8 +39,10 @@ def exact_linear_scores(m: nn.Linear, x: torch.Tensor) -> tuple[int, dict[int, d
     for j in range(w.shape[0]):
         if j != c:
             d = w[c] - w[j]
-            res[j] = {k: float((out[c] - out[j]) / torch.linalg.vector_norm(d, q))
-                      for k, q in DUAL.items()}
+            res[j] = {
+                k: float((out[c] - out[j]) / torch.linalg.vector_norm(d, q))
+                for k, q in DUAL.items()
+            }
     return c, res
 
 
@@ -97,8 +99,9 @@ def test_smooth_one_unit_net_converges_to_the_known_lipschitz_constant() -> None
     g0 = 2.0 * math.tanh(0.3)
     errors = []
     for nsamp, niters in ((8, 30), (64, 60)):
-        res = clever(m, x, nsamp=nsamp, niters=niters, input_range=None, sampling="ball",
-                     radius=1.0)
+        res = clever(
+            m, x, nsamp=nsamp, niters=niters, input_range=None, sampling="ball", radius=1.0
+        )
         t = res.target(1)
         for key, q in DUAL.items():
             true_lip = 2.0 * float(torch.linalg.vector_norm(m.w.detach(), q))
@@ -168,8 +171,9 @@ def test_order_two_on_quadratic_models_matches_the_closed_form() -> None:
     # eigenvalues (-3, 1, .5): the largest in magnitude is negative, kept: M = 3.
     # eigenvalues (3, -1, .5): the largest is positive, replaced by the most negative: M = 1.
     for diag, m_expected in (([-3.0, 1.0, 0.5], 3.0), ([3.0, -1.0, 0.5], 1.0)):
-        res = clever(Quadratic(diag), x, order=2, nsamp=8, niters=4, input_range=None,
-                     power_tol=1e-9)
+        res = clever(
+            Quadratic(diag), x, order=2, nsamp=8, niters=4, input_range=None, power_tol=1e-9
+        )
         fit = res.per_target[0].fits["2"]
         assert math.isclose(fit.lip, m_expected, rel_tol=1e-4)
         expected = (-grad_norm + math.sqrt(grad_norm**2 + 2 * 2.0 * m_expected)) / m_expected
@@ -181,10 +185,10 @@ def test_order_two_on_quadratic_models_matches_the_closed_form() -> None:
 def test_order_two_on_a_tanh_net_and_refused_for_relu() -> None:
     net = random_network("tanh", [5, 8, 3], seed=5)
     x = torch.zeros(5, dtype=torch.float64)
-    res = clever(net, x, order=2, nsamp=8, niters=5, targets="top2", input_range=None,
-                 method="maxsamp")
-    first = clever(net, x, nsamp=8, niters=5, targets="top2", input_range=None,
-                   method="maxsamp")
+    res = clever(
+        net, x, order=2, nsamp=8, niters=5, targets="top2", input_range=None, method="maxsamp"
+    )
+    first = clever(net, x, nsamp=8, niters=5, targets="top2", input_range=None, method="maxsamp")
     s2 = res.scores["2"]
     assert 0 < s2 < math.inf and res.per_target[0].fits["2"].lip > 0
     # the second-order bound is at most the linear bound g / ||grad g(x0)||
@@ -210,8 +214,9 @@ def test_transforms_evaluate_the_net_on_transformed_inputs() -> None:
     x = torch.zeros(1, 4, 4)
     base = clever(m, x, nsamp=8, niters=3, input_range=(0.0, 1.0), method="maxsamp")
     seen.clear()
-    res = clever(m, x, nsamp=8, niters=3, input_range=(0.0, 1.0), transform="reduce",
-                 method="maxsamp")
+    res = clever(
+        m, x, nsamp=8, niters=3, input_range=(0.0, 1.0), transform="reduce", method="maxsamp"
+    )
     sampled = torch.cat(seen[2:])  # after the clean logits / g(x0) calls
     levels = torch.round(sampled * 255)
     assert torch.all((levels % 32) == 0)
@@ -223,13 +228,21 @@ def test_transforms_evaluate_the_net_on_transformed_inputs() -> None:
 def test_cap_ball_sampling_and_share_samples() -> None:
     net = random_network("tanh", [6, 10, 4], seed=6)
     x = torch.zeros(6, dtype=torch.float64)
-    capped = clever(net, x, nsamp=8, niters=4, radius=0.01, cap_at_radius=True,
-                    input_range=None, method="maxsamp")
+    capped = clever(
+        net,
+        x,
+        nsamp=8,
+        niters=4,
+        radius=0.01,
+        cap_at_radius=True,
+        input_range=None,
+        method="maxsamp",
+    )
     assert all(v <= 0.01 + 1e-15 for v in capped.scores.values())
-    ball = clever(net, x, nsamp=8, niters=4, sampling="ball", input_range=None,
-                  method="maxsamp")
-    shared = clever(net, x, nsamp=8, niters=4, share_samples=True, input_range=None,
-                    method="maxsamp")
+    ball = clever(net, x, nsamp=8, niters=4, sampling="ball", input_range=None, method="maxsamp")
+    shared = clever(
+        net, x, nsamp=8, niters=4, share_samples=True, input_range=None, method="maxsamp"
+    )
     for r in (ball, shared):
         assert np.isfinite(r.samples.maxima).all() and len(r.per_target) == 3
 
@@ -281,13 +294,19 @@ def test_the_callers_model_is_left_alone() -> None:
 
 
 def test_clever_target_rules() -> None:
-    logits = torch.tensor([[0.0, 5.0, 1.0, -2.0, 3.0], [4.0, 0.0, 1.0, 2.0, -1.0],
-                           [1.0, 0.0, 6.0, -1.0, 2.0]])
+    logits = torch.tensor(
+        [[0.0, 5.0, 1.0, -2.0, 3.0], [4.0, 0.0, 1.0, 2.0, -1.0], [1.0, 0.0, 6.0, -1.0, 2.0]]
+    )
     labels = torch.tensor([1, 3, 2])  # row 1 misclassified
     jobs, skipped = select_jobs(logits, labels, parse_target_kinds("random,least,top2"), seed=0)
     assert skipped == [1]
     assert [(j.row, j.kind) for j in jobs] == [
-        (0, "least"), (0, "top2"), (0, "random"), (2, "least"), (2, "top2"), (2, "random")
+        (0, "least"),
+        (0, "top2"),
+        (0, "random"),
+        (2, "least"),
+        (2, "top2"),
+        (2, "random"),
     ]
     assert jobs[0].targets == (3,) and jobs[1].targets == (4,)
     assert jobs[3].targets == (3,) and jobs[4].targets == (4,)

@@ -97,8 +97,12 @@ def test_reference_start_rule_is_scipys_generic_start() -> None:
 
     def opt(func, x0, args=(), disp=0):  # the reference's fmin_with_reg
         return optimize.fmin(
-            lambda th, *a: func(th, *a) + 0.01 * th[2] ** 2, x0, args=args, xtol=1e-4,
-            ftol=1e-4, disp=0,
+            lambda th, *a: func(th, *a) + 0.01 * th[2] ** 2,
+            x0,
+            args=args,
+            xtol=1e-4,
+            ftol=1e-4,
+            disp=0,
         )
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -116,8 +120,14 @@ def test_unrolled_fit_equals_scipys_weibull_min_fit() -> None:
     objective = _objective(0.01, 2)
 
     def opt(func, x0, args=(), disp=0):
-        return optimize.fmin(lambda th, *a: func(th, *a) + 0.01 * th[2] ** 2, x0, args=args,
-                             xtol=1e-4, ftol=1e-4, disp=0)
+        return optimize.fmin(
+            lambda th, *a: func(th, *a) + 0.01 * th[2] ** 2,
+            x0,
+            args=args,
+            xtol=1e-4,
+            ftol=1e-4,
+            disp=0,
+        )
 
     nnlf = getattr(stats.weibull_min, "_penalized_nnlf", None)
     with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -48,10 +48,13 @@ def test_pixel_range_conversion(name: str) -> None:
 
 
 @pytest.mark.skipif(not CSV_DIR.is_dir(), reason="source CSVs not available")
-@pytest.mark.parametrize(("name", "csv", "hwc"), [
-    ("mnist100", "mnist_test_100.csv", (28, 28, 1)),
-    ("cifar100", "cifar10_test_100.csv", (32, 32, 3)),
-])
+@pytest.mark.parametrize(
+    ("name", "csv", "hwc"),
+    [
+        ("mnist100", "mnist_test_100.csv", (28, 28, 1)),
+        ("cifar100", "cifar10_test_100.csv", (32, 32, 3)),
+    ],
+)
 def test_assets_match_the_source_csv(name: str, csv: str, hwc: tuple[int, int, int]) -> None:
     rows = np.loadtxt(CSV_DIR / csv, delimiter=",", dtype=np.int64)
     images, labels = load_builtin_arrays(name)

@@ -20,8 +20,10 @@ from nnbound.errors import InputError
 def batch_arrays(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (n, 3, 32, 32), labels uint8 (n,))."""
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8),
-            rng.integers(0, 10, size=n, dtype=np.uint8))
+    return (
+        rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8),
+        rng.integers(0, 10, size=n, dtype=np.uint8),
+    )
 
 
 def binary_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
@@ -38,15 +40,20 @@ def write_binary(folder: Path, n: int = 3) -> dict[str, tuple[np.ndarray, np.nda
     return out
 
 
-def write_python(folder: Path, n: int = 2, protocol: int = pickle.HIGHEST_PROTOCOL,
-                 byte_keys: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_python(
+    folder: Path, n: int = 2, protocol: int = pickle.HIGHEST_PROTOCOL, byte_keys: bool = False
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for i, stem in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
         images, labels = batch_arrays(n, 10 + i)
         out[stem] = (images, labels)
-        d = {"batch_label": f"batch {stem}", "labels": [int(v) for v in labels],
-             "data": images.reshape(n, -1), "filenames": [f"img{j}.png" for j in range(n)]}
+        d = {
+            "batch_label": f"batch {stem}",
+            "labels": [int(v) for v in labels],
+            "data": images.reshape(n, -1),
+            "filenames": [f"img{j}.png" for j in range(n)],
+        }
         if byte_keys:
             d = {k.encode(): v for k, v in d.items()}
         (folder / stem).write_bytes(pickle.dumps(d, protocol=protocol))
@@ -63,17 +70,44 @@ def py2_cifar_pickle(data: np.ndarray, labels: list[int]) -> bytes:
     def i(v: int) -> bytes:
         return b"K" + bytes([v]) if v < 256 else b"M" + struct.pack("<H", v)
 
-    dtype = (b"cnumpy\ndtype\n" + s(b"u1") + b"K\x00K\x01\x87R"
-             + b"(K\x03" + s(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
-    array = (b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + b"K\x00\x85"
-             + s(b"b") + b"\x87R" + b"(K\x01" + i(data.shape[0]) + i(data.shape[1]) + b"\x86"
-             + dtype + b"\x89" + s(data.tobytes()) + b"tb")
+    dtype = (
+        b"cnumpy\ndtype\n"
+        + s(b"u1")
+        + b"K\x00K\x01\x87R"
+        + b"(K\x03"
+        + s(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    )
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\n"
+        + b"cnumpy\nndarray\n"
+        + b"K\x00\x85"
+        + s(b"b")
+        + b"\x87R"
+        + b"(K\x01"
+        + i(data.shape[0])
+        + i(data.shape[1])
+        + b"\x86"
+        + dtype
+        + b"\x89"
+        + s(data.tobytes())
+        + b"tb"
+    )
     lab = b"](" + b"".join(i(v) for v in labels) + b"e"
-    return (b"\x80\x02}(" + s(b"data") + array + s(b"labels") + lab
-            + s(b"batch_label") + s(b"testing batch 1 of 1") + b"u.")
+    return (
+        b"\x80\x02}("
+        + s(b"data")
+        + array
+        + s(b"labels")
+        + lab
+        + s(b"batch_label")
+        + s(b"testing batch 1 of 1")
+        + b"u."
+    )
 
 
 # -- binary version -----------------------------------------------------------------------
+
 
 def test_binary_version_chw_order_and_scaling(tmp_path: Path) -> None:
     batches = write_binary(tmp_path / "cifar-10-batches-bin")
@@ -115,6 +149,7 @@ def test_binary_truncated_and_bad_labels(tmp_path: Path) -> None:
 
 
 # -- python (pickle) version --------------------------------------------------------------
+
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_python_version_every_protocol(tmp_path: Path, protocol: int) -> None:

@@ -14,8 +14,14 @@ from nnbound.data import load_dataset
 from nnbound.data.mnist import read_idx
 from nnbound.errors import InputError
 
-TYPE_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
-              np.float32: 0x0D, np.float64: 0x0E}
+TYPE_CODES = {
+    np.uint8: 0x08,
+    np.int8: 0x09,
+    np.int16: 0x0B,
+    np.int32: 0x0C,
+    np.float32: 0x0D,
+    np.float64: 0x0E,
+}
 
 
 def idx_bytes(arr: np.ndarray, type_code: int | None = None) -> bytes:
@@ -33,8 +39,9 @@ def write(path: Path, data: bytes, gz: bool = False) -> Path:
     return path
 
 
-def make_mnist(folder: Path, n: int = 5, gz: bool = False, split: str = "t10k",
-               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_mnist(
+    folder: Path, n: int = 5, gz: bool = False, split: str = "t10k", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
     images[0, 0, 0], images[0, 0, 1] = 0, 255  # make the full range appear

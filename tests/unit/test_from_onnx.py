@@ -124,9 +124,7 @@ def test_gemm(trans_b: int, alpha: float, beta: float, c_shape: tuple[int, ...] 
 def test_matmul_weight_first_on_vector_input() -> None:
     # the VNN-COMP toy nets: W @ x on a rank-1 input, bias added after
     inits = {"W": f32(3, 2), "B": f32(3)}
-    model = make_model(
-        [node("MatMul", ["W", "x"], "m"), node("Add", ["m", "B"], "y")], inits, [2]
-    )
+    model = make_model([node("MatMul", ["W", "x"], "m"), node("Add", ["m", "B"], "y")], inits, [2])
     net = from_onnx(model)
     assert net.input_shape == (2,)
     assert layer_types(net) == ["Dense"]
@@ -154,8 +152,12 @@ def test_matmul_on_matrix_valued_inputs() -> None:
 @pytest.mark.parametrize(
     ("op", "const_first"),
     # c / x is not affine: tested among the errors
-    [(op, first) for op in ("Add", "Sub", "Mul", "Div") for first in (False, True)
-     if (op, first) != ("Div", True)],
+    [
+        (op, first)
+        for op in ("Add", "Sub", "Mul", "Div")
+        for first in (False, True)
+        if (op, first) != ("Div", True)
+    ],
 )
 def test_arith_after_dense_folds(op: str, const_first: bool) -> None:
     c = f32(1, 4) + (3.0 if op in ("Mul", "Div") else 0.0)
@@ -270,7 +272,10 @@ def test_clip_min_zero_is_relu(opset: int) -> None:
 # -- shape ops ------------------------------------------------------------------------------
 def test_flatten_reshape_identity_dropout_constant() -> None:
     shape_node = helper.make_node(
-        "Constant", [], ["shape"], name="shape_const",
+        "Constant",
+        [],
+        ["shape"],
+        name="shape_const",
         value=numpy_helper.from_array(np.array([0, -1], np.int64)),
     )
     model = make_model(
@@ -358,7 +363,8 @@ def test_every_opset_8_to_17(opset: int) -> None:
     else:
         clip = node("Clip", ["g"], "c", min=0.0)
     nodes = [
-        unsq, sq,
+        unsq,
+        sq,
         node("Gemm", ["q", "W", "B"], "g", transB=1),
         clip,
         node("Reshape", ["c", "s"], "r"),
@@ -498,9 +504,30 @@ def test_add_after_conv_not_per_channel_becomes_normalize() -> None:
 
 def test_every_supported_op_is_covered() -> None:
     covered = {
-        "Add", "Atan", "BatchNormalization", "Clip", "Constant", "Conv", "Div", "Dropout", "Elu",
-        "Flatten", "Gemm", "Identity", "LeakyRelu", "MatMul", "Mul", "Relu", "Reshape",
-        "Sigmoid", "Softplus", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
+        "Add",
+        "Atan",
+        "BatchNormalization",
+        "Clip",
+        "Constant",
+        "Conv",
+        "Div",
+        "Dropout",
+        "Elu",
+        "Flatten",
+        "Gemm",
+        "Identity",
+        "LeakyRelu",
+        "MatMul",
+        "Mul",
+        "Relu",
+        "Reshape",
+        "Sigmoid",
+        "Softplus",
+        "Squeeze",
+        "Sub",
+        "Tanh",
+        "Transpose",
+        "Unsqueeze",
     }
     # pooling is covered in test_pool_import.py
     covered |= {"AveragePool", "GlobalAveragePool", "GlobalMaxPool", "MaxPool"}
@@ -586,7 +613,9 @@ def test_vnncomp_layer_structure() -> None:
     assert all(isinstance(a, Activation) and a.name == "relu" for a in acas.activations)
     mnist = from_onnx(DATA / "mnist-net_256x2.onnx")
     assert [tuple(layer.weight.shape) for layer in mnist.layers if isinstance(layer, Dense)] == [
-        (256, 784), (256, 256), (10, 256)
+        (256, 784),
+        (256, 256),
+        (10, 256),
     ]
     small = from_onnx(DATA / "test_small.onnx")
     assert layer_types(small) == ["Dense", "Activation", "Dense", "Activation", "Dense"]
@@ -689,19 +718,38 @@ def test_non_chain_graph() -> None:
 @pytest.mark.parametrize(
     ("nodes", "inits", "in_shape", "match"),
     [
-        ([node("Div", ["c", "x"], "y", name="inv")], {"c": np.ones(3, np.float32)}, [1, 3],
-         r"'Div' \(node 'inv'\)"),
+        (
+            [node("Div", ["c", "x"], "y", name="inv")],
+            {"c": np.ones(3, np.float32)},
+            [1, 3],
+            r"'Div' \(node 'inv'\)",
+        ),
         ([node("Mul", ["x", "x"], "y", name="sq")], {}, [1, 3], "twice"),
-        ([node("Transpose", ["x"], "y", name="tr", perm=[0, 2, 1])], {}, [1, 2, 3],
-         r"'Transpose' \(node 'tr'\)"),
-        ([node("Squeeze", ["x", "ax"], "y", name="sq")], {"ax": np.array([1], np.int64)},
-         [1, 2, 3], r"'Squeeze' \(node 'sq'\)"),
-        ([node("Clip", ["x", "lo", "hi"], "y", name="c6")],
-         # Clip(0, 6) is the bounded ReLU now; a negative min is no IR activation
-         {"lo": np.array(-1, np.float32), "hi": np.array(6, np.float32)}, [1, 3],
-         r"'Clip' \(node 'c6'\)"),
-        ([node("Gemm", ["x", "W"], "y", name="g", transA=1)], {"W": f32(1, 3)}, [1, 3],
-         r"'Gemm' \(node 'g'\)"),
+        (
+            [node("Transpose", ["x"], "y", name="tr", perm=[0, 2, 1])],
+            {},
+            [1, 2, 3],
+            r"'Transpose' \(node 'tr'\)",
+        ),
+        (
+            [node("Squeeze", ["x", "ax"], "y", name="sq")],
+            {"ax": np.array([1], np.int64)},
+            [1, 2, 3],
+            r"'Squeeze' \(node 'sq'\)",
+        ),
+        (
+            [node("Clip", ["x", "lo", "hi"], "y", name="c6")],
+            # Clip(0, 6) is the bounded ReLU now; a negative min is no IR activation
+            {"lo": np.array(-1, np.float32), "hi": np.array(6, np.float32)},
+            [1, 3],
+            r"'Clip' \(node 'c6'\)",
+        ),
+        (
+            [node("Gemm", ["x", "W"], "y", name="g", transA=1)],
+            {"W": f32(1, 3)},
+            [1, 3],
+            r"'Gemm' \(node 'g'\)",
+        ),
     ],
 )
 def test_unsupported_patterns(nodes, inits, in_shape, match: str) -> None:

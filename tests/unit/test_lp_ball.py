@@ -60,9 +60,21 @@ def test_input_error_is_a_value_error() -> None:
         LpBall.make(torch.zeros(1, 2), -1.0)
 
 
-@pytest.mark.parametrize(("name", "value"), [("i", math.inf), ("inf", math.inf), ("Linf", math.inf),
-                                             ("1", 1.0), ("l1", 1.0), (1, 1.0), ("2", 2.0),
-                                             ("L2", 2.0), (2.0, 2.0), (math.inf, math.inf)])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("i", math.inf),
+        ("inf", math.inf),
+        ("Linf", math.inf),
+        ("1", 1.0),
+        ("l1", 1.0),
+        (1, 1.0),
+        ("2", 2.0),
+        ("L2", 2.0),
+        (2.0, 2.0),
+        (math.inf, math.inf),
+    ],
+)
 def test_norm_names(name, value) -> None:
     ball = LpBall.make(torch.zeros(1, 2), 0.1, name)
     assert ball.p == value
@@ -178,7 +190,7 @@ def test_vertices_on_the_sphere(p: float) -> None:
 @pytest.mark.parametrize("p", NORMS)
 @pytest.mark.parametrize("domain", [None, (-1.0, 1.0)])
 def test_project_returns_points_inside(p: float, domain) -> None:
-    c = (torch.rand(3, 6, generator=gen(8), dtype=F64) - 0.5)
+    c = torch.rand(3, 6, generator=gen(8), dtype=F64) - 0.5
     ball = LpBall.make(c, torch.tensor([0.0, 0.2, 1.5], dtype=F64), p, domain)
     far = c[:, None] + 3 * torch.randn(3, 100, 6, generator=gen(9), dtype=F64)
     proj = ball.project(far)
@@ -270,11 +282,17 @@ def test_concretize_image_shaped_and_no_const() -> None:
 def _lp_max_l1_box(a: np.ndarray, c: np.ndarray, eps: float, lo: float, hi: float) -> float:
     """max a.x over {||x - c||_1 <= eps} intersected with [lo, hi]^d, by an LP (x, t)."""
     d = len(c)
-    a_ub = np.block([[np.eye(d), -np.eye(d)], [-np.eye(d), -np.eye(d)],
-                     [np.zeros((1, d)), np.ones((1, d))]])
+    a_ub = np.block(
+        [[np.eye(d), -np.eye(d)], [-np.eye(d), -np.eye(d)], [np.zeros((1, d)), np.ones((1, d))]]
+    )
     b_ub = np.concatenate([c, -c, [eps]])
-    res = linprog(np.concatenate([-a, np.zeros(d)]), A_ub=a_ub, b_ub=b_ub,
-                  bounds=[(lo, hi)] * d + [(0, None)] * d, method="highs")
+    res = linprog(
+        np.concatenate([-a, np.zeros(d)]),
+        A_ub=a_ub,
+        b_ub=b_ub,
+        bounds=[(lo, hi)] * d + [(0, None)] * d,
+        method="highs",
+    )
     assert res.status == 0
     return -res.fun
 
@@ -282,7 +300,7 @@ def _lp_max_l1_box(a: np.ndarray, c: np.ndarray, eps: float, lo: float, hi: floa
 @pytest.mark.parametrize("p", NORMS)
 def test_concretize_with_domain_is_sound_and_exact_for_linf(p: float) -> None:
     d = 4
-    c = (torch.rand(2, d, generator=gen(21), dtype=F64) * 1.6 - 0.8)
+    c = torch.rand(2, d, generator=gen(21), dtype=F64) * 1.6 - 0.8
     eps = torch.tensor([0.3, 1.2], dtype=F64)
     ball = LpBall.make(c, eps, p, domain=(-1.0, 1.0))
     a = torch.randn(2, 3, d, generator=gen(22), dtype=F64)

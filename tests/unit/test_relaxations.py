@@ -52,11 +52,12 @@ def _np_funcs(name: str, alpha: float = 0.0):
         if name == "relu":
             return (lambda z: np.maximum(z, 0.0)), (lambda z: (z > 0).astype(float))
         if name == "leaky_relu":
-            return (lambda z: np.where(z > 0, z, alpha * z),
-                    lambda z: np.where(z > 0, 1.0, alpha))
+            return (lambda z: np.where(z > 0, z, alpha * z), lambda z: np.where(z > 0, 1.0, alpha))
         if name == "brelu":  # alpha is the cap
-            return (lambda z: np.clip(z, 0.0, alpha),
-                    lambda z: ((z > 0) & (z < alpha)).astype(float))
+            return (
+                lambda z: np.clip(z, 0.0, alpha),
+                lambda z: ((z > 0) & (z < alpha)).astype(float),
+            )
         if name == "tanh":
             return np.tanh, (lambda z: 1.0 / np.cosh(np.clip(z, -350, 350)) ** 2)
         if name == "sigmoid":
@@ -67,8 +68,10 @@ def _np_funcs(name: str, alpha: float = 0.0):
             # torch's F.softplus (what the network computes) returns x itself for x > 20.
             return (lambda z: np.where(z > 20.0, z, np.logaddexp(0.0, z))), _sigmoid
         if name == "elu":
-            return (lambda z: np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0.0))),
-                    lambda z: np.where(z > 0, 1.0, alpha * np.exp(np.minimum(z, 0.0))))
+            return (
+                lambda z: np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0.0))),
+                lambda z: np.where(z > 0, 1.0, alpha * np.exp(np.minimum(z, 0.0))),
+            )
     raise ValueError(name)
 
 
@@ -105,12 +108,15 @@ def random_intervals(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     l, u = np.minimum(a, b), np.maximum(a, b)
     k = n // 10
     l[:k] = u[:k]  # points
-    l[k:2 * k], u[k:2 * k] = 0.0, np.abs(u[k:2 * k])  # l = 0
-    l[2 * k:3 * k], u[2 * k:3 * k] = -np.abs(l[2 * k:3 * k]), 0.0  # u = 0
+    l[k : 2 * k], u[k : 2 * k] = 0.0, np.abs(u[k : 2 * k])  # l = 0
+    l[2 * k : 3 * k], u[2 * k : 3 * k] = -np.abs(l[2 * k : 3 * k]), 0.0  # u = 0
     wide = 10.0 ** rng.uniform(1, 3, k)  # very wide mixed
-    l[3 * k:4 * k], u[3 * k:4 * k] = -wide * rng.uniform(0.01, 1, k), wide * rng.uniform(0.01, 1, k)
-    l[4 * k:5 * k], u[4 * k:5 * k] = -rng.uniform(0, 1e-6, k), rng.uniform(0, 1e-6, k)  # tiny
-    l[5 * k] , u[5 * k] = 0.0, 0.0
+    l[3 * k : 4 * k], u[3 * k : 4 * k] = (
+        -wide * rng.uniform(0.01, 1, k),
+        wide * rng.uniform(0.01, 1, k),
+    )
+    l[4 * k : 5 * k], u[4 * k : 5 * k] = -rng.uniform(0, 1e-6, k), rng.uniform(0, 1e-6, k)  # tiny
+    l[5 * k], u[5 * k] = 0.0, 0.0
     l[5 * k + 1], u[5 * k + 1] = -1e3, 1e3
     l[5 * k + 2], u[5 * k + 2] = -1.0, 1.0  # |l| == |u| tie
     return l, u
@@ -125,8 +131,10 @@ def grid(l: np.ndarray, u: np.ndarray, m: int = 257) -> np.ndarray:
 def line_violations(lin, l, u, f):
     """Per interval, the largest ``lower line - f`` and ``f - upper line`` on a dense grid,
     each divided by the rounding scale of evaluating the line (so ~1 means "a few ulps")."""
-    ls, lb, us, ub = (t.double().numpy() for t in (lin.lower_slope, lin.lower_bias,
-                                                   lin.upper_slope, lin.upper_bias))
+    ls, lb, us, ub = (
+        t.double().numpy()
+        for t in (lin.lower_slope, lin.lower_bias, lin.upper_slope, lin.upper_bias)
+    )
     z = grid(l, u)
     fz = f(z)
     lo = ls[:, None] * z + lb[:, None]
@@ -244,8 +252,9 @@ def test_interval_and_derivative_interval_contain_samples(name, relax, act, alph
 
 
 # -- hand-derived ReLU / leaky ReLU lines ----------------------------------------------------------
-L_U = torch.tensor([[-3.0, 1.0], [-1.0, 3.0], [-2.0, 2.0], [-0.5, 4.0], [-4.0, 0.5], [-1e-3, 1e3]],
-                   dtype=F64)
+L_U = torch.tensor(
+    [[-3.0, 1.0], [-1.0, 3.0], [-2.0, 2.0], [-0.5, 4.0], [-4.0, 0.5], [-1e-3, 1e3]], dtype=F64
+)
 
 
 def test_relu_upper_chord_hand_derived() -> None:
@@ -342,8 +351,9 @@ def test_s_shaped_convex_concave_cases_match_reference(fname: str, rule: Tangent
     for sign in (-1.0, 1.0):  # u <= 0 (convex, state -1) and l >= 0 (concave, state +1)
         l, u = (-(a + w), -a) if sign < 0 else (a, a + w)
         lin = relax.linear(torch.tensor(l), torch.tensor(u))
-        ls, lb, us, ub = (t.numpy() for t in (lin.lower_slope, lin.lower_bias, lin.upper_slope,
-                                               lin.upper_bias))
+        ls, lb, us, ub = (
+            t.numpy() for t in (lin.lower_slope, lin.lower_bias, lin.upper_slope, lin.upper_bias)
+        )
         chord_s, chord_b, tan_s, tan_b = (us, ub, ls, lb) if sign < 0 else (ls, lb, us, ub)
         # Chord: through (l, f(l)) and (u, f(u)) up to a few ulps (its slope carries the
         # cancellation error of f(u) - f(l), so compare it with that tolerance).
@@ -405,8 +415,9 @@ def ref_find_d_lb_line(f, df, l: np.ndarray, u: np.ndarray):
 
 def _coefficients(lin) -> tuple[np.ndarray, ...]:
     """(upper slope, upper bias, lower slope, lower bias) as numpy arrays."""
-    return tuple(t.numpy() for t in (lin.upper_slope, lin.upper_bias, lin.lower_slope,
-                                     lin.lower_bias))
+    return tuple(
+        t.numpy() for t in (lin.upper_slope, lin.upper_bias, lin.lower_slope, lin.lower_bias)
+    )
 
 
 def _valid(slope, bias, l, u, f, upper: bool) -> np.ndarray:
@@ -415,8 +426,10 @@ def _valid(slope, bias, l, u, f, upper: bool) -> np.ndarray:
     return (gap >= 0).all(1) if upper else (gap <= 0).all(1)
 
 
-@pytest.mark.parametrize(("fname", "lo", "hi"), [("tanh", 0.5, 2.0), ("arctan", 0.5, 2.0),
-                                                 ("tanh", 0.5, 5.0), ("sigmoid", 0.5, 2.0)])
+@pytest.mark.parametrize(
+    ("fname", "lo", "hi"),
+    [("tanh", 0.5, 2.0), ("arctan", 0.5, 2.0), ("tanh", 0.5, 5.0), ("sigmoid", 0.5, 2.0)],
+)
 def test_reference_rule_equals_transcription_where_valid(fname: str, lo: float, hi: float) -> None:
     f, df = _np_funcs(fname)
     rng = np.random.default_rng(2)

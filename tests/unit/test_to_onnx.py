@@ -36,7 +36,10 @@ def mlp(dtype: torch.dtype = torch.float32, seed: int = 0) -> Network:
         width = 8
     layers.append(Dense(torch.randn(3, width, generator=g), torch.randn(3, generator=g)))
     net = Network(
-        layers=tuple(layers), input_shape=(6,), input_range=(0.0, 1.0), name="mlp",
+        layers=tuple(layers),
+        input_shape=(6,),
+        input_range=(0.0, 1.0),
+        name="mlp",
         meta={"dataset": "synthetic", "note": 'quotes " and unicode µ'},
     )
     return net.to(dtype=dtype)
@@ -51,8 +54,12 @@ def cnn(dtype: torch.dtype = torch.float32, seed: int = 1) -> Network:
         Conv2d(torch.randn(4, 2, 3, 3, generator=g) / 3, torch.randn(4, generator=g), 2, 1),
         Activation("relu"),
         Conv2d(
-            torch.randn(4, 2, 3, 3, generator=g) / 3, torch.randn(4, generator=g),
-            stride=1, padding=2, dilation=2, groups=2,
+            torch.randn(4, 2, 3, 3, generator=g) / 3,
+            torch.randn(4, generator=g),
+            stride=1,
+            padding=2,
+            dilation=2,
+            groups=2,
         ),
         Activation("tanh"),
         ReshapeLayer((4, 25)),
@@ -139,9 +146,7 @@ def test_graph_interface_and_metadata(tmp_path: Path) -> None:
 
 
 def test_no_input_range_and_import_override(tmp_path: Path) -> None:
-    net = Network(
-        layers=(Dense(torch.eye(2), torch.zeros(2)),), input_shape=(2,), name="eye"
-    )
+    net = Network(layers=(Dense(torch.eye(2), torch.zeros(2)),), input_shape=(2,), name="eye")
     path = save_onnx(net, tmp_path / "eye.onnx")
     assert from_onnx(path).input_range is None
     assert from_onnx(path, input_range=(-2.0, 2.0)).input_range == (-2.0, 2.0)
@@ -152,9 +157,7 @@ def test_no_input_range_and_import_override(tmp_path: Path) -> None:
 def test_input_shape_round_trip_for_vector_like_shapes(tmp_path: Path) -> None:
     # (1, 6) would import as (6,) from a foreign file; the metadata keeps it exact
     base = mlp()
-    net = Network(
-        layers=(Flatten(), *base.layers[1:]), input_shape=(1, 6), input_range=(0.0, 1.0)
-    )
+    net = Network(layers=(Flatten(), *base.layers[1:]), input_shape=(1, 6), input_range=(0.0, 1.0))
     back = from_onnx(save_onnx(net, tmp_path / "net.onnx"))
     assert back.input_shape == (1, 6)
     x = torch.rand(2, 1, 6, generator=_gen(3))

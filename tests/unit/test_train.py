@@ -50,8 +50,12 @@ def test_training_leaves_the_global_rng_alone(digits) -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    train_network(small(digits[0], 100), small(digits[1], 20), TrainConfig(hidden=(8,), epochs=1),
-                  progress=False)
+    train_network(
+        small(digits[0], 100),
+        small(digits[1], 20),
+        TrainConfig(hidden=(8,), epochs=1),
+        progress=False,
+    )
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -64,8 +68,15 @@ def test_mlp_reaches_sane_accuracy(digits) -> None:
     assert [type(layer) for layer in net.layers] == [Flatten, Dense, Activation, Dense]
     assert net.input_shape == (1, 8, 8) and net.input_range == (-0.5, 0.5)
     assert net.output_shape == (10,) and net.name == "digits_mlp_relu_64"
-    for key in ("dataset", "activation", "hidden", "epochs", "seed", "test_accuracy",
-                "input_range"):
+    for key in (
+        "dataset",
+        "activation",
+        "hidden",
+        "epochs",
+        "seed",
+        "test_accuracy",
+        "input_range",
+    ):
         assert key in net.meta
     assert net.meta["test_accuracy"] == f"{report.test_accuracy:.4f}"
     # the report's accuracy is the returned network's accuracy
@@ -88,8 +99,7 @@ def test_cnn_reaches_sane_accuracy(digits) -> None:
 @pytest.mark.parametrize("activation", [*ACTIVATIONS, "leaky"])
 def test_every_activation_trains_without_nan(digits, activation: str) -> None:
     cfg = TrainConfig(hidden=(16, 16), activation=activation, epochs=3, leaky_slope=0.2)
-    net, report = train_network(small(digits[0], 400), small(digits[1], 100), cfg,
-                                progress=False)
+    net, report = train_network(small(digits[0], 400), small(digits[1], 100), cfg, progress=False)
     assert all(torch.isfinite(torch.tensor(report.epoch_losses)))
     assert report.epoch_losses[-1] < report.epoch_losses[0]
     acts = net.activations
@@ -128,16 +138,19 @@ def test_progress_bar_is_silent_when_not_a_tty(digits, capsys) -> None:
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize(("kwargs", "msg"), [
-    ({"activation": "swish"}, "unknown activation 'swish'"),
-    ({"arch": "rnn"}, "unknown arch"),
-    ({"optimizer": "sgd"}, "only 'adam'"),
-    ({"hidden": (0,)}, "positive"),
-    ({"epochs": 0}, ">= 1"),
-    ({"lr": 0.0}, "lr must be"),
-    ({"weight_decay": -1.0}, "weight_decay must be"),
-    ({"arch": "cnn", "conv_channels": ()}, "conv_channels"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "msg"),
+    [
+        ({"activation": "swish"}, "unknown activation 'swish'"),
+        ({"arch": "rnn"}, "unknown arch"),
+        ({"optimizer": "sgd"}, "only 'adam'"),
+        ({"hidden": (0,)}, "positive"),
+        ({"epochs": 0}, ">= 1"),
+        ({"lr": 0.0}, "lr must be"),
+        ({"weight_decay": -1.0}, "weight_decay must be"),
+        ({"arch": "cnn", "conv_channels": ()}, "conv_channels"),
+    ],
+)
 def test_config_validation(kwargs: dict, msg: str) -> None:
     with pytest.raises(InputError, match=msg):
         TrainConfig(**kwargs)
@@ -151,8 +164,12 @@ def test_data_mismatch_and_cnn_shape_errors(digits) -> None:
     with pytest.raises(InputError, match="needs images"):
         train_network(flat, flat, TrainConfig(arch="cnn", epochs=1), progress=False)
     with pytest.raises(InputError, match="too small"):
-        train_network(digits[0], digits[1], TrainConfig(arch="cnn", conv_channels=(2, 2, 2, 2)),
-                      progress=False)
+        train_network(
+            digits[0],
+            digits[1],
+            TrainConfig(arch="cnn", conv_channels=(2, 2, 2, 2)),
+            progress=False,
+        )
 
 
 def test_divergence_is_reported(digits) -> None:

@@ -72,8 +72,18 @@ from nnbound.network.network import Network
 ProgressFn = Callable[[int], None]
 """Called with the number of (target, batch) maxima just finished."""
 
-_PIECEWISE_LINEAR_MODULES = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.PReLU, nn.RReLU,
-                             nn.Hardswish, nn.Hardsigmoid, nn.MaxPool1d, nn.MaxPool2d)
+_PIECEWISE_LINEAR_MODULES = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.PReLU,
+    nn.RReLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+)
 
 
 def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -196,6 +206,7 @@ class CleverResult:
 
 # -- model handling ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Prepared:
     f: nn.Module
@@ -244,6 +255,7 @@ def _logits_of(f: nn.Module, xb: Tensor) -> Tensor | None:
 
 
 # -- the estimator ----------------------------------------------------------------------------
+
 
 class Clever:
     """CLEVER robustness estimate (scikit-learn style: settings here, work in ``__call__``).
@@ -329,9 +341,27 @@ class Clever:
         self.norms = norms
 
     _PARAMS = (
-        "nsamp", "niters", "sample_norm", "sampling", "radius", "order", "transform", "seed",
-        "batch_size", "device", "dtype", "cap_at_radius", "method", "shape_reg", "start",
-        "penalise", "input_range", "share_samples", "power_iters", "power_tol", "norms",
+        "nsamp",
+        "niters",
+        "sample_norm",
+        "sampling",
+        "radius",
+        "order",
+        "transform",
+        "seed",
+        "batch_size",
+        "device",
+        "dtype",
+        "cap_at_radius",
+        "method",
+        "shape_reg",
+        "start",
+        "penalise",
+        "input_range",
+        "share_samples",
+        "power_iters",
+        "power_tol",
+        "norms",
     )
 
     def get_params(self) -> dict[str, Any]:
@@ -355,6 +385,7 @@ class Clever:
     def validate(self) -> None:
         """Check every setting; :class:`InputError` names the first bad one. Called by
         :meth:`collect` and :meth:`evaluate` (scikit-learn style: not by ``__init__``)."""
+
         def positive_int(name: str) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -376,8 +407,11 @@ class Clever:
             raise InputError(f"unknown start rule {self.start!r}; use {', '.join(START_RULES)}")
         if self.penalise not in PENALISED:
             raise InputError(f"penalise must be 'scale' or 'shape', got {self.penalise!r}")
-        if not (isinstance(self.shape_reg, (int, float)) and math.isfinite(self.shape_reg)
-                and self.shape_reg >= 0):
+        if not (
+            isinstance(self.shape_reg, (int, float))
+            and math.isfinite(self.shape_reg)
+            and self.shape_reg >= 0
+        ):
             raise InputError(f"shape_reg must be finite and >= 0, got {self.shape_reg!r}")
         if not (isinstance(self.power_tol, (int, float)) and self.power_tol > 0):
             raise InputError(f"power_tol must be > 0, got {self.power_tol!r}")
@@ -502,8 +536,11 @@ class Clever:
         t0 = time.perf_counter()
         radii = dict(samples.settings.get("radii") or resolve_radii(self.radius, 1.0))
         # the requested norms that these samples hold (ball-mode files may lack some)
-        keys = [k for k in (self.norm_keys() if samples.order == 1 else ("2",))
-                if not np.isnan(samples.maxima[:, NORM_KEYS.index(k)]).any()]
+        keys = [
+            k
+            for k in (self.norm_keys() if samples.order == 1 else ("2",))
+            if not np.isnan(samples.maxima[:, NORM_KEYS.index(k)]).any()
+        ]
         per_target = []
         for ti, j in enumerate(samples.targets):
             g = float(samples.g_x0[ti])
@@ -555,9 +592,7 @@ class Clever:
         if not bool(torch.isfinite(x).all()):
             raise InputError("the input contains NaN or inf values")
         p_dev, p_dtype = _param_device_dtype(f)
-        device = torch.device(self.device) if self.device is not None else (
-            p_dev or x.device
-        )
+        device = torch.device(self.device) if self.device is not None else (p_dev or x.device)
         dtype = self.dtype or p_dtype or x.dtype
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InputError("device cuda requested but CUDA is not available")
@@ -584,8 +619,9 @@ class Clever:
                 )
         if isinstance(self.input_range, str):
             if self.input_range != "auto":
-                raise InputError(f"input_range must be 'auto', None or (lo, hi), got "
-                                 f"{self.input_range!r}")
+                raise InputError(
+                    f"input_range must be 'auto', None or (lo, hi), got {self.input_range!r}"
+                )
             box = net_range
         elif self.input_range is None:
             box = None
@@ -612,9 +648,7 @@ class Clever:
             raise InputError("the model's logits at the input are NaN or inf")
         return out[0].detach()
 
-    def _targets(
-        self, logits: Tensor, c: int, targets: str | int | Sequence[int]
-    ) -> list[int]:
+    def _targets(self, logits: Tensor, c: int, targets: str | int | Sequence[int]) -> list[int]:
         k = logits.shape[0]
         order = logits.argsort()
         least, top2 = int(order[0]), int(order[-2])
@@ -670,25 +704,32 @@ class Clever:
             _dual_norms(grad).detach().cpu().to(torch.float64).numpy(),
         )
 
-    def _streams(self, radii: Mapping[str, float], box: tuple[float, float] | None
-                 ) -> list[tuple[int, Sampler, tuple[int, ...]]]:
+    def _streams(
+        self, radii: Mapping[str, float], box: tuple[float, float] | None
+    ) -> list[tuple[int, Sampler, tuple[int, ...]]]:
         """(stream key, sampler, norm columns it feeds): one reference ball for every score,
         or one ball per requested score norm. The key seeds the stream's generators, so a
         norm's samples do not depend on which other norms are asked for."""
         if self.sampling == "reference":
             key = norm_key(self.sample_norm)
             return [(0, Sampler("reference", key, radii[key], box), (0, 1, 2))]
-        return [(10 + i, Sampler("ball", key, radii[key], box), (i,))
-                for i, key in enumerate(NORM_KEYS) if key in self.norm_keys()]
+        return [
+            (10 + i, Sampler("ball", key, radii[key], box), (i,))
+            for i, key in enumerate(NORM_KEYS)
+            if key in self.norm_keys()
+        ]
 
     def norm_keys(self) -> tuple[str, ...]:
         """The requested score norms, in :data:`NORM_KEYS` order."""
-        asked = {norm_key(p) for p in (self.norms if not isinstance(self.norms, (str, int, float))
-                                       else [self.norms])}
+        asked = {
+            norm_key(p)
+            for p in (self.norms if not isinstance(self.norms, (str, int, float)) else [self.norms])
+        }
         return tuple(k for k in NORM_KEYS if k in asked)
 
-    def _grad_norms(self, f: nn.Module, x: Tensor, w: Tensor, box: tuple[float, float] | None
-                    ) -> Tensor:
+    def _grad_norms(
+        self, f: nn.Module, x: Tensor, w: Tensor, box: tuple[float, float] | None
+    ) -> Tensor:
         """``(R, 3)`` dual norms of ``grad (f(T(x)) . w)`` per row (BPDA through ``T``)."""
         xt = apply_transform(self.transform, x, box).detach().requires_grad_(True)
         with torch.enable_grad():
@@ -705,8 +746,9 @@ class Clever:
         progress: ProgressFn | None,
     ) -> Tensor:
         t_count, nsamp, batch = len(tgts), int(self.nsamp), int(self.batch_size)
-        maxima = torch.full((t_count, 3, int(self.niters)), math.nan, device=prep.device,
-                            dtype=prep.dtype)
+        maxima = torch.full(
+            (t_count, 3, int(self.niters)), math.nan, device=prep.device, dtype=prep.dtype
+        )
         streams = self._streams(radii, prep.box)
         cols_all = torch.arange(3, device=prep.device)
         for si, sampler, cols in streams:
@@ -723,13 +765,15 @@ class Clever:
             gens = [self._generator(prep.device, si, t) for t in tgts]
             # Whole targets per pass when a batch fits; else each target's batch in chunks.
             per_pass = max(1, batch // nsamp)
-            groups = [list(range(i, min(i + per_pass, t_count)))
-                      for i in range(0, t_count, per_pass)]
+            groups = [
+                list(range(i, min(i + per_pass, t_count))) for i in range(0, t_count, per_pass)
+            ]
             for it in range(int(self.niters)):
                 for group in groups:
                     if nsamp <= batch:
-                        x = torch.cat([sampler.draw(prep.x0, nsamp, generator=gens[t])
-                                       for t in group])
+                        x = torch.cat(
+                            [sampler.draw(prep.x0, nsamp, generator=gens[t]) for t in group]
+                        )
                         w = weights[group].repeat_interleave(nsamp, 0)
                         norms = self._grad_norms(prep.f, x, w, prep.box)
                         mx = norms.view(len(group), nsamp, 3).amax(1)
@@ -747,8 +791,9 @@ class Clever:
                         progress(len(group))
         return maxima
 
-    def _shared_batch(self, prep: _Prepared, sampler: Sampler, gen: torch.Generator,
-                      weights: Tensor) -> Tensor:
+    def _shared_batch(
+        self, prep: _Prepared, sampler: Sampler, gen: torch.Generator, weights: Tensor
+    ) -> Tensor:
         """``(T, 3)`` maxima over one batch of ``nsamp`` samples shared by every target: one
         forward pass per chunk, one backward pass per target."""
         t_count, nsamp, batch = weights.shape[0], int(self.nsamp), int(self.batch_size)
@@ -761,7 +806,9 @@ class Clever:
                 out = prep.f(xt)
                 for t in range(t_count):
                     (grad,) = torch.autograd.grad(
-                        out, xt, grad_outputs=weights[t].expand_as(out),
+                        out,
+                        xt,
+                        grad_outputs=weights[t].expand_as(out),
                         retain_graph=t < t_count - 1,
                     )
                     mx[t] = torch.maximum(mx[t], _dual_norms(grad).amax(0))
@@ -771,12 +818,11 @@ class Clever:
     @staticmethod
     def _check_twice_differentiable(model: nn.Module | Network, f: nn.Module) -> None:
         if isinstance(model, Network):
-            bad = [
-                a.name for a in model.activations if a.name in ("relu", "leaky_relu", "brelu")
-            ]
+            bad = [a.name for a in model.activations if a.name in ("relu", "leaky_relu", "brelu")]
         else:
-            bad = [type(m).__name__ for m in f.modules()
-                   if isinstance(m, _PIECEWISE_LINEAR_MODULES)]
+            bad = [
+                type(m).__name__ for m in f.modules() if isinstance(m, _PIECEWISE_LINEAR_MODULES)
+            ]
         if bad:
             raise UnsupportedError(
                 f"second-order CLEVER needs a twice-differentiable model; this one has "
@@ -793,8 +839,9 @@ class Clever:
     ) -> Tensor:
         """Batch maxima of the Hessian curvature ``|lambda|`` (spec §9) in column ``"2"``."""
         t_count, nsamp, batch = len(tgts), int(self.nsamp), int(self.batch_size)
-        maxima = torch.full((t_count, 3, int(self.niters)), math.nan, device=prep.device,
-                            dtype=prep.dtype)
+        maxima = torch.full(
+            (t_count, 3, int(self.niters)), math.nan, device=prep.device, dtype=prep.dtype
+        )
         if self.sampling == "reference":
             key = norm_key(self.sample_norm)
             sampler = Sampler("reference", key, radii[key], prep.box)
@@ -807,8 +854,9 @@ class Clever:
                 for lo in range(0, nsamp, batch):
                     n = min(batch, nsamp - lo)
                     x = sampler.draw(prep.x0, n, generator=gens[ti])
-                    v0 = torch.randn(n, prep.x0.numel(), generator=gens[ti], device=prep.device,
-                                     dtype=prep.dtype)
+                    v0 = torch.randn(
+                        n, prep.x0.numel(), generator=gens[ti], device=prep.device, dtype=prep.dtype
+                    )
                     h = self._curvature(prep, x, weights[ti : ti + 1].expand(n, -1), v0)
                     cand = h[h.abs().argmax()]
                     if cand.abs() > best.abs():
@@ -827,8 +875,9 @@ class Clever:
             (grad,) = torch.autograd.grad((out * w).sum(), xt, create_graph=True)
 
             def hvp(v: Tensor) -> Tensor:
-                (hv,) = torch.autograd.grad(grad, xt, grad_outputs=v.view_as(xt),
-                                            retain_graph=True, allow_unused=False)
+                (hv,) = torch.autograd.grad(
+                    grad, xt, grad_outputs=v.view_as(xt), retain_graph=True, allow_unused=False
+                )
                 return hv.detach().flatten(1)
 
             lam_a = self._power(hvp, v0, 0.0)
@@ -858,9 +907,7 @@ class Clever:
         return lam
 
 
-def gradient_norms(
-    model: nn.Module | Network, x: Tensor, label: int, target: int
-) -> Tensor:
+def gradient_norms(model: nn.Module | Network, x: Tensor, label: int, target: int) -> Tensor:
     """``(R, 3)`` dual norms ``||grad g||_inf, ||grad g||_2, ||grad g||_1`` of
     ``g = f_label - f_target`` at each row of ``x`` ``(R, *input_shape)``: the quantities whose
     batch maxima CLEVER fits (columns for the score norms p = 1, 2, inf)."""

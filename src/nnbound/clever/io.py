@@ -72,8 +72,9 @@ def save_samples(path: str | Path, records: Sequence[SampleRecord], model: str =
         rec_seconds=np.array([r.samples.seconds for r in records], dtype=np.float64),
         logits=np.stack([r.samples.logits for r in records]),
         pair_record=pair_record,
-        pair_target=np.concatenate([np.asarray(r.samples.targets, dtype=np.int64)
-                                    for r in records]),
+        pair_target=np.concatenate(
+            [np.asarray(r.samples.targets, dtype=np.int64) for r in records]
+        ),
         g_x0=np.concatenate([r.samples.g_x0 for r in records]),
         grad_norm_x0=np.concatenate([r.samples.grad_norm_x0 for r in records]),
         maxima=np.concatenate([r.samples.maxima for r in records]),
@@ -103,8 +104,13 @@ def load_samples(path: str | Path) -> tuple[list[SampleRecord], str]:
         pair_record = data["pair_record"]
         records = []
         for i, (index, label, kind, secs) in enumerate(
-            zip(data["rec_index"], data["rec_label"], data["rec_kind"], data["rec_seconds"],
-                strict=True)
+            zip(
+                data["rec_index"],
+                data["rec_label"],
+                data["rec_kind"],
+                data["rec_seconds"],
+                strict=True,
+            )
         ):
             sel = pair_record == i
             samples = CleverSamples(

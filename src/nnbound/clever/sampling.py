@@ -100,8 +100,9 @@ def _dirichlet_ones(
 ) -> Tensor:
     """``(count, parts)`` Dirichlet(1, ..., 1) points (uniform on the simplex), float64."""
     # Exponential(1) = -log(U) with U in (0, 1]; 1 - rand avoids log(0).
-    e = -torch.log1p(-torch.rand(count, parts, generator=generator, device=device,
-                                  dtype=torch.float64))
+    e = -torch.log1p(
+        -torch.rand(count, parts, generator=generator, device=device, dtype=torch.float64)
+    )
     return e / e.sum(1, keepdim=True)
 
 
@@ -169,9 +170,7 @@ def norm_key(p: float | int | str) -> str:
     return norm_name(parse_norm(p))
 
 
-def resolve_radii(
-    radius: float | Mapping[str, float] | None, width: float
-) -> dict[str, float]:
+def resolve_radii(radius: float | Mapping[str, float] | None, width: float) -> dict[str, float]:
     """The radius ``R`` per norm key: the reference's radii times the data width, overridden by
     ``radius`` (one float for every norm, or a mapping from norm spellings to floats)."""
     radii = {k: v * width for k, v in REFERENCE_RADIUS.items()}
@@ -232,11 +231,13 @@ class Sampler:
     ) -> Tensor:
         """``(count, dim)`` perturbations ``delta`` (before clipping)."""
         if self.mode == "ball":
-            u = _BALLS[self.norm](count, dim, generator=generator, device=device,
-                                  dtype=torch.float64)
+            u = _BALLS[self.norm](
+                count, dim, generator=generator, device=device, dtype=torch.float64
+            )
             return (u * self.radius).to(dtype)
-        u = _REFERENCE_BASE[self.norm](count, dim, generator=generator, device=device,
-                                       dtype=torch.float64)
+        u = _REFERENCE_BASE[self.norm](
+            count, dim, generator=generator, device=device, dtype=torch.float64
+        )
         a, b = REFERENCE_SCALE[self.norm]
         if a == b:
             s = torch.full((count, 1), self.radius, device=device, dtype=torch.float64)

@@ -65,8 +65,9 @@ def parse_target_kinds(value: str | int | Sequence[str | int]) -> tuple[str | in
         raise InputError("untargeted already covers every class; give it alone")
     named = [k for k in ("least", "top2", "random") if k in kinds]
     numbers = [k for k in kinds if isinstance(k, int)]
-    return tuple(dict.fromkeys([*named, *(["untargeted"] if "untargeted" in kinds else []),
-                                *numbers]))
+    return tuple(
+        dict.fromkeys([*named, *(["untargeted"] if "untargeted" in kinds else []), *numbers])
+    )
 
 
 @dataclass(frozen=True)

@@ -127,8 +127,10 @@ def png_via_pillow(u: Tensor) -> Tensor:
     outs = []
     for img in raw:
         c = img.shape[0]
-        pil = Image.fromarray(img[0], "L") if c == 1 else Image.fromarray(
-            img.transpose(1, 2, 0), "RGB"
+        pil = (
+            Image.fromarray(img[0], "L")
+            if c == 1
+            else Image.fromarray(img.transpose(1, 2, 0), "RGB")
         )
         buf = io.BytesIO()
         pil.save(buf, format="PNG")

@@ -188,8 +188,9 @@ def _fit_one(
 
     loc0, scale0 = start_values(neg_r, c0, rule)
     try:
-        vals = optimize.fmin(objective, [c0, loc0, scale0], args=(neg_r,), xtol=1e-4,
-                             ftol=1e-4, disp=0)
+        vals = optimize.fmin(
+            objective, [c0, loc0, scale0], args=(neg_r,), xtol=1e-4, ftol=1e-4, disp=0
+        )
     except (ValueError, RuntimeError, FloatingPointError, OverflowError):
         return None
     c, loc, scale = (float(v) for v in vals)
@@ -254,8 +255,9 @@ def fit_reverse_weibull(
     from scipy import stats
 
     neg_r = (top - s) / span
-    objective = _objective(shape_reg if method == "mle_reg" else 0.0,
-                           2 if penalise == "scale" else 0)
+    objective = _objective(
+        shape_reg if method == "mle_reg" else 0.0, 2 if penalise == "scale" else 0
+    )
     best: tuple[float, float, float, float, float, float] | None = None
     best_p = math.nan
     # scipy warns (overflow, invalid value, divide by zero) while Nelder-Mead probes absurd

@@ -133,8 +133,9 @@ def _progress_bar(args: argparse.Namespace, total: int) -> Any:
     from tqdm import tqdm
 
     show = not args.quiet and sys.stderr.isatty()
-    return tqdm(total=total, desc="clever", unit="batch", file=sys.stderr, disable=not show,
-                leave=False)
+    return tqdm(
+        total=total, desc="clever", unit="batch", file=sys.stderr, disable=not show, leave=False
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -176,8 +177,9 @@ def run(args: argparse.Namespace) -> int:
         if not 0 <= args.startimage < n:
             raise InputError(f"--startimage {args.startimage} outside the {n} inputs")
         rows = slice(args.startimage, min(n, args.startimage + args.numimage))
-        inputs = type(inputs)(inputs.x[rows], inputs.labels[rows], inputs.indices[rows],
-                              inputs.source)
+        inputs = type(inputs)(
+            inputs.x[rows], inputs.labels[rows], inputs.indices[rows], inputs.source
+        )
     import torch
 
     with torch.no_grad():
@@ -214,8 +216,9 @@ def run(args: argparse.Namespace) -> int:
         for job in jobs:
             index = int(inputs.indices[job.row])
             est.set_params(seed=args.seed + index)
-            samples = est.collect(net, inputs.x[job.row], job.label, list(job.targets),
-                                  progress=bar.update)
+            samples = est.collect(
+                net, inputs.x[job.row], job.label, list(job.targets), progress=bar.update
+            )
             records.append(SampleRecord(index, job.kind, samples))
             results.append((index, job.kind, est.evaluate(samples)))
     finally:
@@ -225,8 +228,14 @@ def run(args: argparse.Namespace) -> int:
         note(args, f"samples written to {args.save_samples}")
     settings = dict(records[0].samples.settings) if records else {}
     extra = {"weights": net.weights} if catalogue else None
-    return _report(args, results, str(args.model), settings,
-                   skipped=[int(inputs.indices[r]) for r in skipped], extra=extra)
+    return _report(
+        args,
+        results,
+        str(args.model),
+        settings,
+        skipped=[int(inputs.indices[r]) for r in skipped],
+        extra=extra,
+    )
 
 
 def _num(v: float) -> float | None:
@@ -258,8 +267,7 @@ def _report(
                 for k in NORM_KEYS
                 if res.argmin[k] >= 0 and k in res.target(res.argmin[k]).fits
             },
-            "g_x0": (min(t.g_x0 for t in res.per_target) if untargeted
-                     else res.per_target[0].g_x0),
+            "g_x0": (min(t.g_x0 for t in res.per_target) if untargeted else res.per_target[0].g_x0),
             "time_s": res.seconds,
         }
         if untargeted:
@@ -277,8 +285,17 @@ def _report(
     kinds = list(dict.fromkeys(r["kind"] for r in images))
     avg = {
         kind: {
-            k: _num(float(np.mean([r["scores"][k] if r["scores"][k] is not None else math.nan
-                                   for r in images if r["kind"] == kind])))
+            k: _num(
+                float(
+                    np.mean(
+                        [
+                            r["scores"][k] if r["scores"][k] is not None else math.nan
+                            for r in images
+                            if r["kind"] == kind
+                        ]
+                    )
+                )
+            )
             for k in NORM_KEYS
         }
         for kind in kinds
@@ -329,8 +346,7 @@ def _report(
         print(
             f"[STATS][L0] info = {kind}, "
             + ", ".join(
-                f"{kind}_clever_{_LABEL[k]} = "
-                f"{(a[k] if a[k] is not None else math.nan):.5g}"
+                f"{kind}_clever_{_LABEL[k]} = {(a[k] if a[k] is not None else math.nan):.5g}"
                 for k in NORM_KEYS
             )
         )
@@ -343,4 +359,3 @@ def _dtype_of(name: str) -> Any:
     import torch
 
     return getattr(torch, str(name), torch.float32)
-

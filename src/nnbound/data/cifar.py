@@ -104,8 +104,17 @@ def safe_unpickle(data: bytes, origin: str | Path) -> Any:
         return SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
     except pickle.UnpicklingError as exc:
         raise InputError(f"{origin}: unsafe or corrupt pickle: {exc}") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
-            MemoryError, OverflowError, RecursionError) as exc:
+    except (
+        EOFError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        AttributeError,
+        MemoryError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         raise InputError(f"{origin}: corrupt pickle ({type(exc).__name__}: {exc})") from None
 
 
@@ -150,8 +159,11 @@ def read_python_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             "is this a CIFAR-10 python batch?"
         )
     data = batch["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or (
-        data.shape[1] != RECORD_BYTES - 1
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or (data.shape[1] != RECORD_BYTES - 1)
     ):
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise InputError(f"{path}: 'data' must be a uint8 array (N, 3072), got {desc}")

@@ -155,9 +155,7 @@ def load_mnist(
             f"{lab_path}: expected uint8 labels (N,), got {labels.dtype} {labels.shape}"
         )
     if len(labels) != len(images):
-        raise InputError(
-            f"{lab_path}: {len(labels)} labels for {len(images)} images in {img_path}"
-        )
+        raise InputError(f"{lab_path}: {len(labels)} labels for {len(images)} images in {img_path}")
     if len(labels) and int(labels.max()) > 9:
         raise InputError(f"{lab_path}: label {int(labels.max())} is not a digit 0..9")
     return Dataset(

@@ -127,47 +127,66 @@ def save_onnx(net: Network, path: str | Path, *, opset: int = 17) -> Path:
         out = "logits" if i == last else f"layer{i}"
         p = f"layer{i}"
         if isinstance(layer, Dense):
-            nodes.append(helper.make_node(
-                "Gemm", [cur, const(f"{p}.weight", layer.weight), const(f"{p}.bias", layer.bias)],
-                [out], name=f"{p}_gemm", transB=1,
-            ))
+            nodes.append(
+                helper.make_node(
+                    "Gemm",
+                    [cur, const(f"{p}.weight", layer.weight), const(f"{p}.bias", layer.bias)],
+                    [out],
+                    name=f"{p}_gemm",
+                    transB=1,
+                )
+            )
         elif isinstance(layer, Conv2d):
             kh, kw = (int(k) for k in layer.weight.shape[2:])
             ph, pw = layer.padding
-            nodes.append(helper.make_node(
-                "Conv", [cur, const(f"{p}.weight", layer.weight), const(f"{p}.bias", layer.bias)],
-                [out], name=f"{p}_conv", kernel_shape=[kh, kw], pads=[ph, pw, ph, pw],
-                strides=list(layer.stride), dilations=list(layer.dilation), group=layer.groups,
-            ))
+            nodes.append(
+                helper.make_node(
+                    "Conv",
+                    [cur, const(f"{p}.weight", layer.weight), const(f"{p}.bias", layer.bias)],
+                    [out],
+                    name=f"{p}_conv",
+                    kernel_shape=[kh, kw],
+                    pads=[ph, pw, ph, pw],
+                    strides=list(layer.stride),
+                    dilations=list(layer.dilation),
+                    group=layer.groups,
+                )
+            )
         elif isinstance(layer, (AvgPool2d, MaxPool2d)):
             nodes.append(_pool_node(layer, cur, out, p, opset, i))
         elif isinstance(layer, Flatten):
             nodes.append(helper.make_node("Flatten", [cur], [out], name=f"{p}_flatten", axis=1))
         elif isinstance(layer, Reshape):
             target = np.array([-1, *layer.shape], dtype=np.int64)  # -1: the dynamic batch
-            nodes.append(helper.make_node(
-                "Reshape", [cur, const(f"{p}.shape", target)], [out], name=f"{p}_reshape"
-            ))
+            nodes.append(
+                helper.make_node(
+                    "Reshape", [cur, const(f"{p}.shape", target)], [out], name=f"{p}_reshape"
+                )
+            )
         elif isinstance(layer, Normalize):
             mid = f"{p}_centered"
-            nodes.append(helper.make_node(
-                "Sub", [cur, const(f"{p}.mean", layer.mean)], [mid], name=f"{p}_sub"
-            ))
-            nodes.append(helper.make_node(
-                "Div", [mid, const(f"{p}.std", layer.std)], [out], name=f"{p}_div"
-            ))
+            nodes.append(
+                helper.make_node(
+                    "Sub", [cur, const(f"{p}.mean", layer.mean)], [mid], name=f"{p}_sub"
+                )
+            )
+            nodes.append(
+                helper.make_node("Div", [mid, const(f"{p}.std", layer.std)], [out], name=f"{p}_div")
+            )
         elif isinstance(layer, Activation) and layer.name == "brelu":
             # Clip(min=0, max=cap): attributes before opset 11, scalar inputs from 11 on.
             if opset < 11:
-                nodes.append(helper.make_node(
-                    "Clip", [cur], [out], name=f"{p}_brelu", min=0.0, max=float(layer.alpha)
-                ))
+                nodes.append(
+                    helper.make_node(
+                        "Clip", [cur], [out], name=f"{p}_brelu", min=0.0, max=float(layer.alpha)
+                    )
+                )
             else:
                 lo_name = const(f"{p}.min", np.array(0.0, dtype=np_dtype))
                 hi_name = const(f"{p}.max", np.array(layer.alpha, dtype=np_dtype))
-                nodes.append(helper.make_node(
-                    "Clip", [cur, lo_name, hi_name], [out], name=f"{p}_brelu"
-                ))
+                nodes.append(
+                    helper.make_node("Clip", [cur, lo_name, hi_name], [out], name=f"{p}_brelu")
+                )
         elif isinstance(layer, Activation):
             op = _ACTIVATION_OPS[layer.name]
             attrs = {"alpha": float(layer.alpha)} if layer.name in ("leaky_relu", "elu") else {}
@@ -189,12 +208,15 @@ def save_onnx(net: Network, path: str | Path, *, opset: int = 17) -> Path:
     )
     # the oldest IR version that can hold this opset, so older runtimes can read the file
     model.ir_version = helper.find_min_ir_version_for(opsets)
-    helper.set_model_props(model, {
-        META_NAME: net.name,
-        META_INPUT_RANGE: json.dumps(list(net.input_range) if net.input_range else None),
-        META_INPUT_SHAPE: json.dumps(list(net.input_shape)),
-        META_META: json.dumps(dict(net.meta), sort_keys=True),
-    })
+    helper.set_model_props(
+        model,
+        {
+            META_NAME: net.name,
+            META_INPUT_RANGE: json.dumps(list(net.input_range) if net.input_range else None),
+            META_INPUT_SHAPE: json.dumps(list(net.input_shape)),
+            META_META: json.dumps(dict(net.meta), sort_keys=True),
+        },
+    )
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path))
     return path
