@@ -177,24 +177,24 @@ def certified_radius(
         lip = spectral_lipschitz(net64, spec64, p)
         return (margin / lip).clamp_min(0).amin(-1).cpu()
     condition = _Certifier(net, x, spec, p, method, domain, reference, reuse=True)
-    if reference:
-        radius = batched_binary_search(condition, x.shape[0], eps0, max_steps=steps)
-    else:
-        margin0, slope0 = condition.centre_margin()
-        radius = bracketed_binary_search(
-            condition.margin, margin0, eps0, slope0=slope0, max_steps=steps
-        )
+    cond64 = None
     if verify_float64 and net.dtype != torch.float64:
         net64 = net.to(dtype=torch.float64)
-        cond64 = _Certifier(
-            net64,
-            x.to(torch.float64),
-            spec.to(torch.float64),
-            p,
-            method,
-            domain,
-            reference,
-            reuse=False,
+        x64, spec64 = x.to(torch.float64), spec.to(torch.float64)
+        cond64 = _Certifier(net64, x64, spec64, p, method, domain, reference, reuse=False)
+    if reference:
+        radius = batched_binary_search(condition, x.shape[0], eps0, max_steps=steps)
+        if cond64 is not None:
+            radius = recheck(cond64, radius, steps)
+    else:
+        # The evaluation expected to give the radius is made in float64 directly (confirm).
+        margin0, slope0 = condition.centre_margin()
+        radius = bracketed_binary_search(
+            condition.margin,
+            margin0,
+            eps0,
+            slope0=slope0,
+            confirm=cond64.margin if cond64 is not None else None,
+            max_steps=steps,
         )
-        radius = recheck(cond64, radius, steps)
     return radius

@@ -64,7 +64,9 @@ class _ReferenceSearch:
             scale,
         )
 
-    def decisive_candidate(self, row: int, certified: float, failed: float, root: float) -> float:
+    def decisive_candidate(
+        self, row: int, certified: float, failed: float, root: float
+    ) -> tuple[float, bool]:
         """The candidate of ``row`` to evaluate next, given that eps up to ``certified`` is
         known certified, eps from ``failed`` on known failed, and ``root`` estimates where the
         bound crosses zero.
@@ -72,11 +74,14 @@ class _ReferenceSearch:
         Replays the search from its current state with every unknown decision taken from
         ``root``. Candidates certified along that path only grow and failed ones only shrink,
         so the last certified one and the last failed one, once evaluated, settle every other
-        unknown decision of the path: the one of the two nearer ``root`` is returned.
+        unknown decision of the path: the one of the two nearer ``root`` is returned, with
+        whether it is the last certified one and the path has no other unknown decision (it
+        is then expected to be the search's result).
         """
         lo, up = float(self.lower[row]), float(self.upper[row])
         cur, steps = float(self.current[row]), int(self.steps[row])
         last_ok, last_fail = math.nan, math.nan
+        unknown = 0
         while True:
             if cur <= certified:
                 ok = True
@@ -84,6 +89,7 @@ class _ReferenceSearch:
                 ok = False
             else:
                 ok = cur <= root
+                unknown += 1
                 if ok:
                     last_ok = cur
                 else:
@@ -100,8 +106,8 @@ class _ReferenceSearch:
         if math.isnan(last_fail) or (
             not math.isnan(last_ok) and root - last_ok <= last_fail - root
         ):
-            return last_ok
-        return last_fail
+            return last_ok, unknown <= 4
+        return last_fail, False
 
     def advance(self, rows: Tensor, ok: Tensor) -> None:
         """Take the decisions ``ok`` for the candidates of ``rows`` (the reference's update)."""
@@ -151,6 +157,7 @@ def bracketed_binary_search(
     eps0: float,
     *,
     slope0: Tensor | None = None,
+    confirm: Callable[[Tensor, Tensor], Tensor] | None = None,
     max_steps: int = 15,
     tol: float = 1e-5,
     upper_limit: float = 1e5,
@@ -178,6 +185,13 @@ def bracketed_binary_search(
     When the bound's decision is monotone in eps (certified at eps implies certified below it)
     the result is exactly the reference search's. When it is not, the result is still sound:
     every eps taken as certified lies inside a ball that was evaluated as certified.
+
+    ``confirm`` (optional) is a more precise ``margin`` (float64 for a float32 ``margin``):
+    every returned radius is then certified by it. The evaluation expected to give the final
+    radius (the last certified candidate, when only it and the last failed one are left
+    unknown) is made with ``confirm`` instead of ``margin``; a radius not covered that way is
+    confirmed afterwards, and bisected below with ``confirm`` where it is not
+    (:func:`recheck`).
     """
     n = margin0.shape[0]
     m0 = margin0.detach().to(torch.float64).cpu()
@@ -191,6 +205,7 @@ def bracketed_binary_search(
     first_fail = torch.where(m0 > 0, math.inf, 0.0).to(f64)
     m_fail = torch.where(m0 > 0, math.nan, m0).to(f64)
     evaluations = torch.zeros(n, dtype=torch.int64)
+    confirmed = torch.zeros(n, dtype=f64)  # largest eps ``confirm`` certified
     while True:
         # Take every decision the bracket settles.
         while True:
@@ -201,7 +216,15 @@ def bracketed_binary_search(
             rows = torch.nonzero(settled).squeeze(1)
             search.advance(rows, cur[rows] <= best_ok[rows])
         if bool(search.done.all()):
-            return search.lower
+            if confirm is None:
+                return search.lower
+            radius = search.lower
+            open_rows = torch.nonzero(radius > confirmed).squeeze(1)
+            if open_rows.numel():
+                radius[open_rows] = recheck(
+                    _positive(confirm, open_rows), radius[open_rows], max_steps
+                )
+            return radius
         rows = torch.nonzero(~search.done).squeeze(1)
         p, mp = best_ok[rows], m_ok[rows]
         f, mf = first_fail[rows], m_fail[rows]
@@ -222,17 +245,31 @@ def bracketed_binary_search(
         usable = torch.isfinite(guess) & (guess > p) & (guess < f)
         usable &= evaluations[rows] < _EVALUATIONS_PER_STEP * max_steps
         eps = search.current[rows].clone()
+        final = torch.zeros(rows.shape[0], dtype=torch.bool)
         for k in torch.nonzero(usable).squeeze(1).tolist():
-            eps[k] = search.decisive_candidate(
+            eps[k], final[k] = search.decisive_candidate(
                 int(rows[k]), float(p[k]), float(f[k]), float(guess[k])
             )
         evaluations[rows] += 1
-        m = margin(rows, eps).detach().to(f64).cpu()
+        m = torch.empty(rows.shape[0], dtype=f64)
+        precise = final if confirm is not None else torch.zeros_like(final)
+        for group, fn in ((~precise, margin), (precise, confirm)):
+            if bool(group.any()):
+                assert fn is not None
+                m[group] = fn(rows[group], eps[group]).detach().to(f64).cpu()
         ok = m > 0
+        confirmed[rows] = torch.where(precise & ok, eps, confirmed[rows])
         best_ok[rows] = torch.where(ok, eps, p)
         m_ok[rows] = torch.where(ok, m, mp)
         first_fail[rows] = torch.where(ok, f, eps)
         m_fail[rows] = torch.where(ok, mf, m)
+
+
+def _positive(
+    margin: Callable[[Tensor, Tensor], Tensor], rows: Tensor
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """The condition ``margin > 0`` on the subset ``rows`` (indices into it)."""
+    return lambda r, e: margin(rows[r], e) > 0
 
 
 def _cubic_root(m0: Tensor, g0: Tensor, p: Tensor, mp: Tensor, f: Tensor, mf: Tensor) -> Tensor:
