@@ -162,3 +162,29 @@ def test_bracketed_search_is_sound_when_the_bound_is_not_monotone() -> None:
     got = bracketed_binary_search(bumpy, torch.tensor([1.0]), 0.005, max_steps=30)
     assert float(got[0]) <= max(passed)
     assert float(got[0]) > 0.09
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    roots=st.lists(st.floats(1e-4, 10.0), min_size=1, max_size=5),
+    shift=st.floats(0.0, 0.05),
+)
+def test_bracketed_search_confirms_every_radius(roots: list[float], shift: float) -> None:
+    """With a more precise ``confirm`` that is less optimistic than ``margin`` (as float64 can
+    be than float32), every returned radius is one ``confirm`` certifies; with ``confirm``
+    equal to ``margin``, the result is the reference search's."""
+    t = torch.tensor(roots, dtype=torch.float64)
+    margin = _concave_margin(t, 1 / t)
+
+    def pessimistic(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return margin(rows, eps) - shift * t[rows]
+
+    all_rows = torch.arange(len(roots))
+    m0 = margin(all_rows, torch.zeros_like(t))
+    slope = torch.ones_like(t)
+    got = bracketed_binary_search(margin, m0, 0.005, slope0=slope, confirm=pessimistic)
+    assert bool((pessimistic(all_rows, got)[got > 0] > 0).all())
+    assert bool((got <= t).all())
+    same = bracketed_binary_search(margin, m0, 0.005, slope0=slope, confirm=margin)
+    want = batched_binary_search(lambda r, e: margin(r, e) > 0, len(roots), 0.005)
+    assert torch.equal(same, want)
