@@ -121,14 +121,14 @@ def test_bracketed_search_takes_the_reference_decisions(
         assert int(evaluations.max()) <= 5 * steps
 
 
-def test_bracketed_search_saves_far_evaluations() -> None:
-    """The reference's x10 jump far past the root is decided without evaluating it."""
+def test_bracketed_search_saves_evaluations() -> None:
+    """The reference's 15 evaluations per row come down to a handful, same result."""
     t = torch.tensor([0.0123, 0.05, 0.3], dtype=torch.float64)
     margin = _concave_margin(t, 3 / t)
-    seen: list[torch.Tensor] = []
+    evaluations = torch.zeros(3, dtype=torch.int64)
 
     def counted(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        seen.append(eps / t[rows])
+        evaluations[rows] += 1
         return margin(rows, eps)
 
     m0 = margin(torch.arange(3), torch.zeros(3, dtype=torch.float64))
@@ -136,9 +136,7 @@ def test_bracketed_search_saves_far_evaluations() -> None:
     got = bracketed_binary_search(counted, m0, 0.005, slope0=slope, max_steps=15)
     want = batched_binary_search(lambda r, e: margin(r, e) > 0, 3, 0.005, max_steps=15)
     assert torch.equal(got, want)
-    ratios = torch.cat(seen)
-    assert ratios.numel() < 3 * 15
-    assert float(ratios.max()) < 3.0  # never at 10x the root
+    assert int(evaluations.max()) <= 6
 
 
 def test_bracketed_search_misclassified_centre_needs_no_evaluation() -> None:

@@ -29,8 +29,11 @@ _EVALUATIONS_PER_STEP = 3
 # bounds fall ever faster with eps, so the fit overestimates, and evaluations above the root
 # cost more than below it (more unstable neurons).
 _EXTRAPOLATION_PULL = 0.85
-# Before any evaluation, the first-order root ``margin0 / slope0`` is scaled by this.
-_FIRST_PULL = 0.1
+# Before any evaluation, the first-order root ``margin0 / slope0`` is scaled by this. At 1 the
+# first evaluation is usually a failure above the root (layer-wise bounds fall faster than
+# first order): its bounds then serve every later, smaller eps as a prior, which on a deep MLP
+# made the search 2.5x faster than starting below the root (no prior until a failure).
+_FIRST_PULL = 1.0
 
 
 @dataclass
@@ -238,7 +241,7 @@ def bracketed_binary_search(
         quadratic = _quadratic_root(m0[rows], g0[rows], p, mp)
         pulled = _EXTRAPOLATION_PULL * quadratic
         extrapolated = torch.where(pulled > p, pulled, 2 * quadratic - p)
-        # Nothing evaluated yet: the first-order root, pulled in further.
+        # Nothing evaluated yet: the first-order root (see _FIRST_PULL).
         linear = _FIRST_PULL * m0[rows] / g0[rows]
         extrapolated = torch.where(p > 0, extrapolated, linear)
         guess = torch.where(bounded, inside, extrapolated)
