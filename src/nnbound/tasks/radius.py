@@ -12,6 +12,7 @@ from nnbound.bounds.centre_split import CentreProducts
 from nnbound.bounds.methods import ALL_METHODS, LAYERWISE_METHODS
 from nnbound.bounds.spectral import spectral_lipschitz
 from nnbound.errors import InputError
+from nnbound.network.layers import NONLINEAR_TYPES
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import dual_norm, lp_norm, parse_norm
@@ -195,6 +196,11 @@ def certified_radius(
             eps0,
             slope0=slope0,
             confirm=cond64.margin if cond64 is not None else None,
+            # Priors from a first failure pay when interval bounds pick later layers'
+            # candidates (three or more relaxed layers), see bracketed_binary_search.
+            first_scale=1.0
+            if sum(isinstance(la, NONLINEAR_TYPES) for la in net.layers) > 2
+            else 0.1,
             max_steps=steps,
         )
     return radius

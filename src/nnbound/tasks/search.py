@@ -29,11 +29,6 @@ _EVALUATIONS_PER_STEP = 3
 # bounds fall ever faster with eps, so the fit overestimates, and evaluations above the root
 # cost more than below it (more unstable neurons).
 _EXTRAPOLATION_PULL = 0.85
-# Before any evaluation, the first-order root ``margin0 / slope0`` is scaled by this. At 1 the
-# first evaluation is usually a failure above the root (layer-wise bounds fall faster than
-# first order): its bounds then serve every later, smaller eps as a prior, which on a deep MLP
-# made the search 2.5x faster than starting below the root (no prior until a failure).
-_FIRST_PULL = 1.0
 
 
 @dataclass
@@ -161,6 +156,7 @@ def bracketed_binary_search(
     *,
     slope0: Tensor | None = None,
     confirm: Callable[[Tensor, Tensor], Tensor] | None = None,
+    first_scale: float = 1.0,
     max_steps: int = 15,
     tol: float = 1e-5,
     upper_limit: float = 1e5,
@@ -188,6 +184,13 @@ def bracketed_binary_search(
     When the bound's decision is monotone in eps (certified at eps implies certified below it)
     the result is exactly the reference search's. When it is not, the result is still sound:
     every eps taken as certified lies inside a ball that was evaluated as certified.
+
+    The first evaluation is at ``first_scale`` times the first-order root
+    ``margin0 / slope0``. At 1 it is usually a failure above the root (layer-wise bounds fall
+    faster than first order), whose bounds then serve every later, smaller eps as a prior: on
+    a 7-layer MLP that made the search 2.5x faster than starting below the root. Where priors
+    do not matter, 0.1 (an evaluation near half the root, whose curvature makes the next
+    estimate close) was ~15% faster (a 2-hidden-layer MLP).
 
     ``confirm`` (optional) is a more precise ``margin`` (float64 for a float32 ``margin``):
     every returned radius is then certified by it. The evaluation expected to give the final
@@ -241,8 +244,8 @@ def bracketed_binary_search(
         quadratic = _quadratic_root(m0[rows], g0[rows], p, mp)
         pulled = _EXTRAPOLATION_PULL * quadratic
         extrapolated = torch.where(pulled > p, pulled, 2 * quadratic - p)
-        # Nothing evaluated yet: the first-order root (see _FIRST_PULL).
-        linear = _FIRST_PULL * m0[rows] / g0[rows]
+        # Nothing evaluated yet: the first-order root, scaled by first_scale.
+        linear = first_scale * m0[rows] / g0[rows]
         extrapolated = torch.where(p > 0, extrapolated, linear)
         guess = torch.where(bounded, inside, extrapolated)
         usable = torch.isfinite(guess) & (guess > p) & (guess < f)
