@@ -32,7 +32,7 @@ from torch import Tensor
 from nnbound.bounds.linear import _rows_of, padded_indices
 from nnbound.network.layers import Activation, Dense, Flatten, Layer, Reshape
 from nnbound.network.network import Network
-from nnbound.relax.base import LinearRelaxation, Relaxation
+from nnbound.relax.base import LinearRelaxation, Relaxation, straddles
 from nnbound.sets.box import InputSet
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import lp_norm
@@ -136,14 +136,11 @@ class CentreProducts:
         keys = [row.numpy().tobytes() for row in base.detach().cpu()]
         missing = sorted({k: i for i, k in enumerate(keys) if k not in self._stored}.values())
         fresh: dict[bytes, _Product] = {}
-        step = max(1, _CHUNK_ELEMENTS // (4 * blocks.w2.shape[0] * blocks.w1.shape[1]) + 1)
-        computed = [
-            g
-            for s in range(0, len(missing), step)
-            for g in _base_products(blocks, base[missing[s : s + step]])
-        ]
-        if missing:
-            for i, g in zip(missing, computed, strict=True):
+        # A few centres' products at a time (each is K2 x n_in).
+        step = max(1, _CHUNK_ELEMENTS // (blocks.w2.shape[0] * blocks.w1.shape[1]))
+        for start in range(0, len(missing), step):
+            chunk = missing[start : start + step]
+            for i, g in zip(chunk, _base_products(blocks, base[chunk]), strict=True):
                 fresh[keys[i]] = _Product(g)
                 size = g.numel() * g.element_size()
                 if self._bytes + size <= self.max_bytes:
@@ -206,18 +203,18 @@ def split_backward_bounds(
     w = w.gather(2, rows.unsqueeze(1).expand(-1, cols.shape[1], -1))
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     x_up, x_lo = wp * du + wn * dl, wp * dl + wn * du  # (N, D, R): A = G + X^T W1[D]
-    full = torch.ones(n, r, dtype=torch.bool, device=rows.device)
-    lower = upper = c_lo  # replaced below (every row is written)
-    if kinks is not None and isinstance(ball, LpBall) and ball.domain is None:
+    cheap = kinks is not None and isinstance(ball, LpBall) and ball.domain is None
+    if cheap:
+        assert isinstance(ball, LpBall) and kinks is not None
         lower, upper = _cheap_bounds(cache, blocks, products, ball, rows, cols, z0, x_lo, x_up)
         lower, upper = lower + c_lo, upper + c_up
-        full = torch.zeros_like(full)
-        for kink in kinks:
-            full |= (lower < kink) & (upper > kink)
-    if not bool(full.any()):
-        return lower, upper
-    # The rows left get the exact norm: A for those rows only (padded per ball row).
-    keep = padded_indices(full)  # (N, R') positions along R
+        full = straddles(lower, upper, kinks)
+        if not bool(full.any()):
+            return lower, upper
+        # The rows left get the exact norm: A for those rows only (padded per ball row).
+        keep = padded_indices(full)  # (N, R') positions along R
+    else:
+        keep = torch.arange(r, device=rows.device).expand(n, -1)
     r2 = keep.shape[1]
     pick = keep.unsqueeze(1).expand(-1, cols.shape[1], -1)
     left = torch.cat((x_up.gather(2, pick), x_lo.gather(2, pick)), dim=2)  # (N, D, 2R')
@@ -229,8 +226,8 @@ def split_backward_bounds(
     shape = (n, r2, *ball.center.shape[1:])
     exact_lo = ball.concretize(a_lo.reshape(shape), c_lo.gather(1, keep))[0]
     exact_up = ball.concretize(a_up.reshape(shape), c_up.gather(1, keep))[1]
-    if lower is c_lo:  # no cheap bounds: every row is in keep, padded
-        lower, upper = torch.empty_like(c_lo), torch.empty_like(c_up)
+    if not cheap:  # every row was kept, in order
+        return exact_lo, exact_up
     # Padding repeats a row's first kept position, whose exact bound is written twice.
     return lower.scatter(1, keep, exact_lo), upper.scatter(1, keep, exact_up)
 

@@ -30,6 +30,7 @@ every neuron and never intersects, exactly as the reference.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +56,7 @@ from nnbound.network.layers import (
     Reshape,
 )
 from nnbound.network.network import Network
-from nnbound.relax.base import LinearRelaxation, Relaxation
+from nnbound.relax.base import LinearRelaxation, Relaxation, straddles
 from nnbound.relax.maxpool import MaxPoolLines, maxpool_interval, maxpool_lines
 from nnbound.relax.registry import relaxation_for
 from nnbound.relax.relu import LowerSlope
@@ -151,6 +152,50 @@ def _line_rows(
     return LinearRelaxation(*(t[rows] for t in tensors))
 
 
+def _tighten(
+    candidates: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    intersect: bool,
+    width: int,
+    rows_per_group: int,
+    bound_rows: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+) -> tuple[Tensor, Tensor]:
+    """Bounds of the neurons ``candidates`` (``(N, M)`` bool mask over the flat pre-activation)
+    from ``bound_rows(rows, idx)`` (ball rows ``rows``, their candidates' padded flat indices
+    ``idx``; returns lower and upper ``(len(rows), U)``), written into ``lower``/``upper``
+    (kept where tighter when ``intersect``).
+
+    Rows are grouped by how many candidates they have (largest first) so that padding every
+    row of a group to the group's largest count wastes little work; a group holds at most
+    ``rows_per_group`` rows and about ``_CHUNK_ELEMENTS`` coefficients of ``width`` each.
+    Padding repeats a row's first candidate, so every write is that neuron's own bound; a row
+    without candidates keeps its bounds (as it would if bounded alone).
+    """
+    n = candidates.shape[0]
+    flat_lo = lower.reshape(n, -1).clone()
+    flat_up = upper.reshape(n, -1).clone()
+    counts = candidates.sum(1)
+    order = torch.argsort(counts, descending=True, stable=True)
+    start = 0
+    while start < n:
+        largest = int(counts[order[start]])
+        if largest == 0:
+            break
+        fit = max(1, _CHUNK_ELEMENTS // (largest * width))
+        rows = order[start : start + min(fit, rows_per_group)]
+        start += rows.numel()
+        idx = padded_indices(candidates[rows])
+        new_lo, new_up = bound_rows(rows, idx)
+        has_any = (counts[rows] > 0).unsqueeze(1)
+        for flat, new, take in ((flat_lo, new_lo, torch.maximum), (flat_up, new_up, torch.minimum)):
+            block = flat[rows]
+            old = block.gather(1, idx)
+            best = take(old, new) if intersect else new
+            flat[rows] = block.scatter(1, idx, torch.where(has_any, best, old))
+    return flat_lo.reshape(lower.shape), flat_up.reshape(upper.shape)
+
+
 def _tighten_by_backward_pass(
     net: Network,
     j: int,
@@ -161,59 +206,20 @@ def _tighten_by_backward_pass(
     upper: Tensor,
     intersect: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Backward-pass bounds of the neurons ``candidates`` (``(N, M)`` bool mask over the flat
-    input of activation ``j``), written into ``lower``/``upper`` (kept where tighter when
-    ``intersect``).
-
-    Rows are grouped by how many candidates they have (largest first) so that padding every
-    row of a group to the group's largest count wastes little work.
-    """
+    """Backward-pass bounds of the neurons ``candidates`` of activation ``j`` (see
+    :func:`_tighten`)."""
     layers, shapes = net.layers, net.shapes
-    n = candidates.shape[0]
-    flat_lo = lower.reshape(n, -1).clone()
-    flat_up = upper.reshape(n, -1).clone()
-    counts = candidates.sum(1)
-    order = torch.argsort(counts, descending=True, stable=True)
-    width = max(math.prod(s) for s in shapes[: j + 1])
-    start = 0
-    while start < n:
-        largest = int(counts[order[start]])
-        if largest == 0:
-            break
-        fit = max(1, _CHUNK_ELEMENTS // (largest * width))
-        rows = order[start : start + min(fit, _ROWS_PER_GROUP)]
-        start += rows.numel()
-        idx = padded_indices(candidates[rows])
+
+    def bound_rows(rows: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         sub_ball = ball.rows(rows)
         sub_lines = {k: _line_rows(v, rows) for k, v in lines.items()}
         a, const, end = start_rows(layers, shapes, j, idx, ball.center.dtype, ball.center.device)
         c_lo, c_up = backward_linear_bounds(layers, shapes, end, a, const, sub_lines, sub_ball)
-        _write_bounds(flat_lo, flat_up, rows, idx, c_lo, c_up, counts[rows] > 0, intersect)
-    return flat_lo.reshape(lower.shape), flat_up.reshape(upper.shape)
+        assert c_lo is not None and c_up is not None
+        return c_lo, c_up
 
-
-def _write_bounds(
-    flat_lo: Tensor,
-    flat_up: Tensor,
-    rows: Tensor,
-    idx: Tensor,
-    new_lo: Tensor,
-    new_up: Tensor,
-    has_any: Tensor,
-    intersect: bool,
-) -> None:
-    """Write the bounds of neurons ``idx`` (``(R', U)`` padded) of ball rows ``rows`` into
-    ``flat_lo``/``flat_up`` (kept where tighter when ``intersect``).
-
-    Padding repeats a row's first candidate, so every write is that neuron's own bound; a row
-    without candidates (``has_any`` false) keeps its bounds (as it would if bounded alone).
-    """
-    keep = has_any.unsqueeze(1)
-    for flat, new, take in ((flat_lo, new_lo, torch.maximum), (flat_up, new_up, torch.minimum)):
-        block = flat[rows]
-        old = block.gather(1, idx)
-        best = take(old, new) if intersect else new
-        flat[rows] = block.scatter(1, idx, torch.where(keep, best, old))
+    width = max(math.prod(s) for s in shapes[: j + 1])
+    return _tighten(candidates, lower, upper, intersect, width, _ROWS_PER_GROUP, bound_rows)
 
 
 def _tighten_by_split(
@@ -231,26 +237,15 @@ def _tighten_by_split(
     """:func:`_tighten_by_backward_pass` for the second activation of a two-Dense-block
     network, by :func:`~nnbound.bounds.centre_split.split_backward_bounds` (``kinks``: settle
     neurons by its cheaper bound where that suffices)."""
-    n = candidates.shape[0]
-    flat_lo = lower.reshape(n, -1).clone()
-    flat_up = upper.reshape(n, -1).clone()
-    counts = candidates.sum(1)
-    order = torch.argsort(counts, descending=True, stable=True)
-    n_in = blocks.w1.shape[1]
-    start = 0
-    while start < n:
-        largest = int(counts[order[start]])
-        if largest == 0:
-            break
-        rows = order[start : start + max(1, _CHUNK_ELEMENTS // (2 * largest * n_in))]
-        start += rows.numel()
-        idx = padded_indices(candidates[rows])
-        c_lo, c_up = split_backward_bounds(
-            blocks, cache, relax, _line_rows(lines, rows), ball.rows(rows), idx, kinks
-        )
-        assert isinstance(c_lo, Tensor)
-        _write_bounds(flat_lo, flat_up, rows, idx, c_lo, c_up, counts[rows] > 0, intersect)
-    return flat_lo.reshape(lower.shape), flat_up.reshape(upper.shape)
+
+    def bound_rows(rows: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        sub_lines = _line_rows(lines, rows)
+        assert isinstance(sub_lines, LinearRelaxation)
+        return split_backward_bounds(blocks, cache, relax, sub_lines, ball.rows(rows), idx, kinks)
+
+    # Both sides' coefficients (2 rows per candidate) of the input width; no group cap.
+    width = 2 * blocks.w1.shape[1]
+    return _tighten(candidates, lower, upper, intersect, width, candidates.shape[0], bound_rows)
 
 
 def layerwise_bounds(
@@ -331,9 +326,8 @@ def layerwise_bounds(
                     # every input of a window shapes its lines
                     candidates = torch.ones_like(flat_lo, dtype=torch.bool)
                 elif relax[j].is_piecewise_linear and intersect:
-                    candidates = torch.zeros_like(flat_lo, dtype=torch.bool)
-                    for kink in relax[j].kinks:  # (0,) for ReLU; (0, cap) bounded ReLU
-                        candidates |= (flat_lo < kink) & (flat_up > kink)
+                    # kinks: (0,) for ReLU; (0, cap) bounded ReLU
+                    candidates = straddles(flat_lo, flat_up, relax[j].kinks)
                 else:
                     candidates = torch.ones_like(flat_lo, dtype=torch.bool)
                 blocks = None

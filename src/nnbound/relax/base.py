@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
 
@@ -53,3 +54,12 @@ class Relaxation(Protocol):
         """Where a piecewise-linear activation changes slope (empty for smooth ones): a neuron
         is unstable, i.e. relaxed inexactly, when a kink lies strictly inside ``(l, u)``."""
         ...
+
+
+def straddles(lower: Tensor, upper: Tensor, kinks: tuple[float, ...]) -> Tensor:
+    """Where a kink lies strictly inside ``(lower, upper)``: the unstable neurons, whose lines
+    depend on their bounds."""
+    across = torch.zeros_like(lower, dtype=torch.bool)
+    for kink in kinks:
+        across |= (lower < kink) & (upper > kink)
+    return across

@@ -25,9 +25,9 @@ from torch import Tensor
 _EVALUATIONS_PER_STEP = 3
 # Before any failure is known, the root of the quadratic fit is scaled by this (when that is
 # still above the largest certified eps P; otherwise the fit is near P and the row tries as far
-# past the root as P is below it, to find a failure): layer-wise
-# bounds fall ever faster with eps, so the fit overestimates, and evaluations above the root
-# cost more than below it (more unstable neurons).
+# past the root as P is below it, to find a failure): layer-wise bounds fall ever faster with
+# eps, so the fit overestimates, and evaluations above the root cost more than below it (more
+# unstable neurons).
 _EXTRAPOLATION_PULL = 0.85
 
 
@@ -173,13 +173,13 @@ def bracketed_binary_search(
     Per row it keeps the largest eps evaluated as certified (``P``) and the smallest evaluated
     as failed (``F``). A candidate of the reference's search at or below ``P`` is taken as
     certified (its ball lies inside ``P``'s), one at or above ``F`` as failed, without an
-    evaluation. When a candidate lies between them, the row evaluates either that candidate
-    or, when the candidate is far from the root, the root estimated from the margins known so
-    far (regula falsi with the Illinois correction; while no failure is known, the root of
-    ``margin0 - slope0 e - c e^2`` through the last certified point): one evaluation there
-    usually decides the candidate and several after it. The reference's far candidates (it
-    multiplies by 10 until a failure) are costly for layer-wise bounds, since most neurons are
-    unstable there; these are the ones skipped.
+    evaluation. When a candidate lies between them, the row estimates where the margin bound
+    crosses zero (the first-order root ``margin0 / slope0`` before any evaluation; then the
+    root of ``margin0 - slope0 e - c e^2`` through P; once a failure is known, of the cubic
+    through the centre, P and F), replays the reference path with that estimate
+    (:meth:`_ReferenceSearch.decisive_candidate`) and evaluates the path's last certified or
+    last failed candidate: evaluating both settles the whole path. Without a usable estimate
+    it evaluates the reference's own next candidate.
 
     When the bound's decision is monotone in eps (certified at eps implies certified below it)
     the result is exactly the reference search's. When it is not, the result is still sound:
