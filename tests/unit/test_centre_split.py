@@ -166,3 +166,82 @@ def test_structure_other_than_two_dense_blocks_takes_the_plain_pass() -> None:
     deep = random_network("relu", [5, 6, 6, 6, 3], seed=0)
     assert centre_split.two_dense_blocks(deep, 1, 3) is not None
     assert centre_split.two_dense_blocks(deep, 3, 5) is None  # an activation inside block one
+
+
+def _two_layer_a(net, slope_up, slope_lo, up: bool):
+    """``A_up`` (or ``A_lo``) of every second-block neuron for the given first-layer slopes,
+    exactly in float64."""
+    w1 = net.layers[0].weight.double()
+    w2 = net.layers[2].weight.double()
+    pos, neg = w2.clamp(min=0), w2.clamp(max=0)
+    su, sl = slope_up.double(), slope_lo.double()
+    left = pos * su + neg * sl if up else pos * sl + neg * su
+    return left @ w1
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_stored_references_bound_the_exact_norms_of_float32_products(p: float) -> None:
+    """A float32 reference's norms, with its rounding slack, bound the exact (float64) norms
+    of the coefficients for its slopes: what lets float64 evaluations use them."""
+    net = random_network("relu", [300, 256, 128, 10], seed=5, dtype=torch.float32)
+    x = torch.rand(4, 300, generator=torch.Generator().manual_seed(0)) - 0.5
+    cache = CentreProducts()
+    for eps in (0.02, 0.05, 0.049):  # the last two: mostly exact rows from a near reference
+        methods.layerwise_bounds(net, LpBall.make(x, eps, p), "crown-adaptive", centre_cache=cache)
+    q = LpBall.make(x, 0.1, p).q
+    assert len(cache._references) == 4
+    for ref in cache._references.values():
+        for up, norms in ((True, ref.norm_up), (False, ref.norm_lo)):
+            a = _two_layer_a(net, ref.upper_slope, ref.lower_slope, up)
+            exact = a.abs().amax(1) if q == math.inf else torch.linalg.vector_norm(a, q, dim=1)
+            assert bool((norms.double() >= exact).all())
+            # ... and they are not loose: the exact rows within the slack of their norm.
+            assert float((norms.double() / exact).min()) < 1.01
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_float64_evaluation_with_float32_references_equals_plain(p: float) -> None:
+    net32 = random_network("relu", [40, 64, 48, 6], seed=2, dtype=torch.float32)
+    net64 = net32.to(dtype=torch.float64)
+    x32 = torch.rand(5, 40, generator=torch.Generator().manual_seed(3)) - 0.5
+    x64 = x32.double()
+    eps = {1.0: 0.4, 2.0: 0.15, math.inf: 0.03}[p]
+    low = CentreProducts()
+    methods.layerwise_bounds(
+        net32, LpBall.make(x32, eps * 1.01, p), "crown-adaptive", centre_cache=low
+    )
+    high = CentreProducts()
+    high.lower_precision = low
+    ball = LpBall.make(x64, eps, p)
+    # The linked references are found for every centre (their weights and centres agree).
+    blocks = centre_split.two_dense_blocks(net64, 1, 3)
+    assert all(len(r) == 1 for r in high.references(blocks, x64, ball.q))
+    _assert_same(*_both(net64, ball, "crown-adaptive", high), net64)
+    # Another network's float32 cache, or a centre float32 cannot hold, is not used.
+    other = random_network("relu", [40, 64, 48, 6], seed=9, dtype=torch.float32)
+    stranger = CentreProducts()
+    methods.layerwise_bounds(
+        other, LpBall.make(x32, eps, p), "crown-adaptive", centre_cache=stranger
+    )
+    high2 = CentreProducts()
+    high2.lower_precision = stranger
+    assert all(not r for r in high2.references(blocks, x64, ball.q))
+    shifted = x64 + 1e-12
+    assert all(not r for r in high.references(blocks, shifted, ball.q))
+    _assert_same(*_both(net64, LpBall.make(shifted, eps, p), "crown-adaptive", high), net64)
+
+
+def test_references_are_bounded_and_evicted_oldest_first() -> None:
+    net = random_network("relu", [6, 10, 8, 4], seed=3)
+    x = torch.rand(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) - 0.5
+    probe = CentreProducts()
+    methods.layerwise_bounds(net, LpBall.make(x[:1], 0.2, 2.0), "fastlin", centre_cache=probe)
+    one = probe._reference_bytes
+    assert one > 0
+    cache = CentreProducts(max_reference_bytes=3 * one)
+    methods.layerwise_bounds(net, LpBall.make(x, 0.2, 2.0), "fastlin", centre_cache=cache)
+    assert cache._reference_bytes == 3 * one and len(cache._references) == 3
+    kept = {key[1] for key in cache._references}
+    assert kept == {row.numpy().tobytes() for row in x[2:]}
+    # Bounds stay the plain pass's whatever is stored.
+    _assert_same(*_both(net, LpBall.make(x, 0.25, 2.0), "fastlin", cache), net)

@@ -32,7 +32,7 @@ from torch import Tensor
 from nnbound.bounds.linear import _rows_of, padded_indices
 from nnbound.network.layers import Activation, Dense, Flatten, Layer, Reshape
 from nnbound.network.network import Network
-from nnbound.relax.base import LinearRelaxation, Relaxation, straddles
+from nnbound.relax.base import LinearRelaxation, Relaxation
 from nnbound.sets.box import InputSet
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import lp_norm
@@ -84,22 +84,55 @@ class _Product:
         return self._norms[q]
 
 
-class CentreProducts:
-    """Cache of ``G = W2 diag(base) W1`` per first-activation slope pattern ``base`` at a centre.
+@dataclass
+class NormReference:
+    """For one centre and one choice of first-activation slopes (``upper_slope`` and
+    ``lower_slope``, ``(K1,)``), upper bounds of ``||A_up_j||_q`` and ``||A_lo_j||_q`` in exact
+    arithmetic for every second-block neuron j (``norm_up``, ``norm_lo``, ``(K2,)``).
 
-    Keyed by the pattern's bytes (every centre with the same pattern shares one ``G``), for one
-    network's two blocks, holding at most ``max_bytes`` (further patterns are computed on each
-    use instead of stored).
+    :func:`prefilter_bounds` bounds the norms at other slopes from it by the triangle
+    inequality. ``rounding`` (``(K2,)``) bounds ``||A_j - fl(A_j)||_q / gamma`` for the
+    stored slopes (``fl``: as computed); it is folded into the norms when the reference is
+    stored.
     """
 
-    def __init__(self, max_bytes: int = 1 << 30) -> None:
+    centre: Tensor
+    q: float
+    upper_slope: Tensor
+    lower_slope: Tensor
+    norm_up: Tensor
+    norm_lo: Tensor
+    rounding: Tensor
+
+
+class CentreProducts:
+    """Cache of ``G = W2 diag(base) W1`` per first-activation slope pattern ``base`` at a centre,
+    and of the latest :class:`NormReference` per centre.
+
+    Products are keyed by the pattern's bytes (every centre with the same pattern shares one
+    ``G``), for one network's two blocks, holding at most ``max_bytes`` (further patterns are
+    computed on each use instead of stored). References are keyed by the centre's bytes and
+    the dual norm, at most ``max_reference_bytes`` (the oldest go first).
+
+    ``lower_precision`` may name the cache of the same network in a lower precision (float32
+    for a float64 one, as the radius search's float64 confirmation has): its references are
+    then used too, their rounding accounted for, after checking that the weights and the
+    centre are the same numbers.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30, max_reference_bytes: int = 1 << 28) -> None:
         self.max_bytes = max_bytes
+        self.max_reference_bytes = max_reference_bytes
+        self.lower_precision: CentreProducts | None = None
         self._stored: dict[bytes, _Product] = {}
         self._bytes = 0
+        self._references: dict[tuple[float, bytes], NormReference] = {}
+        self._reference_bytes = 0
         self._weights: tuple[Tensor, Tensor] | None = None
         self._columns = torch.empty(0)
         self._signed = (self._columns, self._columns)
         self._w1_norms: dict[float, Tensor] = {}
+        self._linked: tuple[Tensor, Tensor, bool] | None = None
 
     def _check_network(self, blocks: TwoDenseBlocks) -> None:
         if self._weights is None or not (
@@ -108,6 +141,8 @@ class CentreProducts:
             # Another network (or a copy in another dtype): nothing stored applies.
             self._stored.clear()
             self._bytes = 0
+            self._references.clear()
+            self._reference_bytes = 0
             self._weights = (blocks.w1, blocks.w2)
             self._columns = blocks.w2.T.contiguous()
             self._signed = (blocks.w2.clamp(min=0), blocks.w2.clamp(max=0))
@@ -148,6 +183,112 @@ class CentreProducts:
                     self._bytes += size
         return [self._stored[k] if k in self._stored else fresh[k] for k in keys]
 
+    def stored_products(self, blocks: TwoDenseBlocks, base: Tensor) -> list[_Product | None]:
+        """The stored ``G`` of each row of ``base``, None where it is not stored."""
+        self._check_network(blocks)
+        return [self._stored.get(row.numpy().tobytes()) for row in base.detach().cpu()]
+
+    def references(
+        self, blocks: TwoDenseBlocks, centre: Tensor, q: float
+    ) -> list[list[NormReference]]:
+        """Per row of ``centre`` (``(N, n_in)``), the references known for it: this cache's and
+        the ``lower_precision`` cache's (cast to this dtype)."""
+        self._check_network(blocks)
+        rows = centre.detach().cpu()
+        found: list[list[NormReference]] = [[] for _ in range(rows.shape[0])]
+        for i, row in enumerate(rows):
+            own = self._references.get((q, row.numpy().tobytes()))
+            if own is not None:
+                found[i].append(own)
+        lower = self.lower_precision
+        if lower is None or not self._same_weights(lower, blocks):
+            return found
+        low_rows = rows.to(lower._columns.dtype)
+        same = (low_rows.to(rows.dtype) == rows).all(1)  # the centre is exactly representable
+        for i, row in enumerate(low_rows):
+            ref = lower._references.get((q, row.numpy().tobytes())) if same[i] else None
+            if ref is not None:
+                found[i].append(_cast_reference(ref, blocks.w1))
+        return found
+
+    def _same_weights(self, lower: CentreProducts, blocks: TwoDenseBlocks) -> bool:
+        """Whether ``lower`` holds the same network's weights (rounded to its dtype, and equal
+        to these once cast back), checked once per pair of weight tensors."""
+        if lower._weights is None:
+            return False
+        w1, w2 = lower._weights
+        if self._linked is None or not (self._linked[0] is w1 and self._linked[1] is w2):
+            same = w1.shape == blocks.w1.shape and w2.shape == blocks.w2.shape
+            if same:
+                same = bool(
+                    (w1.to(blocks.w1) == blocks.w1).all() and (w2.to(blocks.w2) == blocks.w2).all()
+                )
+            self._linked = (w1, w2, same)
+        return self._linked[2]
+
+    def store_references(self, blocks: TwoDenseBlocks, refs: list[NormReference]) -> None:
+        """Keep ``refs`` (the latest per centre), with their rounding folded into the norms."""
+        self._check_network(blocks)
+        k1, n_in = blocks.w1.shape
+        gamma = rounding_gamma(blocks.w1, k1 + n_in + 8)
+        tiny = torch.finfo(blocks.w1.dtype).tiny * (k1 + 8) * n_in
+        for ref in refs:
+            slack = 2 * gamma * ref.rounding + tiny
+            kept = NormReference(
+                ref.centre.clone(),
+                ref.q,
+                ref.upper_slope.clone(),
+                ref.lower_slope.clone(),
+                ref.norm_up * (1 + gamma) + slack,
+                ref.norm_lo * (1 + gamma) + slack,
+                ref.rounding[:0],
+            )
+            key = (ref.q, ref.centre.detach().cpu().numpy().tobytes())
+            old = self._references.pop(key, None)
+            if old is not None:
+                self._reference_bytes -= _reference_size(old)
+            size = _reference_size(kept)
+            while self._references and self._reference_bytes + size > self.max_reference_bytes:
+                evicted = self._references.pop(next(iter(self._references)))
+                self._reference_bytes -= _reference_size(evicted)
+            if size <= self.max_reference_bytes:
+                self._references[key] = kept
+                self._reference_bytes += size
+
+
+def rounding_gamma(like: Tensor, n: int) -> float:
+    """``gamma_n = n u / (1 - n u)``: the relative error bound of a length-n dot product of
+    ``like``'s dtype (u: its unit roundoff; 2^-8 for float32 when matrix products may run in
+    a reduced precision, TF32 or bfloat16)."""
+    u = torch.finfo(like.dtype).eps / 2
+    if like.dtype == torch.float32:
+        reduced = torch.get_float32_matmul_precision() != "highest"
+        if like.is_cuda:
+            reduced |= torch.backends.cuda.matmul.allow_tf32
+        if reduced:
+            u = 2.0**-8
+    return n * u / (1 - n * u)
+
+
+def _reference_size(ref: NormReference) -> int:
+    tensors = (ref.centre, ref.upper_slope, ref.lower_slope, ref.norm_up, ref.norm_lo)
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _cast_reference(ref: NormReference, like: Tensor) -> NormReference:
+    def cast(t: Tensor) -> Tensor:
+        return t.to(dtype=like.dtype, device=like.device)
+
+    return NormReference(
+        cast(ref.centre),
+        ref.q,
+        cast(ref.upper_slope),
+        cast(ref.lower_slope),
+        cast(ref.norm_up),
+        cast(ref.norm_lo),
+        cast(ref.rounding),
+    )
+
 
 def _base_products(blocks: TwoDenseBlocks, base: Tensor) -> Tensor:
     """``W2 diag(base_n) W1`` for each row of ``base``, over its nonzero entries only."""
@@ -159,6 +300,107 @@ def _base_products(blocks: TwoDenseBlocks, base: Tensor) -> Tensor:
     return torch.bmm(left, _rows_of(blocks.w1, cols))  # (N, K2, n_in)
 
 
+def _centre_slopes(
+    blocks: TwoDenseBlocks, relax: Relaxation, centre: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``W1 x0`` (without the bias) and the first activation's slopes at the centre
+    (``l = u = z``: 1 for an active ReLU, 0 or the leak for an inactive one), ``(N, K1)`` each."""
+    z0 = torch.nn.functional.linear(centre, blocks.w1)
+    z = z0 + blocks.b1
+    return z0, relax.linear(z, z).lower_slope
+
+
+def prefilter_bounds(
+    blocks: TwoDenseBlocks,
+    cache: CentreProducts,
+    relax: Relaxation,
+    lines: LinearRelaxation,
+    ball: LpBall,
+) -> tuple[Tensor, Tensor, list[NormReference]]:
+    """Sound, cheaper bounds of every second-block neuron over ``ball`` (an Lp ball without a
+    domain), ``(N, K2)`` each, and the new references of its rows.
+
+    The bound of neuron j is ``A_j . x0 + c_j -/+ eps ||A_j||_q``; ``A_j . x0`` and ``c_j`` are
+    exact and cheap (``W1 x0`` is known), and the norm is bounded by the triangle inequality
+    from the nearest reference R (slopes ``s^R``, norm bound ``n^R_j``):
+
+        ||A_j||_q <= n^R_j + sum_k |W2[j, k]| |s_jk - s^R_jk| ||W1[k]||_q,
+
+    one matrix-vector product per side instead of a product with ``W1``. A reference is the
+    previous evaluation of the same centre (its norms: exact where it computed them, this bound
+    elsewhere), or ``G`` itself (slopes ``base``, norms ``||G_j||_q``). Near the root of a
+    radius search the slopes barely change between evaluations, so the bound is nearly exact
+    and leaves unsettled only the neurons that are truly unstable.
+    """
+    n = ball.center.shape[0]
+    centre = ball.center.reshape(n, -1)
+    z0, base = _centre_slopes(blocks, relax, centre)
+    us, ls = lines.upper_slope, lines.lower_slope
+    q = ball.q
+    ref_us, ref_ls, ref_up, ref_lo = _nearest_references(blocks, cache, base, us, ls, centre, q)
+    rn = cache.first_row_norms(blocks, q)
+    vectors = torch.cat(
+        (
+            us * blocks.b1 + lines.upper_bias,
+            ls * blocks.b1 + lines.lower_bias,
+            us * z0,
+            ls * z0,
+            (us - ref_us).abs() * rn,
+            (ls - ref_ls).abs() * rn,
+            (2 * base.abs() + us.abs() + ls.abs()) * rn,
+        )
+    )  # (7N, K1): every sum over first-layer neurons below in two products
+    pos, neg = cache.signed_parts(blocks)
+    p_ = (vectors @ pos.T).split(n)
+    n_ = (vectors @ neg.T).split(n)
+    c_up = p_[0] + n_[1] + blocks.b2
+    c_lo = p_[1] + n_[0] + blocks.b2
+    mid_up, mid_lo = p_[2] + n_[3], p_[3] + n_[2]
+    norm_up = ref_up + p_[4] - n_[5]
+    norm_lo = ref_lo + p_[5] - n_[4]
+    rounding = p_[6] - n_[6]  # sum_k |W2[j, k]| (2|base_k| + |s_k|) ||W1[k]||_q
+    eps = ball.eps.unsqueeze(1)
+    lower = mid_lo + c_lo - eps * norm_lo
+    upper = mid_up + c_up + eps * norm_up
+    refs = [
+        NormReference(centre[i], q, us[i], ls[i], norm_up[i], norm_lo[i], rounding[i])
+        for i in range(n)
+    ]
+    return lower, upper, refs
+
+
+def _nearest_references(
+    blocks: TwoDenseBlocks,
+    cache: CentreProducts,
+    base: Tensor,
+    us: Tensor,
+    ls: Tensor,
+    centre: Tensor,
+    q: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per row, the reference whose slopes are nearest ``us``/``ls`` (in L1): a stored one, or
+    ``G`` (computed and stored when the row has no other). Returns its upper and lower slopes
+    ``(N, K1)`` and norm bounds ``(N, K2)``."""
+    known = cache.references(blocks, centre, q)
+    stored = cache.stored_products(blocks, base)
+    need = [i for i in range(base.shape[0]) if not known[i] and stored[i] is None]
+    if need:
+        for i, prod in zip(need, cache.products(blocks, base[need]), strict=True):
+            stored[i] = prod
+    picked = []
+    for i, options in enumerate(known):
+        choices = [(r.upper_slope, r.lower_slope, r.norm_up, r.norm_lo) for r in options]
+        prod = stored[i]
+        if prod is not None:
+            norms = prod.row_norms(q)
+            choices.append((base[i], base[i], norms, norms))
+        distance = [
+            float((us[i] - a).abs().sum() + (ls[i] - b).abs().sum()) for a, b, _, _ in choices
+        ]
+        picked.append(choices[distance.index(min(distance))])
+    return tuple(torch.stack(t) for t in zip(*picked, strict=True))  # type: ignore[return-value]
+
+
 def split_backward_bounds(
     blocks: TwoDenseBlocks,
     cache: CentreProducts,
@@ -166,23 +408,22 @@ def split_backward_bounds(
     lines: LinearRelaxation,
     ball: InputSet,
     rows: Tensor,
-    kinks: tuple[float, ...] | None = None,
+    references: list[NormReference] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds of the second-block neurons ``rows`` (``(N, R)`` flat indices)
-    over ``ball`` (N rows), carried back through the first activation's ``lines``.
+    over ``ball`` (N rows), carried back through the first activation's ``lines``: equal (up to
+    rounding) to the plain backward pass of those neurons.
 
-    Equal (up to rounding) to the plain backward pass of those neurons, except with ``kinks``
-    (the second activation's kinks, for a Lp ball without a domain): a neuron that a cheaper
-    bound already shows on one side of every kink gets that bound instead. It replaces the
-    norm ``||A_j||_q`` by ``||G_j||_q + sum_{k in D} |X_jk| ||W1[k]||_q`` (the triangle
-    inequality; ``A_j . x0`` is exact and cheap, ``W1 x0`` being known), so it is sound and
-    looser, and it costs no product with ``W1``. Use it only where nothing reads such a
-    neuron's bounds beyond which side of the kinks it is on (its lines do not depend on more).
+    With ``references`` (one per ball row, from :func:`prefilter_bounds`; the ball is then an
+    Lp ball without a domain) each row's exact norms are written into its reference, and a row
+    whose ``G`` is not stored is computed directly (``base = 0``: every live column multiplied
+    once, cheaper than building ``G`` for one evaluation); without, ``G`` is computed and
+    stored where missing.
     """
     w1, b1, b2 = blocks.w1, blocks.b1, blocks.b2
-    centre = ball.center.reshape(ball.center.shape[0], -1)
-    z0 = torch.nn.functional.linear(centre, w1)
-    base = relax.linear(z0 + b1, z0 + b1).lower_slope  # the slopes at the centre (l = u = z)
+    n, r = rows.shape
+    centre = ball.center.reshape(n, -1)
+    _, base = _centre_slopes(blocks, relax, centre)
     ls, lb, us, ub = lines.lower_slope, lines.lower_bias, lines.upper_slope, lines.upper_bias
     # Constants over every second-block neuron at once: the bias picks up each chosen line's
     # value at the first layer's bias plus its intercept.
@@ -190,10 +431,14 @@ def split_backward_bounds(
     up_line, lo_line = us * b1 + ub, ls * b1 + lb  # (N, K1)
     c_up = (pos @ up_line.T + neg @ lo_line.T + b2.unsqueeze(1)).T.gather(1, rows)
     c_lo = (pos @ lo_line.T + neg @ up_line.T + b2.unsqueeze(1)).T.gather(1, rows)
-    products = cache.products(blocks, base)
+    if references is None:
+        products: list[_Product | None] = list(cache.products(blocks, base))
+    else:
+        products = cache.stored_products(blocks, base)
+    has_g = torch.tensor([prod is not None for prod in products], device=base.device)
+    base = torch.where(has_g.unsqueeze(1), base, 0.0)
     d_up, d_lo = us - base, ls - base
     differs = (d_up != 0) | (d_lo != 0)
-    n, r = rows.shape
     cols = padded_indices(differs)  # (N, D); padded slots get zero differences below
     valid = torch.arange(cols.shape[1], device=cols.device) < differs.sum(1, keepdim=True)
     du = torch.where(valid, d_up.gather(1, cols), 0.0).unsqueeze(-1)  # (N, D, 1)
@@ -202,59 +447,25 @@ def split_backward_bounds(
     w = _rows_of(cache.columns(blocks), cols)  # (N, D, K2)
     w = w.gather(2, rows.unsqueeze(1).expand(-1, cols.shape[1], -1))
     wp, wn = w.clamp(min=0), w.clamp(max=0)
-    x_up, x_lo = wp * du + wn * dl, wp * dl + wn * du  # (N, D, R): A = G + X^T W1[D]
-    cheap = kinks is not None and isinstance(ball, LpBall) and ball.domain is None
-    if cheap:
-        assert isinstance(ball, LpBall) and kinks is not None
-        lower, upper = _cheap_bounds(cache, blocks, products, ball, rows, cols, z0, x_lo, x_up)
-        lower, upper = lower + c_lo, upper + c_up
-        full = straddles(lower, upper, kinks)
-        if not bool(full.any()):
-            return lower, upper
-        # The rows left get the exact norm: A for those rows only (padded per ball row).
-        keep = padded_indices(full)  # (N, R') positions along R
-    else:
-        keep = torch.arange(r, device=rows.device).expand(n, -1)
-    r2 = keep.shape[1]
-    pick = keep.unsqueeze(1).expand(-1, cols.shape[1], -1)
-    left = torch.cat((x_up.gather(2, pick), x_lo.gather(2, pick)), dim=2)  # (N, D, 2R')
-    both = torch.bmm(left.transpose(1, 2), _rows_of(w1, cols))  # (N, 2R', n_in)
-    kept_rows = rows.gather(1, keep)
-    g_rows = torch.stack([products[i].g.index_select(0, kept_rows[i]) for i in range(n)])
-    a_up = both[:, :r2].add_(g_rows)
-    a_lo = both[:, r2:].add_(g_rows)
-    shape = (n, r2, *ball.center.shape[1:])
-    exact_lo = ball.concretize(a_lo.reshape(shape), c_lo.gather(1, keep))[0]
-    exact_up = ball.concretize(a_up.reshape(shape), c_up.gather(1, keep))[1]
-    if not cheap:  # every row was kept, in order
-        return exact_lo, exact_up
-    # Padding repeats a row's first kept position, whose exact bound is written twice.
-    return lower.scatter(1, keep, exact_lo), upper.scatter(1, keep, exact_up)
-
-
-def _cheap_bounds(
-    cache: CentreProducts,
-    blocks: TwoDenseBlocks,
-    products: list[_Product],
-    ball: LpBall,
-    rows: Tensor,
-    cols: Tensor,
-    z0: Tensor,
-    x_lo: Tensor,
-    x_up: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """Sound bounds (without constants) of ``A . x`` over the ball with the norm of
-    ``A = G + X^T W1[D]`` bounded by the triangle inequality (see
-    :func:`split_backward_bounds`)."""
-    q = ball.q
-    n = rows.shape[0]
-    centre = ball.center.reshape(n, -1)
-    g_mid = torch.stack([products[i].g @ centre[i] for i in range(n)]).gather(1, rows)
-    g_norm = torch.stack([products[i].row_norms(q) for i in range(n)]).gather(1, rows)
-    z_d = z0.gather(1, cols).unsqueeze(-1)  # W1[D] x0: (N, D, 1)
-    rn = cache.first_row_norms(blocks, q)[cols].unsqueeze(-1)  # (N, D, 1)
+    # A = G + X^T W1[D], both sides at once.
+    left = torch.cat((wp * du + wn * dl, wp * dl + wn * du), dim=2)  # (N, D, 2R)
+    both = torch.bmm(left.transpose(1, 2), _rows_of(w1, cols))  # (N, 2R, n_in)
+    for i, prod in enumerate(products):
+        if prod is not None:
+            g_rows = prod.g.index_select(0, rows[i])
+            both[i, :r] += g_rows
+            both[i, r:] += g_rows
+    a_up, a_lo = both[:, :r], both[:, r:]
+    if references is None:
+        shape = (n, r, *ball.center.shape[1:])
+        lower = ball.concretize(a_lo.reshape(shape), c_lo)[0]
+        upper = ball.concretize(a_up.reshape(shape), c_up)[1]
+        return lower, upper
+    assert isinstance(ball, LpBall)
+    mid = torch.bmm(both, centre.unsqueeze(-1)).squeeze(-1)
+    norms = lp_norm(both, ball.q, 1)
     eps = ball.eps.unsqueeze(1)
-    mid_lo, mid_up = g_mid + (x_lo * z_d).sum(1), g_mid + (x_up * z_d).sum(1)
-    dev_lo = g_norm + (x_lo.abs() * rn).sum(1)
-    dev_up = g_norm + (x_up.abs() * rn).sum(1)
-    return mid_lo - eps * dev_lo, mid_up + eps * dev_up
+    for i, ref in enumerate(references):
+        ref.norm_up[rows[i]] = norms[i, :r]
+        ref.norm_lo[rows[i]] = norms[i, r:]
+    return mid[:, r:] + c_lo - eps * norms[:, r:], mid[:, :r] + c_up + eps * norms[:, :r]

@@ -39,6 +39,7 @@ from torch import Tensor
 from nnbound.bounds.centre_split import (
     CentreProducts,
     TwoDenseBlocks,
+    prefilter_bounds,
     split_backward_bounds,
     two_dense_blocks,
 )
@@ -62,6 +63,7 @@ from nnbound.relax.registry import relaxation_for
 from nnbound.relax.relu import LowerSlope
 from nnbound.relax.s_shaped import TangentRule
 from nnbound.sets.box import InputSet
+from nnbound.sets.lp_ball import LpBall
 
 
 @dataclass(frozen=True)
@@ -235,17 +237,39 @@ def _tighten_by_split(
     kinks: tuple[float, ...] | None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`_tighten_by_backward_pass` for the second activation of a two-Dense-block
-    network, by :func:`~nnbound.bounds.centre_split.split_backward_bounds` (``kinks``: settle
-    neurons by its cheaper bound where that suffices)."""
+    network, by :func:`~nnbound.bounds.centre_split.split_backward_bounds`.
+
+    With ``kinks`` (an Lp ball without a domain, and nothing downstream reads a stable
+    neuron's bounds beyond its side of the kinks), every neuron first gets the cheaper bound of
+    :func:`~nnbound.bounds.centre_split.prefilter_bounds`, and only those it leaves across a
+    kink get the exact pass; the exact norms then become the centre's reference for the next
+    call.
+    """
+    refs = None
+    if kinks is not None and isinstance(ball, LpBall) and ball.domain is None:
+        cheap_lo, cheap_up, refs = prefilter_bounds(blocks, cache, relax, lines, ball)
+        # Only the candidates take them: the others keep the bounds that showed them stable.
+        mask = candidates.view_as(lower)
+        lower = torch.where(mask, lower.maximum(cheap_lo.view_as(lower)), lower)
+        upper = torch.where(mask, upper.minimum(cheap_up.view_as(upper)), upper)
+        candidates = candidates & straddles(lower, upper, kinks).reshape(candidates.shape)
 
     def bound_rows(rows: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         sub_lines = _line_rows(lines, rows)
         assert isinstance(sub_lines, LinearRelaxation)
-        return split_backward_bounds(blocks, cache, relax, sub_lines, ball.rows(rows), idx, kinks)
+        sub_refs = None if refs is None else [refs[i] for i in rows.tolist()]
+        return split_backward_bounds(
+            blocks, cache, relax, sub_lines, ball.rows(rows), idx, sub_refs
+        )
 
     # Both sides' coefficients (2 rows per candidate) of the input width; no group cap.
     width = 2 * blocks.w1.shape[1]
-    return _tighten(candidates, lower, upper, intersect, width, candidates.shape[0], bound_rows)
+    lower, upper = _tighten(
+        candidates, lower, upper, intersect, width, candidates.shape[0], bound_rows
+    )
+    if refs is not None:
+        cache.store_references(blocks, refs)
+    return lower, upper
 
 
 def layerwise_bounds(

@@ -183,6 +183,9 @@ def certified_radius(
         net64 = net.to(dtype=torch.float64)
         x64, spec64 = x.to(torch.float64), spec.to(torch.float64)
         cond64 = _Certifier(net64, x64, spec64, p, method, domain, reference, reuse=False)
+        if cond64.centre_cache is not None:
+            # The float32 search's norm references bound the float64 evaluations' norms too.
+            cond64.centre_cache.lower_precision = condition.centre_cache
     if reference:
         radius = batched_binary_search(condition, x.shape[0], eps0, max_steps=steps)
         if cond64 is not None:

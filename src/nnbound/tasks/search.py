@@ -29,6 +29,9 @@ _EVALUATIONS_PER_STEP = 3
 # eps, so the fit overestimates, and evaluations above the root cost more than below it (more
 # unstable neurons).
 _EXTRAPOLATION_PULL = 0.85
+# Root estimates inside the bracket (P, F) are kept this fraction of its width from either
+# end: near the end of a search F is often a hair above the root, where the estimate belongs.
+_BRACKET_MARGIN = 1e-4
 
 
 @dataclass
@@ -72,9 +75,10 @@ class _ReferenceSearch:
         Replays the search from its current state with every unknown decision taken from
         ``root``. Candidates certified along that path only grow and failed ones only shrink,
         so the last certified one and the last failed one, once evaluated, settle every other
-        unknown decision of the path: the one of the two nearer ``root`` is returned, with
-        whether it is the last certified one and the path has no other unknown decision (it
-        is then expected to be the search's result).
+        unknown decision of the path. Returns the last failed one while there is one (False),
+        then the last certified one (True: it is expected to be the search's result, worth
+        evaluating precisely). Failures first: the radius then needs one precise evaluation,
+        not a working one followed by a precise one.
         """
         lo, up = float(self.lower[row]), float(self.upper[row])
         cur, steps = float(self.current[row]), int(self.steps[row])
@@ -101,10 +105,8 @@ class _ReferenceSearch:
             if steps >= self.max_steps or nxt > self.upper_limit or up - lo <= self.tol:
                 break
             cur = nxt
-        if math.isnan(last_fail) or (
-            not math.isnan(last_ok) and root - last_ok <= last_fail - root
-        ):
-            return last_ok, unknown <= 4
+        if math.isnan(last_fail):
+            return last_ok, True
         return last_fail, False
 
     def advance(self, rows: Tensor, ok: Tensor) -> None:
@@ -176,10 +178,12 @@ def bracketed_binary_search(
     evaluation. When a candidate lies between them, the row estimates where the margin bound
     crosses zero (the first-order root ``margin0 / slope0`` before any evaluation; then the
     root of ``margin0 - slope0 e - c e^2`` through P; once a failure is known, of the cubic
-    through the centre, P and F), replays the reference path with that estimate
-    (:meth:`_ReferenceSearch.decisive_candidate`) and evaluates the path's last certified or
-    last failed candidate: evaluating both settles the whole path. Without a usable estimate
-    it evaluates the reference's own next candidate.
+    through the centre, P and F, and once a third evaluation is known, of the quadratic
+    through P, F and the nearer of the previous P and F), replays the reference path with
+    that estimate (:meth:`_ReferenceSearch.decisive_candidate`) and evaluates the path's last
+    failed candidate, or when it has none its last certified one: evaluating both settles
+    the whole path. Without a usable estimate it evaluates the reference's own next
+    candidate.
 
     When the bound's decision is monotone in eps (certified at eps implies certified below it)
     the result is exactly the reference search's. When it is not, the result is still sound:
@@ -194,8 +198,8 @@ def bracketed_binary_search(
 
     ``confirm`` (optional) is a more precise ``margin`` (float64 for a float32 ``margin``):
     every returned radius is then certified by it. The evaluation expected to give the final
-    radius (the last certified candidate, when only it and the last failed one are left
-    unknown) is made with ``confirm`` instead of ``margin``; a radius not covered that way is
+    radius (the last certified candidate of a path without unknown failures) is made with
+    ``confirm`` instead of ``margin``; a radius not covered that way is
     confirmed afterwards, and bisected below with ``confirm`` where it is not
     (:func:`recheck`).
     """
@@ -212,6 +216,9 @@ def bracketed_binary_search(
     m_fail = torch.where(m0 > 0, math.nan, m0).to(f64)
     evaluations = torch.zeros(n, dtype=torch.int64)
     confirmed = torch.zeros(n, dtype=f64)  # largest eps ``confirm`` certified
+    # The previous P and F (the centre and none at first): a third point for the local fit.
+    prev_ok, m_prev_ok = best_ok.clone(), m0.clone()
+    prev_fail, m_prev_fail = first_fail.clone(), m_fail.clone()
     while True:
         # Take every decision the bracket settles.
         while True:
@@ -238,9 +245,16 @@ def bracketed_binary_search(
         width = torch.where(bounded, f - p, 0.0)
         # Root of the cubic through the centre, P and F (with F unknown: of the quadratic
         # through the centre and P, pulled in since the bound falls ever faster).
-        inside = _cubic_root(m0[rows], g0[rows], p, mp, f, mf).clamp(
-            p + width / 100, f - width / 100
-        )
+        inside = _cubic_root(m0[rows], g0[rows], p, mp, f, mf)
+        # With a third evaluated point (the previous P or F, the nearer one), the quadratic
+        # through the three evaluations nearest the root instead.
+        p2, f2 = prev_ok[rows], prev_fail[rows]
+        use_fail = torch.isfinite(f2) & ((f2 - f) < (p - p2))
+        z = torch.where(use_fail, f2, p2)
+        mz = torch.where(use_fail, m_prev_fail[rows], m_prev_ok[rows])
+        local = _quadratic_root_through(p, mp, f, mf, z, mz)
+        inside = torch.where(torch.isfinite(f2) | (p2 > 0), local, inside)
+        inside = inside.clamp(p + width * _BRACKET_MARGIN, f - width * _BRACKET_MARGIN)
         quadratic = _quadratic_root(m0[rows], g0[rows], p, mp)
         pulled = _EXTRAPOLATION_PULL * quadratic
         extrapolated = torch.where(pulled > p, pulled, 2 * quadratic - p)
@@ -264,6 +278,10 @@ def bracketed_binary_search(
                 assert fn is not None
                 m[group] = fn(rows[group], eps[group]).detach().to(f64).cpu()
         ok = m > 0
+        prev_ok[rows] = torch.where(ok, p, prev_ok[rows])
+        m_prev_ok[rows] = torch.where(ok, mp, m_prev_ok[rows])
+        prev_fail[rows] = torch.where(ok, prev_fail[rows], f)
+        m_prev_fail[rows] = torch.where(ok, m_prev_fail[rows], mf)
         confirmed[rows] = torch.where(precise & ok, eps, confirmed[rows])
         best_ok[rows] = torch.where(ok, eps, p)
         m_ok[rows] = torch.where(ok, m, mp)
@@ -291,6 +309,22 @@ def _cubic_root(m0: Tensor, g0: Tensor, p: Tensor, mp: Tensor, f: Tensor, mf: Te
     for _ in range(60):
         mid = (lo + hi) / 2
         above = m0 - mid * (g0 + mid * (c + mid * d)) > 0
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return (lo + hi) / 2
+
+
+def _quadratic_root_through(
+    p: Tensor, mp: Tensor, f: Tensor, mf: Tensor, z: Tensor, mz: Tensor
+) -> Tensor:
+    """Root in ``(p, f)`` of the quadratic through ``(p, mp)``, ``(f, mf)`` and ``(z, mz)``
+    (``mp > 0 > mf``; ``z`` outside ``[p, f]``), found by bisection."""
+    d1 = (mf - mp) / (f - p)
+    d2 = ((mz - mf) / (z - f) - d1) / (z - p)
+    d2 = torch.where(torch.isfinite(d2), d2, 0.0)
+    lo, hi = p.clone(), f.clone()
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        above = mp + (mid - p) * (d1 + d2 * (mid - f)) > 0
         lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
     return (lo + hi) / 2
 
