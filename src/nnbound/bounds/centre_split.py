@@ -20,6 +20,14 @@ search evaluates the same centre at many eps, so ``G`` is computed once per cent
 (:class:`CentreProducts`) and each evaluation multiplies only the ``|D|`` unstable columns
 instead of every live one. The sum is the same as the plain backward pass's
 (:func:`nnbound.bounds.linear.backward_linear_bounds`) up to rounding; tests pin the two equal.
+
+Where only the side of the kinks matters for a stable neuron (the second activation is the
+last relaxed layer), :func:`prefilter_bounds` first bounds every neuron's norm ``||A_j||_q``
+from a :class:`NormReference` (the exact norms of the previous evaluation of the same centre)
+by the triangle inequality, one matrix-vector product; near the root of a radius search the
+slopes barely move between evaluations, so only the truly unstable neurons are left for the
+products. A float64 evaluation may start from the float32 search's references: they carry a
+proven bound of their float32 rounding (:meth:`CentreProducts.store_references`).
 """
 
 from __future__ import annotations
@@ -155,11 +163,6 @@ class CentreProducts:
             self._w1_norms[q] = lp_norm(blocks.w1, q, 1)
         return self._w1_norms[q]
 
-    def columns(self, blocks: TwoDenseBlocks) -> Tensor:
-        """``W2`` transposed and contiguous: its columns as rows, for fast gathers."""
-        self._check_network(blocks)
-        return self._columns
-
     def signed_parts(self, blocks: TwoDenseBlocks) -> tuple[Tensor, Tensor]:
         """``max(W2, 0)`` and ``min(W2, 0)``."""
         self._check_network(blocks)
@@ -175,7 +178,7 @@ class CentreProducts:
         step = max(1, _CHUNK_ELEMENTS // (blocks.w2.shape[0] * blocks.w1.shape[1]))
         for start in range(0, len(missing), step):
             chunk = missing[start : start + step]
-            for i, g in zip(chunk, _base_products(blocks, base[chunk]), strict=True):
+            for i, g in zip(chunk, _base_products(blocks, self._columns, base[chunk]), strict=True):
                 fresh[keys[i]] = _Product(g)
                 size = g.numel() * g.element_size()
                 if self._bytes + size <= self.max_bytes:
@@ -203,7 +206,8 @@ class CentreProducts:
         lower = self.lower_precision
         if lower is None or not self._same_weights(lower, blocks):
             return found
-        low_rows = rows.to(lower._columns.dtype)
+        assert lower._weights is not None
+        low_rows = rows.to(lower._weights[0].dtype)
         same = (low_rows.to(rows.dtype) == rows).all(1)  # the centre is exactly representable
         for i, row in enumerate(low_rows):
             ref = lower._references.get((q, row.numpy().tobytes())) if same[i] else None
@@ -290,14 +294,16 @@ def _cast_reference(ref: NormReference, like: Tensor) -> NormReference:
     )
 
 
-def _base_products(blocks: TwoDenseBlocks, base: Tensor) -> Tensor:
+def _base_products(blocks: TwoDenseBlocks, columns: Tensor, base: Tensor) -> Tensor:
     """``W2 diag(base_n) W1`` for each row of ``base``, over its nonzero entries only."""
     nonzero = base != 0
     cols = padded_indices(nonzero)  # (N, S); a padded slot repeats a column with weight 0
     valid = torch.arange(cols.shape[1], device=cols.device) < nonzero.sum(1, keepdim=True)
     weight = torch.where(valid, base.gather(1, cols), 0.0)
-    left = _rows_of(blocks.w2.T, cols).transpose(1, 2) * weight.unsqueeze(1)  # (N, K2, S)
-    return torch.bmm(left, _rows_of(blocks.w1, cols))  # (N, K2, n_in)
+    # Columns of W2 gathered as rows of its contiguous transpose (a gather from W2.T itself is
+    # ~30% slower); the product takes the transposed operand as is.
+    left = _rows_of(columns, cols) * weight.unsqueeze(-1)  # (N, S, K2)
+    return torch.bmm(left.transpose(1, 2), _rows_of(blocks.w1, cols))  # (N, K2, n_in)
 
 
 def _centre_slopes(
@@ -347,7 +353,7 @@ def prefilter_bounds(
             ls * z0,
             (us - ref_us).abs() * rn,
             (ls - ref_ls).abs() * rn,
-            (2 * base.abs() + us.abs() + ls.abs()) * rn,
+            2 * (2 * base.abs() + us.abs() + ls.abs()) * rn,
         )
     )  # (7N, K1): every sum over first-layer neurons below in two products
     pos, neg = cache.signed_parts(blocks)
@@ -358,7 +364,9 @@ def prefilter_bounds(
     mid_up, mid_lo = p_[2] + n_[3], p_[3] + n_[2]
     norm_up = ref_up + p_[4] - n_[5]
     norm_lo = ref_lo + p_[5] - n_[4]
-    rounding = p_[6] - n_[6]  # sum_k |W2[j, k]| (2|base_k| + |s_k|) ||W1[k]||_q
+    # sum_k |W2[j, k]| 2 (2 |base_k| + |s_up_k| + |s_lo_k|) ||W1[k]||_q: with gamma, bounds the
+    # rounding of A_j as split_backward_bounds computes it (each product and G).
+    rounding = p_[6] - n_[6]
     eps = ball.eps.unsqueeze(1)
     lower = mid_lo + c_lo - eps * norm_lo
     upper = mid_up + c_up + eps * norm_up
@@ -437,24 +445,20 @@ def split_backward_bounds(
         products = cache.stored_products(blocks, base)
     has_g = torch.tensor([prod is not None for prod in products], device=base.device)
     base = torch.where(has_g.unsqueeze(1), base, 0.0)
-    d_up, d_lo = us - base, ls - base
-    differs = (d_up != 0) | (d_lo != 0)
-    cols = padded_indices(differs)  # (N, D); padded slots get zero differences below
-    valid = torch.arange(cols.shape[1], device=cols.device) < differs.sum(1, keepdim=True)
-    du = torch.where(valid, d_up.gather(1, cols), 0.0).unsqueeze(-1)  # (N, D, 1)
-    dl = torch.where(valid, d_lo.gather(1, cols), 0.0).unsqueeze(-1)
-    # W2[rows, cols] per ball row, laid out (N, D, R): columns of W2 first (D < R mostly).
-    w = _rows_of(cache.columns(blocks), cols)  # (N, D, K2)
-    w = w.gather(2, rows.unsqueeze(1).expand(-1, cols.shape[1], -1))
-    wp, wn = w.clamp(min=0), w.clamp(max=0)
-    # A = G + X^T W1[D], both sides at once.
-    left = torch.cat((wp * du + wn * dl, wp * dl + wn * du), dim=2)  # (N, D, 2R)
-    both = torch.bmm(left.transpose(1, 2), _rows_of(w1, cols))  # (N, 2R, n_in)
+    # A_up + A_lo = 2 G + W2 diag(s_up + s_lo - 2 base) W1 and A_up - A_lo = |W2| diag(s_up -
+    # s_lo) W1: two products over the columns where each weight is nonzero (the unstable
+    # neurons; every live one for the first without G; none for the second with parallel
+    # lines, Fast-Lin), fewer than one product of both sides over the union.
+    w2_rows = _rows_of(blocks.w2, rows)  # (N, R, K1)
+    total = _weighted_product(w2_rows, us + ls - 2 * base, w1, absolute=False)
+    spread = _weighted_product(w2_rows, us - ls, w1, absolute=True)
     for i, prod in enumerate(products):
         if prod is not None:
-            g_rows = prod.g.index_select(0, rows[i])
-            both[i, :r] += g_rows
-            both[i, r:] += g_rows
+            total[i] += 2 * prod.g.index_select(0, rows[i])
+    both = torch.empty(n, 2 * r, w1.shape[1], dtype=w1.dtype, device=w1.device)  # [up; lo]
+    torch.add(total, spread, out=both[:, :r])
+    torch.sub(total, spread, out=both[:, r:])
+    both.mul_(0.5)
     a_up, a_lo = both[:, :r], both[:, r:]
     if references is None:
         shape = (n, r, *ball.center.shape[1:])
@@ -469,3 +473,21 @@ def split_backward_bounds(
         ref.norm_up[rows[i]] = norms[i, :r]
         ref.norm_lo[rows[i]] = norms[i, r:]
     return mid[:, r:] + c_lo - eps * norms[:, r:], mid[:, :r] + c_up + eps * norms[:, :r]
+
+
+def _weighted_product(w2_rows: Tensor, weight: Tensor, w1: Tensor, *, absolute: bool) -> Tensor:
+    """``sum_k f(W2[j, k]) weight_k W1[k]`` for the rows j of ``w2_rows`` (``(N, R, K1)``, per
+    ball row), ``f`` the absolute value or the identity, over the columns where ``weight``
+    (``(N, K1)``) is nonzero: ``(N, R, n_in)``."""
+    nonzero = weight != 0
+    n, r, _ = w2_rows.shape
+    if not bool(nonzero.any()):
+        return torch.zeros(n, r, w1.shape[1], dtype=w1.dtype, device=w1.device)
+    cols = padded_indices(nonzero)  # (N, D); padded slots get weight 0 below
+    valid = torch.arange(cols.shape[1], device=cols.device) < nonzero.sum(1, keepdim=True)
+    coef = torch.where(valid, weight.gather(1, cols), 0.0)
+    left = w2_rows.gather(2, cols.unsqueeze(1).expand(-1, r, -1))  # (N, R, D)
+    if absolute:
+        left.abs_()
+    left.mul_(coef.unsqueeze(1))
+    return torch.bmm(left, _rows_of(w1, cols))
