@@ -306,6 +306,32 @@ def _base_products(blocks: TwoDenseBlocks, columns: Tensor, base: Tensor) -> Ten
     return torch.bmm(left.transpose(1, 2), _rows_of(blocks.w1, cols))  # (N, K2, n_in)
 
 
+@dataclass(frozen=True)
+class CentreTerms:
+    """What the bounds of every second-block neuron share at one evaluation: the first
+    activation's slopes at the centres (``base``, ``(N, K1)``), each neuron's constant term in
+    its upper and lower bound (``(N, K2)``) and, when known, the whole bound's value at the
+    centre, ``A . x0 + const`` (``(N, K2)``)."""
+
+    base: Tensor
+    const_up: Tensor
+    const_lo: Tensor
+    at_centre_up: Tensor | None = None
+    at_centre_lo: Tensor | None = None
+
+    def rows(self, index: Tensor) -> CentreTerms:
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[index]
+
+        return CentreTerms(
+            self.base[index],
+            self.const_up[index],
+            self.const_lo[index],
+            pick(self.at_centre_up),
+            pick(self.at_centre_lo),
+        )
+
+
 def _centre_slopes(
     blocks: TwoDenseBlocks, relax: Relaxation, centre: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -322,9 +348,10 @@ def prefilter_bounds(
     relax: Relaxation,
     lines: LinearRelaxation,
     ball: LpBall,
-) -> tuple[Tensor, Tensor, list[NormReference]]:
+) -> tuple[Tensor, Tensor, list[NormReference], CentreTerms]:
     """Sound, cheaper bounds of every second-block neuron over ``ball`` (an Lp ball without a
-    domain), ``(N, K2)`` each, and the new references of its rows.
+    domain), ``(N, K2)`` each, the new references of its rows, and the terms
+    :func:`split_backward_bounds` shares.
 
     The bound of neuron j is ``A_j . x0 + c_j -/+ eps ||A_j||_q``; ``A_j . x0`` and ``c_j`` are
     exact and cheap (``W1 x0`` is known), and the norm is bounded by the triangle inequality
@@ -374,7 +401,8 @@ def prefilter_bounds(
         NormReference(centre[i], q, us[i], ls[i], norm_up[i], norm_lo[i], rounding[i])
         for i in range(n)
     ]
-    return lower, upper, refs
+    terms = CentreTerms(base, c_up, c_lo, mid_up + c_up, mid_lo + c_lo)
+    return lower, upper, refs, terms
 
 
 def _nearest_references(
@@ -395,18 +423,24 @@ def _nearest_references(
     if need:
         for i, prod in zip(need, cache.products(blocks, base[need]), strict=True):
             stored[i] = prod
-    picked = []
-    for i, options in enumerate(known):
-        choices = [(r.upper_slope, r.lower_slope, r.norm_up, r.norm_lo) for r in options]
+    options: list[list[tuple[Tensor, Tensor, Tensor, Tensor]]] = []
+    for i, refs in enumerate(known):
+        choices = [(r.upper_slope, r.lower_slope, r.norm_up, r.norm_lo) for r in refs]
         prod = stored[i]
         if prod is not None:
             norms = prod.row_norms(q)
             choices.append((base[i], base[i], norms, norms))
-        distance = [
-            float((us[i] - a).abs().sum() + (ls[i] - b).abs().sum()) for a, b, _, _ in choices
-        ]
-        picked.append(choices[distance.index(min(distance))])
-    return tuple(torch.stack(t) for t in zip(*picked, strict=True))  # type: ignore[return-value]
+        options.append(choices)
+    # Padded to the most choices by repeating a row's last one, compared all at once.
+    width = max(len(c) for c in options)
+    padded = [c + c[-1:] * (width - len(c)) for c in options]
+    ups, los, norm_up, norm_lo = (
+        torch.stack([torch.stack([choice[t] for choice in c]) for c in padded]) for t in range(4)
+    )  # (N, width, K1) slopes, (N, width, K2) norms
+    distance = (ups - us.unsqueeze(1)).abs().sum(-1) + (los - ls.unsqueeze(1)).abs().sum(-1)
+    best = distance.argmin(1)
+    rows = torch.arange(base.shape[0], device=best.device)
+    return ups[rows, best], los[rows, best], norm_up[rows, best], norm_lo[rows, best]
 
 
 def split_backward_bounds(
@@ -417,28 +451,35 @@ def split_backward_bounds(
     ball: InputSet,
     rows: Tensor,
     references: list[NormReference] | None = None,
+    terms: CentreTerms | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds of the second-block neurons ``rows`` (``(N, R)`` flat indices)
     over ``ball`` (N rows), carried back through the first activation's ``lines``: equal (up to
     rounding) to the plain backward pass of those neurons.
 
-    With ``references`` (one per ball row, from :func:`prefilter_bounds`; the ball is then an
-    Lp ball without a domain) each row's exact norms are written into its reference, and a row
-    whose ``G`` is not stored is computed directly (``base = 0``: every live column multiplied
-    once, cheaper than building ``G`` for one evaluation); without, ``G`` is computed and
-    stored where missing.
+    With ``references`` and ``terms`` (per ball row, from :func:`prefilter_bounds`; the ball is
+    then an Lp ball without a domain) each row's exact norms are written into its reference,
+    and a row whose ``G`` is not stored is computed directly (``base = 0``: every live column
+    multiplied once, cheaper than building ``G`` for one evaluation); without, ``G`` is
+    computed and stored where missing.
     """
     w1, b1, b2 = blocks.w1, blocks.b1, blocks.b2
     n, r = rows.shape
     centre = ball.center.reshape(n, -1)
-    _, base = _centre_slopes(blocks, relax, centre)
     ls, lb, us, ub = lines.lower_slope, lines.lower_bias, lines.upper_slope, lines.upper_bias
-    # Constants over every second-block neuron at once: the bias picks up each chosen line's
-    # value at the first layer's bias plus its intercept.
-    pos, neg = cache.signed_parts(blocks)
-    up_line, lo_line = us * b1 + ub, ls * b1 + lb  # (N, K1)
-    c_up = (pos @ up_line.T + neg @ lo_line.T + b2.unsqueeze(1)).T.gather(1, rows)
-    c_lo = (pos @ lo_line.T + neg @ up_line.T + b2.unsqueeze(1)).T.gather(1, rows)
+    if terms is None:
+        _, base = _centre_slopes(blocks, relax, centre)
+        # Constants over every second-block neuron at once: the bias picks up each chosen
+        # line's value at the first layer's bias plus its intercept.
+        pos, neg = cache.signed_parts(blocks)
+        up_line, lo_line = us * b1 + ub, ls * b1 + lb  # (N, K1)
+        terms = CentreTerms(
+            base,
+            (pos @ up_line.T + neg @ lo_line.T + b2.unsqueeze(1)).T,
+            (pos @ lo_line.T + neg @ up_line.T + b2.unsqueeze(1)).T,
+        )
+    base = terms.base
+    c_up, c_lo = terms.const_up.gather(1, rows), terms.const_lo.gather(1, rows)
     if references is None:
         products: list[_Product | None] = list(cache.products(blocks, base))
     else:
@@ -466,13 +507,17 @@ def split_backward_bounds(
         upper = ball.concretize(a_up.reshape(shape), c_up)[1]
         return lower, upper
     assert isinstance(ball, LpBall)
-    mid = torch.bmm(both, centre.unsqueeze(-1)).squeeze(-1)
+    if terms.at_centre_up is None or terms.at_centre_lo is None:
+        mid = torch.bmm(both, centre.unsqueeze(-1)).squeeze(-1)
+        at_up, at_lo = mid[:, :r] + c_up, mid[:, r:] + c_lo
+    else:
+        at_up, at_lo = terms.at_centre_up.gather(1, rows), terms.at_centre_lo.gather(1, rows)
     norms = lp_norm(both, ball.q, 1)
     eps = ball.eps.unsqueeze(1)
     for i, ref in enumerate(references):
         ref.norm_up[rows[i]] = norms[i, :r]
         ref.norm_lo[rows[i]] = norms[i, r:]
-    return mid[:, r:] + c_lo - eps * norms[:, r:], mid[:, :r] + c_up + eps * norms[:, :r]
+    return at_lo - eps * norms[:, r:], at_up + eps * norms[:, :r]
 
 
 def _weighted_product(w2_rows: Tensor, weight: Tensor, w1: Tensor, *, absolute: bool) -> Tensor:

@@ -245,9 +245,9 @@ def _tighten_by_split(
     kink get the exact pass; the exact norms then become the centre's reference for the next
     call.
     """
-    refs = None
+    refs, terms = None, None
     if kinks is not None and isinstance(ball, LpBall) and ball.domain is None:
-        cheap_lo, cheap_up, refs = prefilter_bounds(blocks, cache, relax, lines, ball)
+        cheap_lo, cheap_up, refs, terms = prefilter_bounds(blocks, cache, relax, lines, ball)
         # Only the candidates take them: the others keep the bounds that showed them stable.
         mask = candidates.view_as(lower)
         lower = torch.where(mask, lower.maximum(cheap_lo.view_as(lower)), lower)
@@ -258,8 +258,9 @@ def _tighten_by_split(
         sub_lines = _line_rows(lines, rows)
         assert isinstance(sub_lines, LinearRelaxation)
         sub_refs = None if refs is None else [refs[i] for i in rows.tolist()]
+        sub_terms = None if terms is None else terms.rows(rows)
         return split_backward_bounds(
-            blocks, cache, relax, sub_lines, ball.rows(rows), idx, sub_refs
+            blocks, cache, relax, sub_lines, ball.rows(rows), idx, sub_refs, sub_terms
         )
 
     # Both sides' coefficients (2 rows per candidate) of the input width; no group cap.
