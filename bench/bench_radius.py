@@ -13,7 +13,9 @@ Anchors (not re-run here, printed for the ratio):
 
 Also printed: the machine's measured float32 matmul rate, the FLOPs per image (counted by
 torch's FlopCounterMode in a second run on the first ``--flop-images`` images, since the
-counter slows a run down) and the fraction of the matmul rate the timed run achieves.
+counter slows a run down), the fraction of the matmul rate the timed run achieves, and the
+rate of the matrix products alone (their FLOPs over the time spent in them, from torch's
+profiler in a third run on those images; float64 products count at the float32 rate).
 
 Usage: python bench/bench_radius.py [--images 100] [--steps 15] [--device cpu]
 """
@@ -25,6 +27,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnbound.data.dataset import Dataset
@@ -60,6 +63,27 @@ def matmul_rate(device: torch.device, n: int = 2048, reps: int = 10) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+_PRODUCT_OPS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm", "aten::addmv", "aten::mv")
+
+
+def matrix_product_rate(net, x, labels, targets, norm: str, args) -> float:
+    """FLOP/s of the matrix products alone (their FLOPs over the time spent in them, from
+    torch's profiler) in a run on ``x``: how close the dominant products come to the
+    machine's matmul rate, apart from everything around them."""
+    with torch.no_grad(), profile(with_flops=True) as prof:
+        certified_radius(net, x, labels, targets, norm=norm, steps=args.steps)
+    events = [e for e in prof.key_averages() if e.key in _PRODUCT_OPS]
+    flop = sum(e.flops for e in events)
+    seconds = (
+        sum(
+            e.self_device_time_total if args.device != "cpu" else e.self_cpu_time_total
+            for e in events
+        )
+        / 1e6
+    )
+    return flop / seconds if seconds > 0 else float("nan")
 
 
 def main() -> None:
@@ -101,6 +125,7 @@ def main() -> None:
             flops = FlopCounterMode(display=False)
             with torch.no_grad(), flops:
                 certified_radius(net, x[:k], labels[:k], targets[:k], norm=norm, steps=args.steps)
+            product_rate = matrix_product_rate(net, x[:k], labels[:k], targets[:k], norm, args)
             per = dt / len(labels)
             flop_per_image = flops.get_total_flops() / k
             rows.append(
@@ -114,6 +139,8 @@ def main() -> None:
                     flop_per_image / 1e9,
                     flop_per_image / per / 1e9,
                     flop_per_image / per / rate,
+                    product_rate / 1e9,
+                    product_rate / rate,
                 ]
             )
             print(
@@ -136,6 +163,8 @@ def main() -> None:
                 "GFLOP/image",
                 "GFLOP/s",
                 "of matmul rate",
+                "products GFLOP/s",
+                "products of rate",
             ],
             rows,
             digits=4,

@@ -32,6 +32,12 @@ _EXTRAPOLATION_PULL = 0.85
 # Root estimates inside the bracket (P, F) are kept this fraction of its width from either
 # end: near the end of a search F is often a hair above the root, where the estimate belongs.
 _BRACKET_MARGIN = 1e-4
+# ... and this fraction when the row's last estimate put its evaluation on the wrong side of
+# the root while F > (1 + _WIDE_BRACKET) P: far from the root of a deep network's fast-falling
+# bound the fit is poor, and without this a 7-layer MLP's search crept up in tiny steps
+# (twice the evaluations).
+_SURPRISE_MARGIN = 0.03
+_WIDE_BRACKET = 1.0
 
 
 @dataclass
@@ -215,6 +221,8 @@ def bracketed_binary_search(
     first_fail = torch.where(m0 > 0, math.inf, 0.0).to(f64)
     m_fail = torch.where(m0 > 0, math.nan, m0).to(f64)
     evaluations = torch.zeros(n, dtype=torch.int64)
+    # Whether the row's last estimated evaluation came out on the side its estimate predicted.
+    surprised = torch.zeros(n, dtype=torch.bool)
     confirmed = torch.zeros(n, dtype=f64)  # largest eps ``confirm`` certified
     # The previous P and F (the centre and none at first): a third point for the local fit.
     prev_ok, m_prev_ok = best_ok.clone(), m0.clone()
@@ -254,7 +262,10 @@ def bracketed_binary_search(
         mz = torch.where(use_fail, m_prev_fail[rows], m_prev_ok[rows])
         local = _quadratic_root_through(p, mp, f, mf, z, mz)
         inside = torch.where(torch.isfinite(f2) | (p2 > 0), local, inside)
-        inside = inside.clamp(p + width * _BRACKET_MARGIN, f - width * _BRACKET_MARGIN)
+        # After a surprise in a wide bracket the fit is not to be trusted near its ends.
+        wary = surprised[rows] & (width > _WIDE_BRACKET * p)
+        keep_in = torch.where(wary, _SURPRISE_MARGIN, _BRACKET_MARGIN) * width
+        inside = torch.minimum(torch.maximum(inside, p + keep_in), f - keep_in)
         quadratic = _quadratic_root(m0[rows], g0[rows], p, mp)
         pulled = _EXTRAPOLATION_PULL * quadratic
         extrapolated = torch.where(pulled > p, pulled, 2 * quadratic - p)
@@ -278,6 +289,8 @@ def bracketed_binary_search(
                 assert fn is not None
                 m[group] = fn(rows[group], eps[group]).detach().to(f64).cpu()
         ok = m > 0
+        # An estimated candidate is expected certified exactly when it is ``final``.
+        surprised[rows] = usable & (ok != final)
         prev_ok[rows] = torch.where(ok, p, prev_ok[rows])
         m_prev_ok[rows] = torch.where(ok, mp, m_prev_ok[rows])
         prev_fail[rows] = torch.where(ok, prev_fail[rows], f)
