@@ -27,11 +27,13 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnbound.data.dataset import Dataset
 from nnbound.data.registry import load_dataset
+from nnbound.network.network import Network
 from nnbound.report.tables import render_table
 from nnbound.tasks.radius import certified_radius
 from nnbound.train.train import TrainConfig, train_network
@@ -68,22 +70,19 @@ def matmul_rate(device: torch.device, n: int = 2048, reps: int = 10) -> float:
 _PRODUCT_OPS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm", "aten::addmv", "aten::mv")
 
 
-def matrix_product_rate(net, x, labels, targets, norm: str, args) -> float:
+def matrix_product_rate(
+    net: Network, x: Tensor, labels: Tensor, targets: Tensor, norm: str, steps: int
+) -> float:
     """FLOP/s of the matrix products alone (their FLOPs over the time spent in them, from
     torch's profiler) in a run on ``x``: how close the dominant products come to the
     machine's matmul rate, apart from everything around them."""
     with torch.no_grad(), profile(with_flops=True) as prof:
-        certified_radius(net, x, labels, targets, norm=norm, steps=args.steps)
+        certified_radius(net, x, labels, targets, norm=norm, steps=steps)
     events = [e for e in prof.key_averages() if e.key in _PRODUCT_OPS]
     flop = sum(e.flops for e in events)
-    seconds = (
-        sum(
-            e.self_device_time_total if args.device != "cpu" else e.self_cpu_time_total
-            for e in events
-        )
-        / 1e6
-    )
-    return flop / seconds if seconds > 0 else float("nan")
+    on_gpu = x.device.type != "cpu"
+    micros = sum(e.self_device_time_total if on_gpu else e.self_cpu_time_total for e in events)
+    return flop / (micros / 1e6) if micros > 0 else float("nan")
 
 
 def main() -> None:
@@ -125,7 +124,9 @@ def main() -> None:
             flops = FlopCounterMode(display=False)
             with torch.no_grad(), flops:
                 certified_radius(net, x[:k], labels[:k], targets[:k], norm=norm, steps=args.steps)
-            product_rate = matrix_product_rate(net, x[:k], labels[:k], targets[:k], norm, args)
+            product_rate = matrix_product_rate(
+                net, x[:k], labels[:k], targets[:k], norm, args.steps
+            )
             per = dt / len(labels)
             flop_per_image = flops.get_total_flops() / k
             rows.append(
