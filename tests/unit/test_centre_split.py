@@ -245,3 +245,29 @@ def test_references_are_bounded_and_evicted_oldest_first() -> None:
     assert kept == {row.numpy().tobytes() for row in x[2:]}
     # Bounds stay the plain pass's whatever is stored.
     _assert_same(*_both(net, LpBall.make(x, 0.25, 2.0), "fastlin", cache), net)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    activation=st.sampled_from(PIECEWISE_LINEAR),
+    method=st.sampled_from(SPLIT_METHODS),
+    p=st.sampled_from(NORMS),
+    hidden=st.lists(st.integers(2, 24), min_size=2, max_size=2),
+    eps=st.floats(0.001, 0.5),
+    scale=st.floats(0.5, 2.0),
+    seed=st.integers(0, 10_000),
+)
+def test_float64_from_float32_references_equals_plain(
+    activation: str, method: str, p: float, hidden: list[int], eps: float, scale: float, seed: int
+) -> None:
+    """Whatever eps the float32 references come from, a float64 evaluation that starts from
+    them gives the plain float64 pass's bounds (a neuron they show stable is stable)."""
+    net32 = random_network(activation, [6, *hidden, 3], seed=seed, dtype=torch.float32)
+    net64 = net32.to(dtype=torch.float64)
+    x32 = torch.rand(3, 6, generator=torch.Generator().manual_seed(seed)) - 0.5
+    low = CentreProducts()
+    ball32 = LpBall.make(x32, eps * scale, p)
+    methods.layerwise_bounds(net32, ball32, method, centre_cache=low)
+    high = CentreProducts()
+    high.lower_precision = low
+    _assert_same(*_both(net64, LpBall.make(x32.double(), eps, p), method, high), net64)
