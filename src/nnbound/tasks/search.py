@@ -185,11 +185,11 @@ def bracketed_binary_search(
     crosses zero (the first-order root ``margin0 / slope0`` before any evaluation; then the
     root of ``margin0 - slope0 e - c e^2`` through P; once a failure is known, of the cubic
     through the centre, P and F, and once a third evaluation is known, of the quadratic
-    through P, F and the nearer of the previous P and F), replays the reference path with
-    that estimate (:meth:`_ReferenceSearch.decisive_candidate`) and evaluates the path's last
-    failed candidate, or when it has none its last certified one: evaluating both settles
-    the whole path. Without a usable estimate it evaluates the reference's own next
-    candidate.
+    through P, F and the nearer of the previous P and F; kept a little inside the bracket,
+    more after a surprise in a wide one), replays the reference path with that estimate
+    (:meth:`_ReferenceSearch.decisive_candidate`) and evaluates the path's last failed
+    candidate, or when it has none its last certified one: evaluating both settles the whole
+    path. Without a usable estimate it evaluates the reference's own next candidate.
 
     When the bound's decision is monotone in eps (certified at eps implies certified below it)
     the result is exactly the reference search's. When it is not, the result is still sound:
