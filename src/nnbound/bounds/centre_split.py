@@ -236,7 +236,11 @@ class CentreProducts:
         k1, n_in = blocks.w1.shape
         gamma = rounding_gamma(blocks.w1, k1 + n_in + 8)
         tiny = torch.finfo(blocks.w1.dtype).tiny * (k1 + 8) * n_in
-        for ref in refs:
+        if not refs:
+            return
+        # Keys from one transfer of every centre (not one per reference).
+        centres = torch.stack([ref.centre for ref in refs]).detach().cpu()
+        for ref, centre in zip(refs, centres, strict=True):
             slack = 2 * gamma * ref.rounding + tiny
             kept = NormReference(
                 ref.centre.clone(),
@@ -247,7 +251,7 @@ class CentreProducts:
                 ref.norm_lo * (1 + gamma) + slack,
                 ref.rounding[:0],
             )
-            key = (ref.q, ref.centre.detach().cpu().numpy().tobytes())
+            key = (ref.q, centre.numpy().tobytes())
             old = self._references.pop(key, None)
             if old is not None:
                 self._reference_bytes -= _reference_size(old)

@@ -89,7 +89,6 @@ class _ReferenceSearch:
         lo, up = float(self.lower[row]), float(self.upper[row])
         cur, steps = float(self.current[row]), int(self.steps[row])
         last_ok, last_fail = math.nan, math.nan
-        unknown = 0
         while True:
             if cur <= certified:
                 ok = True
@@ -97,7 +96,6 @@ class _ReferenceSearch:
                 ok = False
             else:
                 ok = cur <= root
-                unknown += 1
                 if ok:
                     last_ok = cur
                 else:
