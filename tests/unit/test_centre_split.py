@@ -271,3 +271,29 @@ def test_float64_from_float32_references_equals_plain(
     high = CentreProducts()
     high.lower_precision = low
     _assert_same(*_both(net64, LpBall.make(x32.double(), eps, p), method, high), net64)
+
+
+@pytest.mark.parametrize("activation", PIECEWISE_LINEAR)
+@pytest.mark.parametrize("p", NORMS)
+def test_bounds_from_references_hold_at_attacked_points(activation: str, p: float) -> None:
+    """Bounds that start from stored references (float32 ones for a float64 evaluation, then
+    the evaluation's own) hold at PGD's extremes and at sampled points and vertices."""
+    net32 = random_network(activation, [8, 24, 24, 5], seed=11, dtype=torch.float32)
+    net64 = net32.to(dtype=torch.float64)
+    x32 = torch.rand(3, 8, generator=torch.Generator().manual_seed(2)) - 0.5
+    eps = {1.0: 0.6, 2.0: 0.3, math.inf: 0.1}[p]
+    low = CentreProducts()
+    methods.layerwise_bounds(
+        net32, LpBall.make(x32, eps * 1.3, p), "crown-adaptive", centre_cache=low
+    )
+    high = CentreProducts()
+    high.lower_precision = low
+    for scale in (1.0, 0.9):  # the second call starts from the first one's references
+        ball = LpBall.make(x32.double(), eps * scale, p)
+        b = methods.layerwise_bounds(net64, ball, "crown-adaptive", centre_cache=high)
+        mins, maxs = pgd_extremes(net64, ball)
+        assert bool((b.lower <= mins + 1e-9).all()) and bool((maxs <= b.upper + 1e-9).all())
+        gen = torch.Generator().manual_seed(1)
+        points = torch.cat((ball.sample(2000, generator=gen), ball.vertices(200, generator=gen)), 1)
+        below, above = check_points_within(net64, points, None, b.lower, b.upper)
+        assert below <= 1e-9 and above <= 1e-9
