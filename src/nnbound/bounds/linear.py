@@ -80,7 +80,7 @@ def backward_linear_bounds(
                     same = a_lo is a_up
                     a_lo = _take_columns(a_lo, cols)
                     a_up = a_lo if same else _take_columns(a_up, cols)
-            a_lo, c_lo, a_up, c_up = _through_lines(a_lo, c_lo, a_up, c_up, rl)
+            a_lo, c_lo, a_up, c_up = through_lines(a_lo, c_lo, a_up, c_up, rl)
         elif isinstance(layer, MaxPool2d):
             # Per window x_j <= y <= slope * x_j + bias (nnbound.relax.maxpool); each side
             # picks the line its coefficient's sign needs.
@@ -174,7 +174,7 @@ def _take_columns(a: Tensor | None, cols: Tensor) -> Tensor | None:
     return a.gather(2, cols.unsqueeze(1).expand(-1, a.shape[1], -1))
 
 
-def _through_lines(
+def through_lines(
     a_lo: Tensor | None,
     c_lo: Tensor | None,
     a_up: Tensor | None,
@@ -189,8 +189,14 @@ def _through_lines(
     than a broadcast ``where`` because it is several times faster on CPU, and one
     ``max(a, 0)`` serves both sides when they share ``a``.
     """
-    ls, lb = rl.lower_slope.unsqueeze(1), rl.lower_bias.unsqueeze(1)
-    us, ub = rl.upper_slope.unsqueeze(1), rl.upper_bias.unsqueeze(1)
+    ref = a_lo if a_lo is not None else a_up
+    assert ref is not None
+    # Lines are (N, *shape), shared by every spec row, or (N, S, *shape) per row (alpha).
+    per_row = rl.lower_slope.dim() == ref.dim()
+    ls, lb, us, ub = (
+        t if per_row else t.unsqueeze(1)
+        for t in (rl.lower_slope, rl.lower_bias, rl.upper_slope, rl.upper_bias)
+    )
     same = a_lo is a_up
     gap_s, gap_b = us - ls, ub - lb
     lower_bias_zero = not bool(lb.any())  # ReLU: its lower line goes through the origin

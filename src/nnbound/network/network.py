@@ -156,25 +156,7 @@ class Network:
     def check_input(self, x: Tensor) -> Tensor:
         """``x`` as a batch ``(B, *input_shape)``: adds the batch axis to a single input and
         reports a clear error for a wrong size or non-finite values."""
-        if not isinstance(x, Tensor):
-            x = torch.as_tensor(x)
-        if tuple(x.shape) == self.input_shape:
-            x = x.unsqueeze(0)
-        elif tuple(x.shape[1:]) != self.input_shape:
-            if x.dim() >= 1 and math.prod(x.shape[1:]) == self.num_inputs:
-                x = x.reshape(x.shape[0], *self.input_shape)
-            elif math.prod(x.shape) == self.num_inputs:
-                x = x.reshape(1, *self.input_shape)
-            else:
-                raise InputError(
-                    f"input of shape {tuple(x.shape)} does not fit the model's input shape "
-                    f"{self.input_shape} (with or without a batch axis)"
-                )
-        if not torch.is_floating_point(x):
-            x = x.to(self.dtype)
-        if not bool(torch.isfinite(x).all()):
-            raise InputError("input contains NaN or inf values")
-        return x.to(device=self.device, dtype=self.dtype)
+        return coerce_input(x, self.input_shape, self.dtype, self.device)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits of a batch ``x`` of shape ``(B, *input_shape)`` (differentiable)."""
@@ -197,6 +179,32 @@ class Network:
                 (layer_summary(layer), shape, sum(t.numel() for t in layer.tensors().values()))
             )
         return rows
+
+
+def coerce_input(x: Tensor, input_shape: Shape, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``x`` as a batch ``(B, *input_shape)`` of ``dtype`` on ``device``: adds the batch axis to
+    a single input, reshapes a flat one, and reports a clear error for a wrong size or
+    non-finite values."""
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(x)
+    size = math.prod(input_shape)
+    if tuple(x.shape) == input_shape:
+        x = x.unsqueeze(0)
+    elif tuple(x.shape[1:]) != input_shape:
+        if x.dim() >= 1 and math.prod(x.shape[1:]) == size:
+            x = x.reshape(x.shape[0], *input_shape)
+        elif math.prod(x.shape) == size:
+            x = x.reshape(1, *input_shape)
+        else:
+            raise InputError(
+                f"input of shape {tuple(x.shape)} does not fit the model's input shape "
+                f"{input_shape} (with or without a batch axis)"
+            )
+    if not torch.is_floating_point(x):
+        x = x.to(dtype)
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("input contains NaN or inf values")
+    return x.to(device=device, dtype=dtype)
 
 
 def layer_summary(layer: Layer) -> str:
@@ -239,4 +247,4 @@ def layer_summary(layer: Layer) -> str:
     return type(layer).__name__
 
 
-__all__ = ["LINEAR_TYPES", "Network", "layer_summary"]
+__all__ = ["LINEAR_TYPES", "Network", "coerce_input", "layer_summary"]

@@ -1,0 +1,222 @@
+"""The backward (CROWN-family) engine over a computation graph.
+
+A linear bound of ``A . t + c`` for a tensor ``t`` of the graph is carried back node by node
+in reverse topological order to the graph input, where the input set concretizes it
+(``||A||_q * eps`` for an Lp ball). Each tensor collects the coefficients of all its consumers
+before its producer is visited (a residual tensor gets the sum of both branches'
+coefficients), and each operator maps the coefficients on its output to its inputs by its
+kind (:mod:`nnbound.ops.base`): linear operators by their transpose plus a constant from the
+bias, element-wise activations by their relaxation lines (the upper line where a coefficient
+is positive for an upper bound, the lower line elsewhere, and the other way round for a lower
+bound), other operators by their own ``backward`` from their inputs' bounds.
+
+The lower and the upper bound are carried separately; while both sides hold the very same
+tensor (linear operators, Fast-Lin's parallel lines) one product serves both.
+
+Which bounds the relaxations use is the caller's business (:mod:`nnbound.bounds.graph_bounds`
+computes them on demand, IBP-intersected, only for unstable entries); ``line_hook`` lets
+alpha-CROWN substitute optimisable lines. Nothing here stores state between calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from nnbound.bounds.linear import through_lines
+from nnbound.network.graph import Graph, Node
+from nnbound.ops.base import Interval, OpKind, RelaxOptions
+from nnbound.ops.registry import get_op
+from nnbound.relax.base import LinearRelaxation
+from nnbound.sets.box import InputSet
+
+LineHook = Callable[[Node, LinearRelaxation, Interval], LinearRelaxation]
+"""``(node, default lines, input bounds) -> lines`` used instead of the default (alpha-CROWN's
+optimised slopes: tensors ``(N, S, *shape)`` per bounded quantity, or ``(N, *shape)``)."""
+
+
+@dataclass(eq=False)
+class BoundState:
+    """The bounds one engine run relaxes with.
+
+    Attributes:
+        graph: the graph.
+        input_set: the input set (``N`` rows).
+        options: the relaxation choices.
+        bounds: known element-wise bounds ``{tensor: (lower, upper)}``, each ``(N, *shape)``;
+            every input of an element-wise or relaxed node the backward pass reaches must be
+            here.
+        line_hook: optional override of element-wise relaxation lines (see :data:`LineHook`).
+    """
+
+    graph: Graph
+    input_set: InputSet
+    options: RelaxOptions
+    bounds: dict[str, Interval] = field(default_factory=dict)
+    line_hook: LineHook | None = None
+    _lines: dict[str, LinearRelaxation] = field(default_factory=dict)
+
+    def lines(self, node: Node) -> LinearRelaxation:
+        """The relaxation lines of element-wise ``node`` from its input's bounds (cached)."""
+        cached = self._lines.get(node.output)
+        if cached is None:
+            box = self.bounds[node.inputs[0]]
+            cached = get_op(node.op, node).relaxation(node, self.options).linear(*box)
+            self._lines[node.output] = cached
+        if self.line_hook is not None:
+            return self.line_hook(node, cached, self.bounds[node.inputs[0]])
+        return cached
+
+    def rows(self, rows: Tensor) -> BoundState:
+        """The same state restricted to input-set rows ``rows``."""
+        sub = BoundState(
+            self.graph,
+            self.input_set.rows(rows),
+            self.options,
+            {k: (lo[rows], up[rows]) for k, (lo, up) in self.bounds.items()},
+            self.line_hook,
+        )
+        for k, rl in self._lines.items():
+            sub._lines[k] = LinearRelaxation(
+                rl.lower_slope[rows], rl.lower_bias[rows], rl.upper_slope[rows], rl.upper_bias[rows]
+            )
+        return sub
+
+    def forget_lines(self, tensors: list[str] | None = None) -> None:
+        """Drop cached lines (after the bounds they came from changed)."""
+        if tensors is None:
+            self._lines.clear()
+        for t in tensors or ():
+            self._lines.pop(t, None)
+
+
+def _contract(a: Tensor, b: Tensor) -> Tensor:
+    """Sum of ``a * b`` over every axis after the first two (``b`` broadcasts)."""
+    prod = a * b
+    return prod.reshape(*prod.shape[:2], -1).sum(-1)
+
+
+def _add(x: Tensor | None, y: Tensor | None) -> Tensor | None:
+    if x is None:
+        return y
+    if y is None:
+        return x
+    return x + y
+
+
+class _Coefficients:
+    """Coefficients collected per tensor, lower and upper side, keeping shared tensors shared
+    (one product then serves both sides)."""
+
+    def __init__(self) -> None:
+        self._acc: dict[str, tuple[Tensor | None, Tensor | None]] = {}
+
+    def add(self, name: str, lo: Tensor | None, up: Tensor | None) -> None:
+        if lo is None and up is None:
+            return
+        if name not in self._acc:
+            self._acc[name] = (lo, up)
+            return
+        old_lo, old_up = self._acc[name]
+        if old_lo is old_up and lo is up:
+            total = _add(old_lo, lo)
+            self._acc[name] = (total, total)
+        else:
+            self._acc[name] = (_add(old_lo, lo), _add(old_up, up))
+
+    def pop(self, name: str) -> tuple[Tensor | None, Tensor | None] | None:
+        return self._acc.pop(name, None)
+
+
+def backward(
+    state: BoundState,
+    target: str,
+    a: Tensor,
+    const: Tensor,
+    *,
+    lower: bool = True,
+    upper: bool = True,
+    keep: frozenset[str] = frozenset(),
+) -> tuple[Tensor | None, Tensor | None, dict[str, tuple[Tensor | None, Tensor | None]]]:
+    """Bounds of ``a . target + const`` over the input set.
+
+    Args:
+        state: the bounds the relaxations use (see :class:`BoundState`).
+        target: the tensor bounded.
+        a: ``(N, S, *shape of target)`` coefficients.
+        const: ``(N, S)`` constant.
+        lower, upper: which side(s) to compute (the other is returned as ``None``).
+        keep: tensors whose collected coefficients to return (e.g. ReLU outputs for a
+            branching score, the input for an attack's starting point).
+
+    Returns:
+        ``(lower, upper, kept)``: ``(N, S)`` each (or ``None``), and the coefficients
+        ``{tensor: (a_lower, a_upper)}`` each tensor in ``keep`` received.
+    """
+    graph = state.graph
+    shapes = graph.shapes
+    acc = _Coefficients()
+    acc.add(target, a if lower else None, a if upper else None)
+    c_lo = const if lower else None
+    c_up = const if upper else None
+    kept: dict[str, tuple[Tensor | None, Tensor | None]] = {}
+    for node in reversed(graph.ancestors(target)):
+        pair = acc.pop(node.output)
+        if pair is None:
+            continue
+        if node.output in keep:
+            kept[node.output] = pair
+        a_lo, a_up = pair
+        op = get_op(node.op, node)
+        in_shapes = [shapes[i] for i in node.inputs]
+        out_shape = shapes[node.output]
+        if op.kind is OpKind.LINEAR:
+            same = a_lo is a_up
+            bias = op.bias(node, out_shape)
+            if bias is not None:
+                shift_up = _contract(a_up, bias) if a_up is not None else None
+                if c_up is not None and shift_up is not None:
+                    c_up = c_up + shift_up
+                if c_lo is not None and a_lo is not None:
+                    c_lo = c_lo + (shift_up if same and shift_up is not None else _contract(a_lo, bias))
+            none: list[Tensor | None] = [None] * len(node.inputs)
+            new_up = op.transpose(node, a_up, in_shapes, out_shape) if a_up is not None else none
+            if same:
+                new_lo = new_up
+            else:
+                new_lo = op.transpose(node, a_lo, in_shapes, out_shape) if a_lo is not None else none
+        elif op.kind is OpKind.ELEMENTWISE:
+            a_lo, c_lo, a_up, c_up = through_lines(a_lo, c_lo, a_up, c_up, state.lines(node))
+            new_lo, new_up = [a_lo], [a_up]
+        else:
+            bw = op.backward(
+                node,
+                a_lo,
+                a_up,
+                [state.bounds[i] for i in node.inputs],
+                in_shapes,
+                out_shape,
+                state.options,
+            )
+            new_lo, new_up = bw.lower, bw.upper
+            if c_lo is not None and bw.const_lower is not None:
+                c_lo = c_lo + bw.const_lower
+            if c_up is not None and bw.const_upper is not None:
+                c_up = c_up + bw.const_upper
+        for name, lo_i, up_i in zip(node.inputs, new_lo, new_up, strict=True):
+            acc.add(name, lo_i, up_i)
+    pair = acc.pop(graph.input_name)
+    if graph.input_name in keep and pair is not None:
+        kept[graph.input_name] = pair
+    a_lo, a_up = pair if pair is not None else (None, None)
+    out_lo = out_up = None
+    if c_lo is not None:
+        out_lo = state.input_set.concretize(a_lo, c_lo)[0] if a_lo is not None else c_lo
+    if c_up is not None:
+        out_up = state.input_set.concretize(a_up, c_up)[1] if a_up is not None else c_up
+    return out_lo, out_up, kept
+
+
+__all__ = ["BoundState", "LineHook", "backward"]

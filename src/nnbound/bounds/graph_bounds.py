@@ -1,0 +1,222 @@
+"""Layer-wise bound methods (IBP, Fast-Lin, CROWN, CROWN-general) on a computation graph.
+
+Every tensor gets interval bounds in topological order (each operator's interval rule on its
+inputs' bounds). A tensor that feeds an element-wise activation or a relaxed operator is then
+tightened by a backward pass from it (:func:`nnbound.bounds.engine.backward`) with the
+relaxations of everything before it, and the bounds of every later tensor are computed from
+the tightened ones. As on chains (:mod:`nnbound.bounds.methods`), ``reference=False`` keeps
+the tighter of the interval and linear bound of each entry and, where every consumer of a
+tensor is piecewise linear, back-propagates only entries whose interval contains a kink; the
+output of a monotone relaxed operator (a ReLU feeding a max pool) keeps its interval bound,
+which a backward pass through that operator's own lines cannot beat.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from nnbound.bounds.engine import BoundState, LineHook, backward
+from nnbound.bounds.interval import box_concretize
+from nnbound.bounds.methods import (
+    _ROWS_PER_GROUP,
+    Method,
+    _spec_tensor,
+    _tighten,
+    get_method,
+)
+from nnbound.bounds.result import Bounds, IntermediateBounds
+from nnbound.errors import InputError, UnsupportedError
+from nnbound.network.graph import Graph, Node
+from nnbound.ops.base import Interval, OpKind, RelaxOptions
+from nnbound.ops.registry import get_op
+from nnbound.relax.base import straddles
+from nnbound.relax.s_shaped import TangentRule
+from nnbound.sets.box import InputSet
+
+
+def relaxed_nodes(graph: Graph, nodes: list[Node] | None = None) -> list[Node]:
+    """The nodes whose backward rule reads their inputs' bounds (not linear)."""
+    return [
+        n for n in (graph.nodes if nodes is None else nodes) if get_op(n.op, n).kind is not OpKind.LINEAR
+    ]
+
+
+def check_method_ops(graph: Graph, method: Method) -> None:
+    """Fast-Lin and CROWN-adaptive are defined for piecewise-linear activations only."""
+    if not method.relu_only:
+        return
+    for node in graph.nodes:
+        op = get_op(node.op, node)
+        if op.kind is OpKind.ELEMENTWISE and not op.traits.piecewise_linear:
+            raise UnsupportedError(
+                f"method {method.name} is defined for (leaky / bounded) ReLU networks; "
+                f"{node.where} is {op.name}: use crown-general"
+            )
+
+
+def needs_bounds(graph: Graph, nodes: list[Node]) -> dict[str, list[Node]]:
+    """``{tensor: its relaxed consumers}`` for every tensor a relaxed node among ``nodes``
+    reads (the graph input excluded: its bounds are the input set's box)."""
+    out: dict[str, list[Node]] = {}
+    for node in relaxed_nodes(graph, nodes):
+        for name in dict.fromkeys(node.inputs):
+            if name != graph.input_name:
+                out.setdefault(name, []).append(node)
+    return out
+
+
+def _candidates(
+    consumers: list[Node], lo: Tensor, up: Tensor, intersect: bool, options: RelaxOptions
+) -> Tensor:
+    """Entries whose bounds matter: those across a kink when every consumer is piecewise
+    linear (a stable entry's lines do not depend on its bounds), else all."""
+    n = lo.shape[0]
+    ops = [get_op(c.op, c) for c in consumers]
+    if intersect and all(op.kind is OpKind.ELEMENTWISE and op.traits.piecewise_linear for op in ops):
+        kinks = tuple(
+            sorted({k for op, c in zip(ops, consumers) for k in op.relaxation(c, options).kinks})
+        )
+        return straddles(lo.reshape(n, -1), up.reshape(n, -1), kinks)
+    return torch.ones(n, lo[0].numel(), dtype=torch.bool, device=lo.device)
+
+
+def tighten_tensor(
+    state: BoundState, name: str, candidates: Tensor, bounds: Interval, intersect: bool
+) -> Interval:
+    """Backward-pass bounds of the entries ``candidates`` (``(N, M)`` mask) of tensor
+    ``name``, written into ``bounds`` (kept where tighter when ``intersect``)."""
+    graph = state.graph
+    shape = graph.shapes[name]
+    lo, up = bounds
+    ref = lo
+
+    def bound_rows(rows: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        sub = state.rows(rows)
+        n, u = idx.shape
+        size = math.prod(shape)
+        a = torch.zeros(n, u, size, dtype=ref.dtype, device=ref.device)
+        a.scatter_(2, idx.unsqueeze(-1), 1.0)
+        const = torch.zeros(n, u, dtype=ref.dtype, device=ref.device)
+        c_lo, c_up, _ = backward(sub, name, a.reshape(n, u, *shape), const)
+        assert c_lo is not None and c_up is not None
+        return c_lo, c_up
+
+    width = max(math.prod(graph.shapes[n.output]) for n in graph.ancestors(name))
+    width = max(width, graph.num_inputs)
+    return _tighten(candidates, lo, up, intersect, width, _ROWS_PER_GROUP, bound_rows)
+
+
+def intermediate_bounds(
+    graph: Graph,
+    input_set: InputSet,
+    options: RelaxOptions,
+    *,
+    linear_hidden: bool = True,
+    intersect: bool = True,
+    prior: dict[str, Interval] | None = None,
+    line_hook: LineHook | None = None,
+    upto: str | None = None,
+) -> BoundState:
+    """A :class:`BoundState` with bounds of every tensor the output (or ``upto``) depends on.
+
+    Args:
+        graph, input_set, options: what is bounded, over which set, with which relaxations.
+        linear_hidden: tighten the inputs of relaxed nodes by backward passes (CROWN); with
+            ``False`` every tensor keeps its interval bound (IBP, the ``-interval`` methods).
+        intersect: keep the tighter of the interval and the linear bound, and back-propagate
+            only entries across a kink where that is all that matters (``False``: the
+            reference's every-neuron rule).
+        prior: bounds known to hold over the set (a parent domain's, a larger ball's), by
+            tensor name; intersected in.
+        line_hook: see :data:`~nnbound.bounds.engine.LineHook`.
+        upto: the tensor whose ancestors are bounded (default: the output).
+    """
+    state = BoundState(graph, input_set, options, line_hook=line_hook)
+    state.bounds[graph.input_name] = input_set.box()
+    nodes = graph.ancestors(upto or graph.output)
+    need = needs_bounds(graph, nodes)
+    # Tensors with no relaxed node upstream are affine in the input: a backward pass bounds
+    # them exactly over the set, which every method uses (the chain's first block).
+    affine = {graph.input_name}
+    for node in nodes:
+        if get_op(node.op, node).kind is OpKind.LINEAR and all(i in affine for i in node.inputs):
+            affine.add(node.output)
+    for node in nodes:
+        op = get_op(node.op, node)
+        lo, up = op.interval(node, [state.bounds[i] for i in node.inputs])
+        name = node.output
+        if prior is not None and name in prior and intersect:
+            lo, up = lo.maximum(prior[name][0]), up.minimum(prior[name][1])
+        # The output of a monotone relaxed operator is bounded exactly by its interval rule
+        # over its input's box, and a backward pass through its own lines cannot beat that.
+        exact = intersect and op.kind is not OpKind.LINEAR and op.traits.monotone
+        if name in need and not exact and (linear_hidden or name in affine):
+            candidates = _candidates(need[name], lo, up, intersect, options)
+            if bool(candidates.any()):
+                lo, up = tighten_tensor(state, name, candidates, (lo, up), intersect)
+        state.bounds[name] = (lo, torch.maximum(up, lo))
+    return state
+
+
+def graph_bounds(
+    graph: Graph,
+    input_set: InputSet,
+    method: str | Method = "crown",
+    C: Tensor | None = None,
+    *,
+    reference: bool = False,
+    tangent: TangentRule = TangentRule.EXACT,
+    prior: dict[str, Interval] | None = None,
+) -> Bounds:
+    """Bounds of ``C @ graph(x)`` for every x in ``input_set`` with a layer-wise method.
+
+    Arguments as :func:`nnbound.bounds.methods.layerwise_bounds`; ``prior`` is keyed by tensor
+    name, and ``Bounds.intermediate.pre`` holds the bounds of every tensor a relaxed node
+    reads, by name.
+    """
+    m = get_method(method) if isinstance(method, str) else method
+    check_method_ops(graph, m)
+    if tuple(input_set.center.shape[1:]) != graph.input_shape:
+        raise InputError(
+            f"input set has shape {tuple(input_set.center.shape[1:])}, the graph expects "
+            f"{graph.input_shape}"
+        )
+    if input_set.center.dtype != graph.dtype:
+        raise InputError(
+            f"input dtype {input_set.center.dtype} differs from the graph's {graph.dtype}"
+        )
+    options = RelaxOptions(m.relu_lower, tangent)
+    state = intermediate_bounds(
+        graph,
+        input_set,
+        options,
+        linear_hidden=m.hidden == "linear",
+        intersect=not reference,
+        prior=prior,
+    )
+    n = input_set.center.shape[0]
+    spec = _spec_tensor(C, n, input_set.batch_shape, graph)  # type: ignore[arg-type]
+    const = torch.zeros(n, spec.shape[1], dtype=spec.dtype, device=spec.device)
+    if m.final == "linear":
+        lower, upper, _ = backward(state, graph.output, spec, const)
+    else:
+        lower, upper = box_concretize(spec, const, *state.bounds[graph.output])
+    assert lower is not None and upper is not None
+    batch = input_set.batch_shape
+    out_shape = (*batch, spec.shape[1]) if batch else tuple(lower.shape)
+    need = needs_bounds(graph, graph.ancestors(graph.output))
+    pre = {name: state.bounds[name] for name in need}
+    return Bounds(lower.reshape(out_shape), upper.reshape(out_shape), m.name, IntermediateBounds(pre))  # type: ignore[arg-type]
+
+
+__all__ = [
+    "check_method_ops",
+    "graph_bounds",
+    "intermediate_bounds",
+    "needs_bounds",
+    "relaxed_nodes",
+    "tighten_tensor",
+]

@@ -1,0 +1,33 @@
+"""S-shaped activations (tanh, sigmoid, arctan): convex for z < 0, concave for z > 0, with
+tangent lines found by bisection to machine precision (see :mod:`nnbound.relax.s_shaped`)."""
+
+import torch
+
+from nnbound.ops.activation import activation_op
+from nnbound.ops.base import Names, Traits
+from nnbound.relax.functions import ARCTAN, SIGMOID, TANH
+from nnbound.relax.s_shaped import SShapedRelaxation
+
+TANH_OP = activation_op(
+    "tanh",
+    lambda alpha: torch.tanh,
+    lambda alpha, opt: SShapedRelaxation(TANH, opt.tangent),
+    Traits(monotone=True, lipschitz=1.0, smooth=True),
+    Names(onnx=("Tanh",), torch=("Tanh", "tanh"), keras=("tanh",)),
+)
+SIGMOID_OP = activation_op(
+    "sigmoid",
+    lambda alpha: torch.sigmoid,
+    lambda alpha, opt: SShapedRelaxation(SIGMOID, opt.tangent),
+    Traits(monotone=True, lipschitz=0.25, smooth=True),
+    Names(onnx=("Sigmoid",), torch=("Sigmoid", "sigmoid"), keras=("sigmoid",)),
+)
+ARCTAN_OP = activation_op(
+    "arctan",
+    lambda alpha: torch.atan,
+    lambda alpha, opt: SShapedRelaxation(ARCTAN, opt.tangent),
+    Traits(monotone=True, lipschitz=1.0, smooth=True),
+    Names(onnx=("Atan",), torch=("atan", "arctan"), keras=("arctan",)),
+)
+
+OPS = (TANH_OP, SIGMOID_OP, ARCTAN_OP)
