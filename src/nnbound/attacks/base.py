@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from nnbound.errors import InputError
+from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import lp_norm, norm_name, parse_norm
@@ -304,7 +305,7 @@ def _prepare_model(
     torch.dtype,
 ]:
     """(model callable, its float64 copy or None, the Network's domain, device, dtype)."""
-    if isinstance(model, Network):
+    if isinstance(model, (Network, Graph)):
         f64 = None
         if check_float64 and model.dtype != torch.float64:
             f64 = model.to(dtype=torch.float64)

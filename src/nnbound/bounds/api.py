@@ -9,6 +9,8 @@ from nnbound.bounds.methods import ALL_METHODS, _spec_tensor, layerwise_bounds
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.bounds.spectral import spectral_bounds
 from nnbound.errors import InputError, UnsupportedError
+from nnbound.network.chain_graph import graph_to_network
+from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.relax.s_shaped import TangentRule
 from nnbound.sets.box import InputSet
@@ -16,7 +18,7 @@ from nnbound.sets.lp_ball import LpBall
 
 
 def bounds(
-    net: Network,
+    net: Network | Graph,
     ball: InputSet,
     method: str = "crown",
     C: Tensor | None = None,
@@ -29,7 +31,10 @@ def bounds(
     """Certified lower/upper bounds of ``C @ net(x)`` for all ``x`` in ``ball``.
 
     Args:
-        net: the network.
+        net: the network: a chain :class:`Network` or a :class:`Graph` (a graph that is a
+            chain of chain layers takes the chain's code paths; any other graph the graph
+            engine, :func:`nnbound.bounds.graph_bounds.graph_bounds`, with ``prior`` keyed
+            by tensor name).
         ball: input set from :meth:`LpBall.make` (rows ``N``, ``batch_shape`` ``(B,)`` or
             ``(B, K)``) or :meth:`~nnbound.sets.box.Box.make`.
         method: ``ibp`` (``interval``), ``fastlin``, ``fastlin-interval``, ``crown-adaptive``
@@ -50,6 +55,11 @@ def bounds(
     """
     if method not in ALL_METHODS:
         raise InputError(f"unknown bound method {method!r}; choose from {', '.join(ALL_METHODS)}")
+    if isinstance(net, Graph):
+        chain = graph_to_network(net)
+        if chain is None:
+            return _graph_bounds(net, ball, method, C, reference, tangent, prior)
+        net = chain
     if method in ("spectral", "quad") and not isinstance(ball, LpBall):
         raise UnsupportedError(f"method {method} needs an Lp ball input set, not a box")
     if method == "alpha-crown":
@@ -82,3 +92,27 @@ def bounds(
         prior=prior,
         centre_cache=centre_cache,
     )
+
+
+def _graph_bounds(
+    graph: Graph,
+    ball: InputSet,
+    method: str,
+    C: Tensor | None,
+    reference: bool,
+    tangent: TangentRule,
+    prior: dict | None,
+) -> Bounds:
+    """:func:`bounds` of a graph that is not a chain."""
+    if method in ("spectral", "quad"):
+        raise UnsupportedError(
+            f"method {method} is defined for sequential networks; {graph.name} is a general "
+            "graph: use ibp, crown, crown-general or alpha-crown"
+        )
+    if method == "alpha-crown":
+        from nnbound.bounds.alpha_crown import alpha_crown_bounds
+
+        return alpha_crown_bounds(graph, ball, C, prior=prior)
+    from nnbound.bounds.graph_bounds import graph_bounds
+
+    return graph_bounds(graph, ball, method, C, reference=reference, tangent=tangent, prior=prior)

@@ -180,13 +180,17 @@ def backward(
                 if c_up is not None and shift_up is not None:
                     c_up = c_up + shift_up
                 if c_lo is not None and a_lo is not None:
-                    c_lo = c_lo + (shift_up if same and shift_up is not None else _contract(a_lo, bias))
+                    c_lo = c_lo + (
+                        shift_up if same and shift_up is not None else _contract(a_lo, bias)
+                    )
             none: list[Tensor | None] = [None] * len(node.inputs)
             new_up = op.transpose(node, a_up, in_shapes, out_shape) if a_up is not None else none
             if same:
                 new_lo = new_up
             else:
-                new_lo = op.transpose(node, a_lo, in_shapes, out_shape) if a_lo is not None else none
+                new_lo = (
+                    op.transpose(node, a_lo, in_shapes, out_shape) if a_lo is not None else none
+                )
         elif op.kind is OpKind.ELEMENTWISE:
             a_lo, c_lo, a_up, c_up = through_lines(a_lo, c_lo, a_up, c_up, state.lines(node))
             new_lo, new_up = [a_lo], [a_up]

@@ -40,7 +40,9 @@ from nnbound.sets.box import InputSet
 def relaxed_nodes(graph: Graph, nodes: list[Node] | None = None) -> list[Node]:
     """The nodes whose backward rule reads their inputs' bounds (not linear)."""
     return [
-        n for n in (graph.nodes if nodes is None else nodes) if get_op(n.op, n).kind is not OpKind.LINEAR
+        n
+        for n in (graph.nodes if nodes is None else nodes)
+        if get_op(n.op, n).kind is not OpKind.LINEAR
     ]
 
 
@@ -75,9 +77,17 @@ def _candidates(
     linear (a stable entry's lines do not depend on its bounds), else all."""
     n = lo.shape[0]
     ops = [get_op(c.op, c) for c in consumers]
-    if intersect and all(op.kind is OpKind.ELEMENTWISE and op.traits.piecewise_linear for op in ops):
+    if intersect and all(
+        op.kind is OpKind.ELEMENTWISE and op.traits.piecewise_linear for op in ops
+    ):
         kinks = tuple(
-            sorted({k for op, c in zip(ops, consumers) for k in op.relaxation(c, options).kinks})
+            sorted(
+                {
+                    k
+                    for op, c in zip(ops, consumers, strict=True)
+                    for k in op.relaxation(c, options).kinks
+                }
+            )
         )
         return straddles(lo.reshape(n, -1), up.reshape(n, -1), kinks)
     return torch.ones(n, lo[0].numel(), dtype=torch.bool, device=lo.device)
@@ -154,7 +164,13 @@ def intermediate_bounds(
         # over its input's box, and a backward pass through its own lines cannot beat that.
         exact = intersect and op.kind is not OpKind.LINEAR and op.traits.monotone
         if name in need and not exact and (linear_hidden or name in affine):
-            candidates = _candidates(need[name], lo, up, intersect, options)
+            # Every entry of an affine tensor: its exact bounds also feed later interval
+            # bounds, which its stable entries' box bounds (loose for L2 / L1) would widen.
+            candidates = (
+                torch.ones(lo.shape[0], lo[0].numel(), dtype=torch.bool, device=lo.device)
+                if name in affine
+                else _candidates(need[name], lo, up, intersect, options)
+            )
             if bool(candidates.any()):
                 lo, up = tighten_tensor(state, name, candidates, (lo, up), intersect)
         state.bounds[name] = (lo, torch.maximum(up, lo))
@@ -209,7 +225,9 @@ def graph_bounds(
     out_shape = (*batch, spec.shape[1]) if batch else tuple(lower.shape)
     need = needs_bounds(graph, graph.ancestors(graph.output))
     pre = {name: state.bounds[name] for name in need}
-    return Bounds(lower.reshape(out_shape), upper.reshape(out_shape), m.name, IntermediateBounds(pre))  # type: ignore[arg-type]
+    return Bounds(
+        lower.reshape(out_shape), upper.reshape(out_shape), m.name, IntermediateBounds(pre)
+    )  # type: ignore[arg-type]
 
 
 __all__ = [

@@ -67,6 +67,7 @@ from nnbound.clever.weibull import (
     fit_reverse_weibull,
 )
 from nnbound.errors import InputError, UnsupportedError
+from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 
 ProgressFn = Callable[[int], None]
@@ -216,7 +217,13 @@ class _Prepared:
     dtype: torch.dtype
 
 
-def _module_of(model: nn.Module | Network) -> tuple[nn.Module, tuple[float, float] | None]:
+def _module_of(
+    model: nn.Module | Network | Graph,
+) -> tuple[nn.Module, tuple[float, float] | None]:
+    if isinstance(model, Graph):
+        from nnbound.network.graph_module import GraphModule
+
+        return GraphModule(model).requires_grad_(False), model.input_range
     if isinstance(model, Network):
         from nnbound.network.to_torch import to_torch
 
@@ -599,7 +606,7 @@ class Clever:
         if (p_dev is not None and p_dev != device) or (p_dtype is not None and p_dtype != dtype):
             # Never move the caller's model in place: work on a copy.
             f = copy.deepcopy(f).to(device=device, dtype=dtype).requires_grad_(False)
-        if isinstance(model, Network):
+        if isinstance(model, (Network, Graph)):
             x0 = model.check_input(x.to(model.dtype))
             if x0.shape[0] != 1:
                 raise InputError(f"CLEVER takes one input, got a batch of {x0.shape[0]}")
@@ -817,7 +824,7 @@ class Clever:
     # -- order 2 ----------------------------------------------------------------------------
     @staticmethod
     def _check_twice_differentiable(model: nn.Module | Network, f: nn.Module) -> None:
-        if isinstance(model, Network):
+        if isinstance(model, (Network, Graph)):
             bad = [a.name for a in model.activations if a.name in ("relu", "leaky_relu", "brelu")]
         else:
             bad = [

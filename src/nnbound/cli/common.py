@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -102,14 +102,14 @@ def load_model_arg(args: argparse.Namespace) -> Network:
         )
     net = load_model(args.model)
     if args.input_range is not None:
-        net = Network(net.layers, net.input_shape, tuple(args.input_range), net.name, net.meta)
+        net = replace(net, input_range=tuple(args.input_range))
     elif net.input_range is None:
         note(
             args,
             f"note: {args.model} stores no input range; assuming {DEFAULT_RANGE_IF_UNKNOWN} "
             "(set --input-range LO HI)",
         )
-        net = Network(net.layers, net.input_shape, DEFAULT_RANGE_IF_UNKNOWN, net.name, net.meta)
+        net = replace(net, input_range=DEFAULT_RANGE_IF_UNKNOWN)
     device = resolve_device(getattr(args, "device", "cpu"))
     dtype = resolve_dtype(getattr(args, "dtype", "float32"))
     return net.to(device=device, dtype=dtype)

@@ -26,12 +26,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from nnbound.errors import InputError
+
+if TYPE_CHECKING:
+    from nnbound.network.layers import Activation
 
 Shape = tuple[int, ...]
 
@@ -198,6 +201,30 @@ class Graph:
         return [node for node in self.nodes if node.output in needed]
 
     @property
+    def activations(self) -> list[Activation]:
+        """The element-wise activations, as chain :class:`Activation` records."""
+        from nnbound.network.layers import ACTIVATIONS, Activation
+        from nnbound.ops.base import OpKind
+        from nnbound.ops.registry import get_op
+
+        out = []
+        for node in self.nodes:
+            if get_op(node.op, node).kind is OpKind.ELEMENTWISE and node.op in ACTIVATIONS:
+                out.append(Activation(node.op, float(node.attrs.get("alpha", 0.0))))
+        return out
+
+    @property
+    def is_mlp(self) -> bool:
+        """True if every node is dense, reshaping, normalising or element-wise, in a chain."""
+        from nnbound.ops.base import OpKind
+        from nnbound.ops.registry import get_op
+
+        plain = ("dense", "flatten", "reshape", "normalize")
+        return self.is_chain and all(
+            n.op in plain or get_op(n.op, n).kind is OpKind.ELEMENTWISE for n in self.nodes
+        )
+
+    @property
     def is_chain(self) -> bool:
         """True if every node reads only the previous node's output (or the input)."""
         prev = self.input_name
@@ -213,7 +240,9 @@ class Graph:
     ) -> Graph:
         """A copy with every parameter moved to ``device`` / cast to ``dtype``."""
         nodes = tuple(
-            replace(node, params={k: t.to(device=device, dtype=dtype) for k, t in node.params.items()})
+            replace(
+                node, params={k: t.to(device=device, dtype=dtype) for k, t in node.params.items()}
+            )
             for node in self.nodes
         )
         return replace(self, nodes=nodes)

@@ -1,2 +1,27 @@
 """Operators of the graph IR, one file per family (see :mod:`nnbound.ops.base` for the
-contract and :mod:`nnbound.ops.registry` for the name lookup)."""
+contract and :mod:`nnbound.ops.registry` for the name lookup).
+
+Node conventions (importers produce them; shapes and axes are per sample, without the batch
+axis, so an ONNX axis ``k >= 1`` is ``k - 1`` here):
+
+| op | inputs | params | attrs |
+|---|---|---|---|
+| dense | x (flat) | weight (out, in), bias (out,) | |
+| conv2d | x (C, H, W) | weight, bias | stride, padding, dilation, groups |
+| conv_transpose2d | x (C, H, W) | weight (in_c, out_c/groups, kh, kw), bias | stride, padding, output_padding, dilation, groups |
+| avgpool2d / maxpool2d | x (C, H, W) | | kernel_size, stride, padding, (dilation), ceil_mode, (count_include_pad) |
+| normalize | x | mean, std | |
+| scale | x | scale, shift (each optional, broadcast to x) | |
+| flatten / reshape | x | | (shape) |
+| transpose | x | | perm |
+| add / sub | x, y (broadcast) or x | constant (optional, added) | |
+| concat | x1 .. xk | | axis |
+| slice | x | | starts, ends, steps, axes |
+| gather | x | | axis, indices (nested tuple of ints) |
+| pad | x | | pads ((before, after) per axis), value |
+| resize_nearest | x (C, H, W) | | scales (integer factors of H, W) |
+| reduce_sum / reduce_mean | x | | axes, keepdims |
+| mul / div / matmul | x, y (both computed) | | |
+| softmax | x | | axis |
+| relu, leaky_relu, brelu, tanh, sigmoid, arctan, softplus, elu, gelu, sign, ... | x | | (alpha) |
+"""

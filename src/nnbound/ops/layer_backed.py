@@ -58,7 +58,9 @@ class LayerOp(Op):
         return layer_summary(self.layer(node))
 
 
-def layer_op(name: str, layer_type: Callable[..., LinearLayer], **names: tuple[str, ...]) -> LayerOp:
+def layer_op(
+    name: str, layer_type: Callable[..., LinearLayer], **names: tuple[str, ...]
+) -> LayerOp:
     """A :class:`LayerOp` named ``name`` with its framework ``names``."""
     from nnbound.ops.base import Names
 

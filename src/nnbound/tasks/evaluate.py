@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from nnbound.attacks import EAD, Attack, AttackResult, CarliniWagnerL2, MinimalPGD
 from nnbound.bounds.methods import ALL_METHODS
 from nnbound.errors import InputError, UnsupportedError
+from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.sets.norms import norm_name, parse_norm
 from nnbound.tasks.radius import certified_radius
@@ -89,31 +90,41 @@ def clever_available() -> str | None:
     return None
 
 
-def jacobian_available(net: Network) -> str | None:
+def jacobian_available(net: Network | Graph) -> str | None:
     """None if RecurJac / Fast-Lip radii can be computed for ``net``, else why not."""
     try:
         from nnbound.tasks.jacobian_radius import jacobian_certified_radius  # noqa: F401
     except ImportError as exc:
         return f"the Jacobian bounds are not importable ({exc})"
+    if isinstance(net, Graph):
+        return "Jacobian bounds (Fast-Lip, RecurJac) are defined for sequential networks"
     if not net.is_mlp:
         return "Jacobian bounds are computed for dense networks only"
     return None
 
 
-def _piecewise_linear(net: Network) -> bool:
+def _piecewise_linear(net: Network | Graph) -> bool:
+    if isinstance(net, Graph):
+        from nnbound.ops.base import OpKind
+        from nnbound.ops.registry import get_op
+
+        ops = [get_op(n.op, n) for n in net.nodes]
+        return all(op.traits.piecewise_linear for op in ops if op.kind is OpKind.ELEMENTWISE)
     return all(a.name in ("relu", "leaky_relu", "brelu") for a in net.activations)
 
 
-Model = Network | nn.Module
-"""What :func:`evaluate` runs on: a :class:`Network` (every method), or a differentiable
-``nn.Module`` returning logits that carries ``input_range`` (its data domain) and ``name``
-attributes, such as a catalogue :class:`~nnbound.catalogue.ImageClassifier`: CLEVER and the
-attacks only, since certified bounds need the sequential network IR."""
+Model = Network | Graph | nn.Module
+"""What :func:`evaluate` runs on: a :class:`Network` or :class:`Graph` (every method; the
+Jacobian bounds on sequential networks only), or a differentiable ``nn.Module`` returning
+logits that carries ``input_range`` (its data domain) and ``name`` attributes: CLEVER and the
+attacks only, since certified bounds need nnbound's IR (convert it with
+:func:`nnbound.network.from_torch.from_torch`)."""
 
 
 def certified_unavailable(net: Model) -> str | None:
-    """None for a :class:`Network`; for a torch module, why certified bounds are not run."""
-    if isinstance(net, Network):
+    """None for a :class:`Network` or :class:`Graph`; for a torch module, why certified
+    bounds are not run."""
+    if isinstance(net, (Network, Graph)):
         return None
     name = getattr(net, "name", type(net).__name__)
     return (
@@ -129,7 +140,7 @@ def _range_of(net: Model) -> tuple[float, float] | None:
 
 
 def _as_input(net: Model, x: Tensor) -> Tensor:
-    if isinstance(net, Network):
+    if isinstance(net, (Network, Graph)):
         return net.check_input(x)
     x = torch.as_tensor(x)
     tensors = (*net.parameters(), *net.buffers())
@@ -737,7 +748,7 @@ def evaluate(
 
 
 def _certify(
-    net: Network,
+    net: Network | Graph,
     method: str,
     x: Tensor,
     labels: Tensor,

@@ -12,6 +12,7 @@ from nnbound.bounds.centre_split import CentreProducts
 from nnbound.bounds.methods import ALL_METHODS, LAYERWISE_METHODS
 from nnbound.bounds.spectral import spectral_lipschitz
 from nnbound.errors import InputError
+from nnbound.network.graph import Graph
 from nnbound.network.layers import NONLINEAR_TYPES
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
@@ -36,6 +37,15 @@ def margin_specs(labels: Tensor, targets: Tensor, num_classes: int, dtype: torch
     return torch.where(untargeted.view(-1, 1, 1), full, single)
 
 
+def relaxed_count(net: Network | Graph) -> int:
+    """How many layers (nodes) bound methods relax (activations, max pools, products...)."""
+    if isinstance(net, Graph):
+        from nnbound.bounds.graph_bounds import relaxed_nodes
+
+        return len(relaxed_nodes(net))
+    return sum(isinstance(la, NONLINEAR_TYPES) for la in net.layers)
+
+
 class _Certifier:
     """The search condition "margin lower bound > 0 at eps" for rows of a batch.
 
@@ -46,7 +56,7 @@ class _Certifier:
 
     def __init__(
         self,
-        net: Network,
+        net: Network | Graph,
         x: Tensor,
         spec: Tensor,
         p: float,
@@ -128,7 +138,7 @@ class _Certifier:
 
 
 def certified_radius(
-    net: Network,
+    net: Network | Graph,
     x: Tensor,
     labels: Tensor,
     targets: Tensor,
@@ -201,9 +211,7 @@ def certified_radius(
             confirm=cond64.margin if cond64 is not None else None,
             # Priors from a first failure pay when interval bounds pick later layers'
             # candidates (three or more relaxed layers), see bracketed_binary_search.
-            first_scale=1.0
-            if sum(isinstance(la, NONLINEAR_TYPES) for la in net.layers) > 2
-            else 0.1,
+            first_scale=1.0 if relaxed_count(net) > 2 else 0.1,
             max_steps=steps,
         )
     return radius
