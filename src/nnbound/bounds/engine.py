@@ -36,6 +36,11 @@ LineHook = Callable[[Node, LinearRelaxation, Interval], LinearRelaxation]
 """``(node, default lines, input bounds) -> lines`` used instead of the default (alpha-CROWN's
 optimised slopes: tensors ``(N, S, *shape)`` per bounded quantity, or ``(N, *shape)``)."""
 
+CoefHook = Callable[[str, Tensor | None, Tensor | None], tuple[Tensor | None, Tensor | None]]
+"""``(tensor, a_lower, a_upper) -> (a_lower, a_upper)``: rewrites the coefficients a tensor
+collected from all its consumers before they go on to its producer (beta-CROWN adds the
+multipliers of split constraints on the tensor here)."""
+
 
 @dataclass(eq=False)
 class BoundState:
@@ -49,6 +54,8 @@ class BoundState:
             every input of an element-wise or relaxed node the backward pass reaches must be
             here.
         line_hook: optional override of element-wise relaxation lines (see :data:`LineHook`).
+        coef_hook: optional rewrite of each computed tensor's coefficients (see
+            :data:`CoefHook`).
     """
 
     graph: Graph
@@ -56,6 +63,7 @@ class BoundState:
     options: RelaxOptions
     bounds: dict[str, Interval] = field(default_factory=dict)
     line_hook: LineHook | None = None
+    coef_hook: CoefHook | None = None
     _lines: dict[str, LinearRelaxation] = field(default_factory=dict)
 
     def lines(self, node: Node) -> LinearRelaxation:
@@ -77,6 +85,7 @@ class BoundState:
             self.options,
             {k: (lo[rows], up[rows]) for k, (lo, up) in self.bounds.items()},
             self.line_hook,
+            self.coef_hook,
         )
         for k, rl in self._lines.items():
             sub._lines[k] = LinearRelaxation(
@@ -93,9 +102,11 @@ class BoundState:
 
 
 def _contract(a: Tensor, b: Tensor) -> Tensor:
-    """Sum of ``a * b`` over every axis after the first two (``b`` broadcasts)."""
-    prod = a * b
-    return prod.reshape(*prod.shape[:2], -1).sum(-1)
+    """Sum of ``a * b`` over every axis after the first two, ``b`` (broadcastable to ``a``'s
+    trailing shape) shared by every row: one matrix-vector product, no ``a``-sized temporary."""
+    flat = a.reshape(*a.shape[:2], -1)
+    vec = b.to(device=a.device, dtype=a.dtype).expand(a.shape[2:]).reshape(-1)
+    return flat @ vec
 
 
 def _add(x: Tensor | None, y: Tensor | None) -> Tensor | None:
@@ -166,6 +177,8 @@ def backward(
         pair = acc.pop(node.output)
         if pair is None:
             continue
+        if state.coef_hook is not None:
+            pair = state.coef_hook(node.output, *pair)
         if node.output in keep:
             kept[node.output] = pair
         a_lo, a_up = pair
@@ -223,4 +236,4 @@ def backward(
     return out_lo, out_up, kept
 
 
-__all__ = ["BoundState", "LineHook", "backward"]
+__all__ = ["BoundState", "CoefHook", "LineHook", "backward"]

@@ -14,13 +14,13 @@ axis, so an ONNX axis ``k >= 1`` is ``k - 1`` here):
 | scale | x | scale, shift (each optional, broadcast to x) | |
 | flatten / reshape | x | | (shape) |
 | transpose | x | | perm |
-| add / sub | x, y (broadcast) or x | constant (optional, added) | |
+| add / sub | add: x1 .. xk (k >= 1), sub: x, y (broadcast) | constant (optional, added) | |
 | concat | x1 .. xk | | axis |
 | slice | x | | starts, ends, steps, axes |
 | gather | x | | axis, indices (nested tuple of ints) |
-| pad | x | | pads ((before, after) per axis), value |
+| pad | x | | pads ((before, after) per axis), value, (mode: constant only) |
 | resize_nearest | x (C, H, W) | | scales (integer factors of H, W) |
-| reduce_sum / reduce_mean | x | | axes, keepdims |
+| reduce_sum / reduce_mean | x | | axes (None: all), keepdims (default true) |
 | mul / div / matmul | x, y (both computed) | | |
 | softmax | x | | axis |
 | relu, leaky_relu, brelu, tanh, sigmoid, arctan, softplus, elu, gelu, sign, ... | x | | (alpha) |

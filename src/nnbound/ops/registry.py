@@ -12,16 +12,26 @@ from typing import TYPE_CHECKING
 
 from nnbound.errors import UnsupportedError
 from nnbound.ops import (
+    add,
     avgpool,
     bounded_relu,
+    concat,
     conv,
+    conv_transpose,
     convex,
     dense,
+    gather,
     maxpool,
     normalize,
+    pad,
+    reduce,
     relu,
     reshape,
+    resize,
     s_shaped,
+    scale,
+    slice,
+    transpose,
 )
 from nnbound.ops.base import Op, RelaxOptions
 from nnbound.relax.relu import LowerSlope
@@ -37,6 +47,16 @@ _FAMILIES: tuple[tuple[Op, ...], ...] = (
     avgpool.OPS,
     normalize.OPS,
     reshape.OPS,
+    add.OPS,
+    scale.OPS,
+    concat.OPS,
+    slice.OPS,
+    gather.OPS,
+    pad.OPS,
+    transpose.OPS,
+    conv_transpose.OPS,
+    resize.OPS,
+    reduce.OPS,
     # element-wise activations
     relu.OPS,
     bounded_relu.OPS,
