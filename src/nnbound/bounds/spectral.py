@@ -1,8 +1,9 @@
 """The spectral (operator-norm product) baseline of the reference (spec §7).
 
 ``|c . f(x) - c . f(x0)| <= ||c^T W_last||_q * prod_i lip(act_i) ||W_i||_p * ||x - x0||_p``: each
-linear block's induced p-norm times each activation's Lipschitz constant (1 for ReLU, bounded
-ReLU, tanh, arctan, softplus; 0.25 for sigmoid; max(1, alpha) for leaky ReLU / ELU). Unlike the
+linear block's induced p-norm times each activation's Lipschitz constant (its operator's,
+:meth:`nnbound.ops.activation.ActivationOp.lipschitz_at`: 1 for ReLU, bounded ReLU, tanh,
+arctan, softplus; 0.25 for sigmoid; max(1, |alpha|) for leaky ReLU / ELU). Unlike the
 reference this is recomputed per call (the reference caches the product in a process global,
 spec §12.3) and handles any linear layers by materialising each block once as a matrix.
 """
@@ -19,21 +20,17 @@ from nnbound.network.layers import NONLINEAR_TYPES, Activation, Layer, MaxPool2d
 from nnbound.network.network import Network
 from nnbound.relax.maxpool import maxpool_lipschitz
 
-_ACT_LIPSCHITZ = {
-    "relu": 1.0,
-    "brelu": 1.0,
-    "tanh": 1.0,
-    "arctan": 1.0,
-    "softplus": 1.0,
-    "sigmoid": 0.25,
-}
 _MAX_DENSE_ELEMENTS = 1 << 27
 
 
 def activation_lipschitz(act: Activation) -> float:
-    if act.name in ("leaky_relu", "elu"):
-        return max(1.0, abs(act.alpha))
-    return _ACT_LIPSCHITZ[act.name]
+    """The Lipschitz constant of ``act`` (its registered operator's, :mod:`nnbound.ops`)."""
+    k = act.op.lipschitz_at(act.alpha)
+    if k is None:
+        raise UnsupportedError(
+            f"activation {act.name} has no Lipschitz constant; the spectral bound needs one"
+        )
+    return k
 
 
 def block_matrix(layers: tuple[Layer, ...], shapes: list[Shape], start: int, end: int) -> Tensor:

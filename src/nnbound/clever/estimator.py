@@ -825,7 +825,7 @@ class Clever:
     @staticmethod
     def _check_twice_differentiable(model: nn.Module | Network, f: nn.Module) -> None:
         if isinstance(model, (Network, Graph)):
-            bad = [a.name for a in model.activations if a.name in ("relu", "leaky_relu", "brelu")]
+            bad = [a.name for a in model.activations if a.op.traits.piecewise_linear]
         else:
             bad = [
                 type(m).__name__ for m in f.modules() if isinstance(m, _PIECEWISE_LINEAR_MODULES)

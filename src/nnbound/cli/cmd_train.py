@@ -17,6 +17,8 @@ HELP = "train an MLP or CNN (train_nlayer.py's flags)"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from nnbound.network.layers import activation_names
+
     p.add_argument(
         "hidden",
         type=int,
@@ -41,7 +43,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--activation",
         default=None,
-        help="relu | leaky | tanh | sigmoid | arctan | softplus | elu | brelu (default relu)",
+        help=f"{' | '.join(activation_names())} (also leaky, atan; default relu)",
     )
     p.add_argument("--leaky-slope", type=float, default=0.3)
     p.add_argument("--lr", type=float, default=None, help="default 1e-3 (0.01 for --optimizer sgd)")

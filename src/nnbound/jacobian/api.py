@@ -68,7 +68,7 @@ def check_options(method: str, layer_method: str, direction: int, shift: int) ->
 
 def _check_fastlip(net: Network) -> None:
     for act in net.activations:
-        if act.name not in ("relu", "leaky_relu", "brelu"):
+        if not act.op.traits.piecewise_linear:
             raise UnsupportedError(
                 f"fastlip is defined for (leaky / bounded) ReLU networks; this network has "
                 f"{act.name}: use recurjac"

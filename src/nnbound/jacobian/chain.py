@@ -57,9 +57,11 @@ class JacobianChain:
             ``n_{k+1} = m_k``): dense tensors or structural block ops.
         last: ``V = C W_H`` ``(N, S, m_{H-1})`` (``(N, S, n_0)`` when there is no activation).
         dlo, dhi: derivative intervals ``(N, m_k)`` of each activation.
-        piecewise_linear: every activation is ReLU / leaky ReLU / bounded ReLU.
+        piecewise_linear: every activation is piecewise linear (ReLU / leaky ReLU / bounded
+            ReLU: its operator's ``traits.piecewise_linear``).
         global_range: per activation, the derivative range over the whole real line when it
-            is attained by an interval (ReLU ``[0, 1]``, leaky ``[alpha, 1]``), else ``None``.
+            is attained by an interval (ReLU ``[0, 1]``, leaky ``[alpha, 1]``: its operator's
+            ``derivative_range``), else ``None``.
     """
 
     weights: tuple[Mat, ...]
@@ -184,7 +186,9 @@ def build_chain(
     n = spec.shape[0]
     # V = C W_H: the spec rows pulled back through the last block's layers (exact).
     last = out.rmatmul(spec.reshape(n, spec.shape[1], -1).to(out.dtype))
-    dlo, dhi, ranges = [], [], []
+    dlo: list[Tensor] = []
+    dhi: list[Tensor] = []
+    ranges: list[tuple[float, float] | None] = []
     piecewise = True
     for i in acts:
         act = net.layers[i]
@@ -202,13 +206,10 @@ def build_chain(
         g_lo, g_hi = relax.derivative_interval(lo, up)
         dlo.append(g_lo.to(spec.dtype))
         dhi.append(g_hi.to(spec.dtype))
-        if act.name in ("relu", "brelu"):
-            ranges.append((0.0, 1.0))
-        elif act.name == "leaky_relu":
-            ranges.append((min(act.alpha, 1.0), max(act.alpha, 1.0)))
-        else:
-            ranges.append(None)
-            piecewise = False
+        op = act.op
+        whole = op.derivative_range(act.alpha) if op.derivative_range is not None else None
+        ranges.append(whole)
+        piecewise = piecewise and op.traits.piecewise_linear
     return JacobianChain(tuple(weights), last, tuple(dlo), tuple(dhi), piecewise, tuple(ranges))
 
 

@@ -45,18 +45,6 @@ __all__ = ["HDF5_SIGNATURE", "from_keras_h5", "is_hdf5"]
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 """The first 8 bytes of an HDF5 superblock."""
 
-# Keras activation names -> IR activation (None: the identity).
-_ACTIVATIONS: dict[str, str | None] = {
-    "linear": None,
-    "relu": "relu",
-    "tanh": "tanh",
-    "sigmoid": "sigmoid",
-    "softplus": "softplus",
-    "elu": "elu",
-    # the CLEVER reference's brelu models: Activation(bounded_relu), K.relu(x, max_value=1)
-    "bounded_relu": "brelu",
-}
-
 # Layers that are the identity at inference time.
 _SKIPPED = frozenset(
     {
@@ -105,20 +93,30 @@ def _attr_list(group: h5py.Group, name: str) -> list[str] | None:
 
 
 def _activation(name: Any, where: str) -> Activation | None:
+    """The IR activation a Keras activation name means (``None``: ``linear``, the identity):
+    the registered activation with that Keras name (:func:`nnbound.ops.registry.by_keras`),
+    with the parameter a bare name means (its ``keras_settings.alpha_default``)."""
+    from nnbound.ops.activation import ActivationOp
+    from nnbound.ops.registry import by_keras
+
     if isinstance(name, dict):  # Keras 3 may serialize {"class_name": ..., "config": ...}
         name = name.get("config", {}).get("name", name.get("class_name"))
     key = str(name).lower()
-    if key not in _ACTIVATIONS:
-        hint = (
-            " (bounds are computed on logits: save the model without the final softmax)"
-            if key == "softmax"
-            else ""
-        )
-        raise UnsupportedError(f"{where}: unsupported Keras activation {name!r}{hint}")
-    act = _ACTIVATIONS[key]
-    if act is None:
+    if key == "linear":
         return None
-    return Activation(act, 1.0 if act == "elu" else 0.0)
+    for op in by_keras(key):
+        if not isinstance(op, ActivationOp):
+            continue
+        if not op.has_alpha:
+            return Activation(op.name)
+        if op.keras_settings.alpha_default is not None:
+            return Activation(op.name, op.keras_settings.alpha_default)
+    hint = (
+        " (bounds are computed on logits: save the model without the final softmax)"
+        if key == "softmax"
+        else ""
+    )
+    raise UnsupportedError(f"{where}: unsupported Keras activation {name!r}{hint}")
 
 
 def _layer_weights(

@@ -203,14 +203,15 @@ class Graph:
     @property
     def activations(self) -> list[Activation]:
         """The element-wise activations, as chain :class:`Activation` records."""
-        from nnbound.network.layers import ACTIVATIONS, Activation
-        from nnbound.ops.base import OpKind
+        from nnbound.network.layers import Activation
+        from nnbound.ops.activation import ActivationOp
         from nnbound.ops.registry import get_op
 
         out = []
         for node in self.nodes:
-            if get_op(node.op, node).kind is OpKind.ELEMENTWISE and node.op in ACTIVATIONS:
-                out.append(Activation(node.op, float(node.attrs.get("alpha", 0.0))))
+            op = get_op(node.op, node)
+            if isinstance(op, ActivationOp):
+                out.append(Activation(node.op, op.alpha(node)))
         return out
 
     @property

@@ -17,6 +17,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,20 +25,41 @@ from torch import Tensor
 
 from nnbound.errors import InputError, UnsupportedError
 
+if TYPE_CHECKING:
+    from nnbound.ops.activation import ActivationOp
+
 Shape = tuple[int, ...]
 
-ACTIVATIONS: tuple[str, ...] = (
-    "relu",
-    "leaky_relu",
-    "tanh",
-    "sigmoid",
-    "arctan",
-    "softplus",
-    "elu",
-    "brelu",
-)
-"""Element-wise activations the IR can hold (``alpha`` is the leaky slope, the ELU scale or
-the bounded ReLU's cap)."""
+
+def activation_names() -> tuple[str, ...]:
+    """The element-wise activations the IR can hold: every activation operator registered in
+    :mod:`nnbound.ops.registry` (``alpha`` is the leaky slope, the ELU scale, the bounded
+    ReLU's cap, ...)."""
+    from nnbound.ops.activation import ActivationOp
+    from nnbound.ops.registry import OPS
+
+    return tuple(name for name, op in OPS.items() if isinstance(op, ActivationOp))
+
+
+def activation_operator(name: str) -> ActivationOp:
+    """The registered activation operator ``name``; UnsupportedError naming the known ones."""
+    from nnbound.ops.activation import ActivationOp
+    from nnbound.ops.registry import OPS
+
+    op = OPS.get(name)
+    if not isinstance(op, ActivationOp):
+        raise UnsupportedError(
+            f"unsupported activation {name!r}; supported: {', '.join(activation_names())}"
+        )
+    return op
+
+
+def __getattr__(name: str) -> object:
+    # ACTIVATIONS is read from the registry when asked for (importing the registry here would
+    # be circular: its operators import this module).
+    if name == "ACTIVATIONS":
+        return activation_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
@@ -531,28 +553,31 @@ class MaxPool2d:
 
 @dataclass(frozen=True, eq=False)
 class Activation:
-    """An element-wise activation ``name`` (one of :data:`ACTIVATIONS`).
+    """An element-wise activation ``name`` (one of :data:`ACTIVATIONS`: the registered
+    activation operators, :mod:`nnbound.ops`, which hold everything about each).
 
-    ``alpha`` is the negative-side slope of ``leaky_relu``, the scale of ``elu`` and the cap
-    ``c`` of ``brelu`` (the bounded ReLU ``min(max(z, 0), c)``; ``c > 0``, default 1 as the
-    CLEVER reference's ``K.relu(x, max_value=1)``); other activations ignore it. For ``elu``
-    and ``brelu`` an ``alpha`` of 0 means the default 1.
+    ``alpha`` is the activation's parameter where it has one: the negative-side slope of
+    ``leaky_relu``, the scale of ``elu`` and the cap ``c`` of ``brelu`` (the bounded ReLU
+    ``min(max(z, 0), c)``; ``c > 0``, default 1 as the CLEVER reference's
+    ``K.relu(x, max_value=1)``); other activations ignore it. For ``elu`` and ``brelu`` an
+    ``alpha`` of 0 means the default 1.
     """
 
     name: str
     alpha: float = field(default=0.0)
 
     def __post_init__(self) -> None:
-        if self.name not in ACTIVATIONS:
-            raise UnsupportedError(
-                f"unsupported activation {self.name!r}; supported: {', '.join(ACTIVATIONS)}"
-            )
-        if self.name in ("elu", "brelu") and self.alpha == 0.0:
-            object.__setattr__(self, "alpha", 1.0)
+        op = activation_operator(self.name)
+        object.__setattr__(self, "alpha", op.normalize_alpha(self.alpha))
         if not math.isfinite(self.alpha):
             raise InputError(f"activation {self.name} parameter alpha={self.alpha} is not finite")
-        if self.name == "brelu" and self.alpha < 0.0:
-            raise InputError(f"bounded ReLU cap must be > 0, got {self.alpha}")
+        if op.check_alpha is not None:
+            op.check_alpha(self.alpha)
+
+    @property
+    def op(self) -> ActivationOp:
+        """The registered operator (function, relaxation, traits, names)."""
+        return activation_operator(self.name)
 
     def out_shape(self, in_shape: Shape) -> Shape:
         return in_shape
@@ -566,24 +591,9 @@ class Activation:
 
 def activation_function(name: str, alpha: float = 0.0) -> Callable[[Tensor], Tensor]:
     """The torch function computing activation ``name`` (used by forward passes and relaxations)."""
-    if name == "relu":
-        return torch.relu
-    if name == "leaky_relu":
-        return lambda x: F.leaky_relu(x, alpha)
-    if name == "tanh":
-        return torch.tanh
-    if name == "sigmoid":
-        return torch.sigmoid
-    if name == "arctan":
-        return torch.atan
-    if name == "softplus":
-        return F.softplus
-    if name == "elu":
-        return lambda x: F.elu(x, alpha)
-    if name == "brelu":
-        cap = alpha if alpha != 0.0 else 1.0
-        return lambda x: torch.clamp(x, 0.0, cap)
-    raise UnsupportedError(f"unsupported activation {name!r}")
+    op = activation_operator(name)
+    assert op.function is not None
+    return op.function(op.normalize_alpha(alpha))
 
 
 LinearLayer = Dense | Conv2d | AvgPool2d | Flatten | Reshape | Normalize

@@ -212,10 +212,9 @@ def layer_summary(layer: Layer) -> str:
     if isinstance(layer, Dense):
         return f"Dense({layer.weight.shape[1]} -> {layer.weight.shape[0]})"
     if isinstance(layer, Activation):
-        if layer.name in ("leaky_relu", "elu"):
-            return f"Activation({layer.name}, alpha={layer.alpha:g})"
-        if layer.name == "brelu":
-            return f"Activation(brelu, cap={layer.alpha:g})"
+        label = layer.op.alpha_label  # the parameter's name; None: the activation has none
+        if label is not None:
+            return f"Activation({layer.name}, {label}={layer.alpha:g})"
         return f"Activation({layer.name})"
     if isinstance(layer, Conv2d):
         w = layer.weight

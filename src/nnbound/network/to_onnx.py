@@ -5,8 +5,9 @@ and writes ``logits`` of shape ``(batch, *net.output_shape)``. Each IR layer map
 operators: Dense -> ``Gemm(transB=1)``, Conv2d -> ``Conv``, AvgPool2d -> ``AveragePool``,
 MaxPool2d -> ``MaxPool``, Flatten -> ``Flatten(axis=1)``,
 Reshape -> ``Reshape`` (target ``[-1, *shape]``), Normalize -> ``Sub`` then ``Div``, activations
--> ``Relu``/``LeakyRelu``/``Tanh``/``Sigmoid``/``Atan``/``Softplus``/``Elu``, the bounded
-ReLU -> ``Clip(min=0, max=cap)``. Tensors are written
+-> the node their operator names (:meth:`nnbound.ops.activation.ActivationOp.onnx_node`:
+``Relu``/``LeakyRelu``/``Tanh``/``Sigmoid``/``Atan``/``Softplus``/``Elu``, the bounded
+ReLU -> ``Clip(min=0, max=cap)``, ...). Tensors are written
 as FLOAT, or DOUBLE for a float64 network, so a round trip through
 :func:`~nnbound.network.from_onnx.from_onnx` is exact. The network's name, ``input_range``,
 ``input_shape`` and ``meta`` travel as model ``metadata_props`` (``nnbound.*`` keys, JSON values).
@@ -36,20 +37,11 @@ from nnbound.network.layers import (
     Reshape,
 )
 from nnbound.network.network import Network
+from nnbound.ops.activation import OnnxNode
 
 MIN_OPSET = 7
 """The oldest opset whose operators (Gemm with broadcast bias, Atan, Reshape with a shape
 input) mean what the exporter needs."""
-
-_ACTIVATION_OPS = {
-    "relu": "Relu",
-    "leaky_relu": "LeakyRelu",
-    "tanh": "Tanh",
-    "sigmoid": "Sigmoid",
-    "arctan": "Atan",
-    "softplus": "Softplus",
-    "elu": "Elu",
-}
 
 
 def _version() -> str:
@@ -85,6 +77,23 @@ def _pool_node(
     if dilated:
         attrs["dilations"] = list(layer.dilation)
     return helper.make_node("MaxPool", [cur], [out], name=f"{p}_maxpool", **attrs)
+
+
+def _activation_node(layer: Activation, opset: int, i: int) -> OnnxNode:
+    """The ONNX node of an activation (its operator's
+    :meth:`~nnbound.ops.activation.ActivationOp.onnx_node`), checked to exist in ``opset``."""
+    try:
+        emit = layer.op.onnx_node(layer.alpha, opset)
+    except UnsupportedError as exc:
+        raise UnsupportedError(f"cannot export layer {i} ({layer.name}) to ONNX: {exc}") from None
+    try:
+        onnx.defs.get_schema(emit.op_type, opset)
+    except onnx.defs.SchemaError:
+        raise UnsupportedError(
+            f"cannot export layer {i} ({layer.name}) to ONNX opset {opset}: ONNX has no "
+            f"{emit.op_type} operator there (export with a later opset)"
+        ) from None
+    return emit
 
 
 def save_onnx(net: Network, path: str | Path, *, opset: int = 17) -> Path:
@@ -173,24 +182,16 @@ def save_onnx(net: Network, path: str | Path, *, opset: int = 17) -> Path:
             nodes.append(
                 helper.make_node("Div", [mid, const(f"{p}.std", layer.std)], [out], name=f"{p}_div")
             )
-        elif isinstance(layer, Activation) and layer.name == "brelu":
-            # Clip(min=0, max=cap): attributes before opset 11, scalar inputs from 11 on.
-            if opset < 11:
-                nodes.append(
-                    helper.make_node(
-                        "Clip", [cur], [out], name=f"{p}_brelu", min=0.0, max=float(layer.alpha)
-                    )
-                )
-            else:
-                lo_name = const(f"{p}.min", np.array(0.0, dtype=np_dtype))
-                hi_name = const(f"{p}.max", np.array(layer.alpha, dtype=np_dtype))
-                nodes.append(
-                    helper.make_node("Clip", [cur, lo_name, hi_name], [out], name=f"{p}_brelu")
-                )
         elif isinstance(layer, Activation):
-            op = _ACTIVATION_OPS[layer.name]
-            attrs = {"alpha": float(layer.alpha)} if layer.name in ("leaky_relu", "elu") else {}
-            nodes.append(helper.make_node(op, [cur], [out], name=f"{p}_{layer.name}", **attrs))
+            emit = _activation_node(layer, opset, i)
+            inputs = [cur]
+            for k, value in enumerate(emit.constants):
+                inputs.append(const(f"{p}.c{k}", np.array(value, dtype=np_dtype)))
+            nodes.append(
+                helper.make_node(
+                    emit.op_type, inputs, [out], name=f"{p}_{layer.name}", **dict(emit.attrs)
+                )
+            )
         else:
             raise UnsupportedError(f"cannot export layer {i} ({type(layer).__name__}) to ONNX")
         cur = out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from nnbound.errors import UnsupportedError
 from nnbound.network.layers import (
     Activation,
     AvgPool2d,
@@ -43,25 +44,48 @@ class ReshapeModule(nn.Module):
 
 
 class Arctan(nn.Module):
-    """Element-wise arctan (torch has no module for it)."""
+    """Element-wise arctan (torch has no module for it; the arctan operator's module)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.atan(x)
 
 
 def activation_module(act: Activation) -> nn.Module:
-    """The standard torch module for an IR activation."""
-    return {
-        "relu": lambda: nn.ReLU(),
-        "leaky_relu": lambda: nn.LeakyReLU(act.alpha),
-        "tanh": lambda: nn.Tanh(),
-        "sigmoid": lambda: nn.Sigmoid(),
-        "arctan": lambda: Arctan(),
-        "softplus": lambda: nn.Softplus(),
-        "elu": lambda: nn.ELU(act.alpha),
-        # the bounded ReLU min(max(x, 0), cap); nn.ReLU6 is Hardtanh(0, 6)
-        "brelu": lambda: nn.Hardtanh(0.0, act.alpha),
-    }[act.name]()
+    """The standard torch module for an IR activation (its registered operator's
+    :meth:`~nnbound.ops.activation.ActivationOp.module`)."""
+    return act.op.module(act.alpha)
+
+
+def activation_of_module(m: nn.Module, where: str = "") -> Activation | None:
+    """The IR activation a torch activation module computes, or ``None`` when ``m`` is no
+    registered activation's module.
+
+    ``m`` is activation ``op``'s when it is an instance of the class ``op``'s own module has
+    (:meth:`~nnbound.ops.activation.ActivationOp.module`; ``nn.ReLU6`` is an ``nn.Hardtanh``)
+    and keeps that class's ``forward``; its parameter is read from its attributes.
+
+    Raises:
+        UnsupportedError: ``m`` is such a module with settings that make it another function
+            (``nn.Softplus(beta=2)``, ``nn.Hardtanh(-1, 1)``, ``nn.GELU("tanh")``).
+    """
+    from nnbound.network.layers import activation_names, activation_operator
+
+    what = where or type(m).__name__
+    settings = {k: v for k, v in vars(m).items() if not k.startswith("_")}
+    for name in activation_names():
+        op = activation_operator(name)
+        try:
+            ref = type(op.module(op.default_alpha))
+        except UnsupportedError:
+            continue
+        if not isinstance(m, ref) or type(m).forward is not ref.forward:
+            continue
+        alpha = op.read_settings(op.torch_settings, settings, what)
+        if op.zero_alpha_is_default and alpha == 0.0:
+            # the chain IR reads 0 as the default: it cannot hold this one
+            raise UnsupportedError(f"{what} with {op.torch_settings.alpha}=0")
+        return Activation(name, alpha)
+    return None
 
 
 def layer_module(layer: Layer) -> nn.Module:

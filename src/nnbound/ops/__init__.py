@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the operator table below is wider than a line)
 """Operators of the graph IR, one file per family (see :mod:`nnbound.ops.base` for the
 contract and :mod:`nnbound.ops.registry` for the name lookup).
 
@@ -21,7 +22,11 @@ axis, so an ONNX axis ``k >= 1`` is ``k - 1`` here):
 | pad | x | | pads ((before, after) per axis), value, (mode: constant only) |
 | resize_nearest | x (C, H, W) | | scales (integer factors of H, W) |
 | reduce_sum / reduce_mean | x | | axes (None: all), keepdims (default true) |
-| mul / div / matmul | x, y (both computed) | | |
+| mul / div / matmul | x, y (both computed; mul / div broadcast, matmul (.., m, k) @ (.., k, n)) | | |
 | softmax | x | | axis |
-| relu, leaky_relu, brelu, tanh, sigmoid, arctan, softplus, elu, gelu, sign, ... | x | | (alpha) |
+| argmax | x | | axis, keepdims (default true) |
+| onehot | indices | | depth, axis (of the new axis in the output), values (off, on) |
+| equal | x, y (broadcast) or x alone | constant (with x alone) | |
+| relu, leaky_relu, brelu, tanh, sigmoid, arctan, softplus, elu, gelu, ... | x | | (alpha) |
+| exp, log, reciprocal, sign, trunc, floor, ceil, round (graph-only, no chain activation) | x | | |
 """

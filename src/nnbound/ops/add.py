@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 from torch import Tensor
 
 from nnbound.errors import InputError
@@ -27,8 +27,8 @@ from nnbound.ops.base import Interval, Names, Op, OpKind, Traits
 def broadcast_shape(shapes: Sequence[Shape], what: str) -> Shape:
     """The numpy broadcast of per-sample ``shapes``; InputError naming ``what`` otherwise."""
     try:
-        return tuple(int(s) for s in torch.broadcast_shapes(*shapes))
-    except RuntimeError:
+        return tuple(int(s) for s in np.broadcast_shapes(*shapes))
+    except ValueError:
         raise InputError(f"{what} shapes {', '.join(map(str, shapes))} do not broadcast") from None
 
 

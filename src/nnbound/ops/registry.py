@@ -13,17 +13,23 @@ from typing import TYPE_CHECKING
 from nnbound.errors import UnsupportedError
 from nnbound.ops import (
     add,
+    argmax,
     avgpool,
+    bilinear,
     bounded_relu,
     concat,
     conv,
     conv_transpose,
     convex,
     dense,
+    exp,
     gather,
+    gelu,
+    hardswish,
     maxpool,
     normalize,
     pad,
+    reciprocal,
     reduce,
     relu,
     reshape,
@@ -31,6 +37,8 @@ from nnbound.ops import (
     s_shaped,
     scale,
     slice,
+    softmax,
+    step,
     transpose,
 )
 from nnbound.ops.base import Op, RelaxOptions
@@ -62,8 +70,17 @@ _FAMILIES: tuple[tuple[Op, ...], ...] = (
     bounded_relu.OPS,
     s_shaped.OPS,
     convex.OPS,
+    hardswish.OPS,
+    gelu.OPS,
     # relaxed from their inputs' bounds
     maxpool.OPS,
+    # non-linear graph operators: products, exp / log, reciprocal, softmax, steps, selection
+    bilinear.OPS,
+    exp.OPS,
+    reciprocal.OPS,
+    softmax.OPS,
+    step.OPS,
+    argmax.OPS,
 )
 
 DEFAULT_OPTIONS = RelaxOptions(LowerSlope.ADAPTIVE, TangentRule.EXACT)

@@ -11,6 +11,7 @@ it multiplies, so one object serves Fast-Lin, CROWN and CROWN-general alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,3 +64,35 @@ def straddles(lower: Tensor, upper: Tensor, kinks: tuple[float, ...]) -> Tensor:
     for kink in kinks:
         across |= (lower < kink) & (upper > kink)
     return across
+
+
+LineMaker = Callable[[Tensor | None, Tensor | None], LinearRelaxation]
+"""``(theta_lower, theta_upper) -> lines`` of a :class:`ParametricLines` family."""
+
+
+@dataclass(frozen=True, eq=False)
+class ParametricLines:
+    """A family of sound lines on fixed bounds ``[l, u]``, indexed per entry by free
+    parameters ``theta`` in ``[0, 1]`` (alpha-CROWN optimises them; every value in the range
+    gives lines that sandwich the activation, so projecting onto ``[0, 1]`` keeps any iterate
+    sound).
+
+    A relaxation offers one through an optional ``parametric(lower, upper)`` method (ReLU's
+    lower slope, the bounded ReLU's two kink slopes, tangent points of S-shaped and convex
+    functions); relaxations without one keep their fixed lines.
+
+    Attributes:
+        default_lower, default_upper: ``(N, *shape)`` the parameters that give the
+            relaxation's own lines (``None``: that line has no parameter).
+        free_lower, free_upper: ``(N, *shape)`` where the parameter changes the line
+            (``None`` when it has none).
+        make: ``(theta_lower, theta_upper) -> lines``; each ``theta`` is ``(N, S, *shape)``
+            (or ``None`` for the default), the lines come back ``(N, S, *shape)``
+            (broadcastable), differentiable in ``theta``.
+    """
+
+    default_lower: Tensor | None
+    default_upper: Tensor | None
+    free_lower: Tensor | None
+    free_upper: Tensor | None
+    make: LineMaker

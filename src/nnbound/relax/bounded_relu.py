@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from nnbound.errors import InputError
-from nnbound.relax.base import LinearRelaxation
+from nnbound.relax.base import LinearRelaxation, ParametricLines
 from nnbound.relax.relu import LowerSlope
 
 
@@ -141,6 +141,40 @@ class BoundedReluRelaxation:
             return torch.zeros_like(steepest)
         take = score >= 0 if self.rule is LowerSlope.ADAPTIVE else score > 0
         return torch.where(take, steepest, torch.zeros_like(steepest))
+
+    def parametric(self, lower: Tensor, upper: Tensor) -> ParametricLines:
+        """alpha-CROWN's family: the two free slopes of the module docstring as fractions of
+        their largest admissible values, ``s = theta_lower s_max`` (lower line ``s z`` where
+        ``l < 0 < u``) and ``t = theta_upper t_max`` (upper line ``c + t (z - c)`` where
+        ``l < c < u``); every other line stays the relaxation's own."""
+        c = self.cap
+        base = self.linear(lower, upper)
+        one = torch.ones_like(lower)
+        zero_kink = (lower < 0) & (upper > 0)
+        cap_kink = (lower < c) & (upper > c)
+        s_max = torch.clamp(c / torch.where(zero_kink, upper, one), max=1.0)
+        t_max = c / (c - torch.clamp(lower, max=0.0))
+        zero = torch.zeros_like(lower)
+        default_lower = torch.where(zero_kink, (base.lower_slope / s_max).clamp(0, 1), zero)
+        default_upper = torch.where(cap_kink, (base.upper_slope / t_max).clamp(0, 1), zero)
+
+        def make(theta_lower: Tensor | None, theta_upper: Tensor | None) -> LinearRelaxation:
+            ls, lb, us, ub = (
+                t.unsqueeze(1)
+                for t in (base.lower_slope, base.lower_bias, base.upper_slope, base.upper_bias)
+            )
+            if theta_lower is not None:
+                free = zero_kink.unsqueeze(1)
+                ls = torch.where(free, theta_lower * s_max.unsqueeze(1), ls)
+                lb = torch.where(free, torch.zeros_like(lb), lb)
+            if theta_upper is not None:
+                free = cap_kink.unsqueeze(1)
+                t = theta_upper * t_max.unsqueeze(1)
+                us = torch.where(free, t, us)
+                ub = torch.where(free, c * (1.0 - t), ub)
+            return LinearRelaxation(ls, lb, us, ub)
+
+        return ParametricLines(default_lower, default_upper, zero_kink, cap_kink, make)
 
     def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         # f is non-decreasing.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nnbound.relax.base import LinearRelaxation
+from nnbound.relax.base import LinearRelaxation, ParametricLines
 from nnbound.relax.functions import SmoothFunction
 from nnbound.relax.s_shaped import _chord, _outward_margin, _tangent
 
@@ -45,6 +45,37 @@ class ConvexRelaxation:
             up_s.to(dtype),
             (up_b + up_margin).to(dtype),
         )
+
+    def parametric(self, lower: Tensor, upper: Tensor) -> ParametricLines:
+        """alpha-CROWN's family: the lower tangent at any ``d = l + theta (u - l)`` (a tangent
+        of a convex function lies below it everywhere); the chord above stays (it is the
+        tightest upper line). ``theta = 1/2`` gives :meth:`linear`'s midpoint tangent."""
+        fn = self.function
+        dtype = lower.dtype
+        l = lower.to(torch.float64)
+        u = torch.maximum(upper.to(torch.float64), l)
+        base = self.linear(lower, upper)
+        reach = torch.maximum(l.abs(), u.abs()).unsqueeze(1)
+        f_l, gap = fn.f(l).unsqueeze(1), fn.gap_on(u).unsqueeze(1)
+        l1, u1 = l.unsqueeze(1), u.unsqueeze(1)
+
+        def make(theta_lower: Tensor | None, theta_upper: Tensor | None) -> LinearRelaxation:
+            del theta_upper
+            ls, lb, us, ub = (
+                t.unsqueeze(1)
+                for t in (base.lower_slope, base.lower_bias, base.upper_slope, base.upper_bias)
+            )
+            if theta_lower is not None:
+                d = torch.minimum(
+                    torch.maximum(l1 + theta_lower.to(torch.float64) * (u1 - l1), l1), u1
+                )
+                s, b = _tangent(fn, d)
+                margin = _outward_margin(dtype, b, s * reach, f_l) + gap
+                ls, lb = s.to(dtype), (b - margin).to(dtype)
+            return LinearRelaxation(ls, lb, us, ub)
+
+        free = torch.ones_like(lower, dtype=torch.bool)
+        return ParametricLines(torch.full_like(lower, 0.5), None, free, None, make)
 
     def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         fn = self.function

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nnbound.relax.base import LinearRelaxation
+from nnbound.relax.base import LinearRelaxation, ParametricLines
 
 
 class LowerSlope(enum.Enum):
@@ -77,6 +77,35 @@ class LeakyReluRelaxation:
             unstable_lower = one * a
         lower_slope = torch.where(unstable, unstable_lower, stable_slope)
         return LinearRelaxation(lower_slope, torch.zeros_like(lower), upper_slope, upper_bias)
+
+    def parametric(self, lower: Tensor, upper: Tensor) -> ParametricLines:
+        """alpha-CROWN's family: an unstable neuron's lower line ``s z`` with any slope
+        ``s = alpha + theta (1 - alpha)`` in ``[alpha, 1]`` lies below ``max(z, alpha z)``
+        (below ``z`` for ``z >= 0`` as ``s <= 1``, below ``alpha z`` for ``z <= 0`` as
+        ``s >= alpha``); stable neurons and the upper chord stay fixed."""
+        base = self.linear(lower, upper)
+        a = self.alpha
+        free = (lower < 0) & (upper > 0)
+        if a >= 1.0:  # the identity: nothing to choose
+            free = torch.zeros_like(free)
+        span = max(1.0 - a, 1e-30)
+        default = torch.where(free, (base.lower_slope - a) / span, torch.zeros_like(lower))
+
+        def make(theta_lower: Tensor | None, theta_upper: Tensor | None) -> LinearRelaxation:
+            del theta_upper  # the upper chord is the tightest upper line: no parameter
+            fixed = base.lower_slope.unsqueeze(1)
+            if theta_lower is None:
+                slope = fixed
+            else:
+                slope = torch.where(free.unsqueeze(1), a + theta_lower * (1.0 - a), fixed)
+            return LinearRelaxation(
+                slope,
+                torch.zeros_like(fixed),
+                base.upper_slope.unsqueeze(1),
+                base.upper_bias.unsqueeze(1),
+            )
+
+        return ParametricLines(default, None, free, None, make)
 
     def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         a = self.alpha

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nnbound.relax.base import LinearRelaxation
+from nnbound.relax.base import LinearRelaxation, ParametricLines
 from nnbound.relax.functions import SmoothFunction
 
 _BISECTION_STEPS = 64
@@ -88,29 +88,43 @@ def _bisect(valid_at: Tensor, lo: Tensor, hi: Tensor, residual, keep_hi: bool) -
     return hi if keep_hi else lo
 
 
-def _exact_mixed_upper(fn: SmoothFunction, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """Upper line for l < 0 < u: tangent at d >= d* (where it passes above (l, f(l)))."""
+def _mixed_upper_point(fn: SmoothFunction, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """For l < 0 < u: the smallest valid upper tangent point ``d*`` (a tangent at any ``d`` in
+    ``[d*, u]`` passes above ``(l, f(l))``, hence above ``f`` on ``[l, u]``), and where no
+    such point lies inside (then the chord is the upper line)."""
     fl = fn.f(l)
 
     def residual(d: Tensor) -> Tensor:  # tangent at d, evaluated at l, minus f(l)
         return fn.f(d) - fn.df(d) * (d - l) - fl
 
     use_chord = residual(u) < 0  # the tangent point lies beyond u: the chord is valid
-    d = _bisect(None, torch.zeros_like(u), u.clone(), residual, keep_hi=True)
+    return _bisect(None, torch.zeros_like(u), u.clone(), residual, keep_hi=True), use_chord
+
+
+def _exact_mixed_upper(fn: SmoothFunction, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Upper line for l < 0 < u: tangent at d >= d* (where it passes above (l, f(l)))."""
+    d, use_chord = _mixed_upper_point(fn, l, u)
     ts, tb = _tangent(fn, d)
     cs, cb = _chord(fn, l, u)
     return torch.where(use_chord, cs, ts), torch.where(use_chord, cb, tb)
 
 
-def _exact_mixed_lower(fn: SmoothFunction, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """Lower line for l < 0 < u: tangent at d <= d* (where it passes below (u, f(u)))."""
+def _mixed_lower_point(fn: SmoothFunction, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """For l < 0 < u: the largest valid lower tangent point ``d*`` (a tangent at any ``d`` in
+    ``[l, d*]`` passes below ``(u, f(u))``, hence below ``f`` on ``[l, u]``), and where no
+    such point lies inside (then the chord is the lower line)."""
     fu = fn.f(u)
 
     def residual(d: Tensor) -> Tensor:  # f(u) minus the tangent at d evaluated at u
         return fu - fn.f(d) - fn.df(d) * (u - d)
 
     use_chord = residual(l) < 0  # the tangent point lies before l: the chord is valid
-    d = _bisect(None, l.clone(), torch.zeros_like(l), residual, keep_hi=False)
+    return _bisect(None, l.clone(), torch.zeros_like(l), residual, keep_hi=False), use_chord
+
+
+def _exact_mixed_lower(fn: SmoothFunction, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Lower line for l < 0 < u: tangent at d <= d* (where it passes below (u, f(u)))."""
+    d, use_chord = _mixed_lower_point(fn, l, u)
     ts, tb = _tangent(fn, d)
     cs, cb = _chord(fn, l, u)
     return torch.where(use_chord, cs, ts), torch.where(use_chord, cb, tb)
@@ -225,6 +239,69 @@ class SShapedRelaxation:
             (lower_b - margin_l).to(dtype),
             upper_s.to(dtype),
             (upper_b + margin_u).to(dtype),
+        )
+
+    def parametric(self, lower: Tensor, upper: Tensor) -> ParametricLines:
+        """alpha-CROWN's family: tangent points chosen freely where a tangent is the line.
+
+        A tangent at any point of a convex piece lies below ``f`` on that piece (above on a
+        concave one), so: below on ``u <= 0`` at ``d`` in ``[l, u]``; above on ``l >= 0`` at
+        ``d`` in ``[l, u]``; for ``l < 0 < u`` below at ``d`` in ``[l, d*]`` and above at ``d``
+        in ``[d*, u]`` (the bisected limits of :func:`_mixed_lower_point` /
+        :func:`_mixed_upper_point`; where they fall outside, the chord stays). ``theta`` is
+        the position of ``d`` in its range; the defaults give the :attr:`TangentRule.EXACT`
+        lines (midpoint tangents, the limit tangents). Chords stay fixed (on a convex piece
+        the chord is the tightest upper line). Lines are built in float64 and moved outward
+        as in :meth:`linear`.
+        """
+        fn = self.function
+        dtype = lower.dtype
+        l = lower.to(torch.float64)
+        u = torch.maximum(upper.to(torch.float64), l)
+        convex = u <= 0
+        concave = l >= 0
+        mixed = ~(convex | concave)
+        lm = torch.where(mixed, l, -torch.ones_like(l))
+        um = torch.where(mixed, u, torch.ones_like(u))
+        with torch.no_grad():
+            d_lo, lo_chord = _mixed_lower_point(fn, lm.detach(), um.detach())
+            d_up, up_chord = _mixed_upper_point(fn, lm.detach(), um.detach())
+        free_lower = convex | (mixed & ~lo_chord)
+        free_upper = concave | (mixed & ~up_chord)
+        # The range of each tangent point: [a, b] with d = a + theta (b - a).
+        lo_a, lo_b = l, torch.where(mixed, d_lo, u)
+        up_a, up_b = torch.where(mixed, d_up, l), u
+        half = torch.full_like(l, 0.5)
+        default_lower = torch.where(mixed, torch.ones_like(l), half)
+        default_upper = torch.where(mixed, torch.zeros_like(l), half)
+        base = self.linear(lower, upper)
+        reach = torch.maximum(l.abs(), u.abs()).unsqueeze(1)
+        f_l, f_u = fn.f(l).unsqueeze(1), fn.f(u).unsqueeze(1)
+
+        def tangent(theta: Tensor, a: Tensor, b: Tensor, above: bool) -> tuple[Tensor, Tensor]:
+            a, b = a.unsqueeze(1), b.unsqueeze(1)
+            d = torch.minimum(torch.maximum(a + theta.to(torch.float64) * (b - a), a), b)
+            slope, bias = _tangent(fn, d)
+            margin = _outward_margin(dtype, bias, slope * reach, f_u if above else f_l)
+            return slope.to(dtype), (bias + margin if above else bias - margin).to(dtype)
+
+        def make(theta_lower: Tensor | None, theta_upper: Tensor | None) -> LinearRelaxation:
+            ls, lb, us, ub = (
+                t.unsqueeze(1)
+                for t in (base.lower_slope, base.lower_bias, base.upper_slope, base.upper_bias)
+            )
+            if theta_lower is not None:
+                free = free_lower.unsqueeze(1)
+                s, b = tangent(theta_lower, lo_a, lo_b, above=False)
+                ls, lb = torch.where(free, s, ls), torch.where(free, b, lb)
+            if theta_upper is not None:
+                free = free_upper.unsqueeze(1)
+                s, b = tangent(theta_upper, up_a, up_b, above=True)
+                us, ub = torch.where(free, s, us), torch.where(free, b, ub)
+            return LinearRelaxation(ls, lb, us, ub)
+
+        return ParametricLines(
+            default_lower.to(dtype), default_upper.to(dtype), free_lower, free_upper, make
         )
 
     def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:

@@ -34,7 +34,7 @@ from nnbound.data.dataset import Dataset
 from nnbound.errors import InputError
 from nnbound.network.layers import ACTIVATIONS, Activation, Conv2d, Dense, Flatten, Layer
 from nnbound.network.network import Network
-from nnbound.network.to_torch import Arctan, activation_module
+from nnbound.network.to_torch import activation_module, activation_of_module
 
 ARCHS: tuple[str, ...] = ("mlp", "cnn")
 ACTIVATION_ALIASES: dict[str, str] = {"leaky": "leaky_relu", "atan": "arctan"}
@@ -179,24 +179,7 @@ def build_model(
 
 def _activation_layer(m: nn.Module) -> Activation | None:
     """The IR activation a torch activation module computes, or None if it is not one."""
-    if isinstance(m, nn.ReLU):
-        return Activation("relu")
-    if isinstance(m, nn.LeakyReLU):
-        return Activation("leaky_relu", float(m.negative_slope))
-    if isinstance(m, nn.Tanh):
-        return Activation("tanh")
-    if isinstance(m, nn.Sigmoid):
-        return Activation("sigmoid")
-    if isinstance(m, Arctan):
-        return Activation("arctan")
-    if isinstance(m, nn.Softplus) and m.beta == 1 and m.threshold == 20:
-        # The IR's softplus is F.softplus with its defaults (beta 1, threshold 20).
-        return Activation("softplus")
-    if isinstance(m, nn.ELU):
-        return Activation("elu", float(m.alpha))
-    if isinstance(m, nn.Hardtanh) and m.min_val == 0.0 and m.max_val > 0.0:
-        return Activation("brelu", float(m.max_val))  # the bounded ReLU
-    return None
+    return activation_of_module(m)
 
 
 def _to_layers(model: nn.Sequential) -> tuple[Layer, ...]:
