@@ -31,6 +31,7 @@ from nnbound.network.from_torch import (
     load_torchscript,
     torch_archive_kind,
 )
+from nnbound.network.graph import Graph
 from nnbound.network.to_torch import Arctan, NormalizeModule
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "torch"
@@ -285,7 +286,7 @@ def test_unsupported_modules_are_named(module: nn.Module, pattern: str) -> None:
         from_torch(module, (1, 6, 6))
 
 
-def test_skip_connection_is_refused() -> None:
+def test_skip_connection_falls_back_to_a_graph() -> None:
     class Residual(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -294,8 +295,11 @@ def test_skip_connection_is_refused() -> None:
         def forward(self, x: Tensor) -> Tensor:
             return self.fc(x) + x
 
-    with pytest.raises(UnsupportedError, match="two intermediate values"):
-        from_torch(Residual(), (4,))
+    module = Residual()
+    graph = from_torch(module, (4,))  # not a chain: the graph importer takes it
+    assert isinstance(graph, Graph) and not graph.is_chain
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(graph(x), module(x))
 
 
 def test_untraceable_forward_that_is_not_its_children_in_order_is_caught() -> None:

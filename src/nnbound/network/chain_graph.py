@@ -39,7 +39,7 @@ _LAYER_OF_OP = {op: cls for cls, op in _OP_OF_LAYER.items()}
 def layer_node(layer: Layer, inp: str, out: str, label: str = "") -> Node:
     """The graph node computing ``layer`` from tensor ``inp`` into tensor ``out``."""
     if isinstance(layer, Activation):
-        attrs = {"alpha": layer.alpha} if layer.name in ("leaky_relu", "elu", "brelu") else {}
+        attrs = {"alpha": layer.alpha} if layer.op.has_alpha else {}
         return Node(layer.name, (inp,), out, {}, attrs, label)
     tensors = layer.tensors()
     attrs = {f.name: getattr(layer, f.name) for f in fields(layer) if f.name not in tensors}
@@ -68,10 +68,15 @@ def node_layer(node: Node) -> Layer | None:
     """The chain layer a node computes, or ``None`` when the chain IR has no such layer."""
     if node.op in _LAYER_OF_OP:
         return _LAYER_OF_OP[node.op](**node.params, **node.attrs)
-    from nnbound.network.layers import ACTIVATIONS
+    from nnbound.ops.activation import ActivationOp
+    from nnbound.ops.registry import OPS
 
-    if node.op in ACTIVATIONS:
-        return Activation(node.op, float(node.attrs.get("alpha", 0.0)))
+    op = OPS.get(node.op)
+    if isinstance(op, ActivationOp):
+        alpha = op.alpha(node)  # the operator's default where the node has none
+        if op.normalize_alpha(alpha) != alpha:
+            return None  # a parameter the chain record reads as another (an ELU scale of 0)
+        return Activation(node.op, alpha)
     return None
 
 

@@ -28,7 +28,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -49,6 +49,11 @@ from nnbound.network.layers import (
     Shape,
 )
 from nnbound.network.network import Network
+from nnbound.ops.activation import ActivationOp
+from nnbound.ops.registry import by_onnx
+
+if TYPE_CHECKING:
+    from nnbound.network.graph import Graph
 
 # Metadata keys written by ``save_onnx`` and read back here.
 META_INPUT_RANGE = "nnbound.input_range"
@@ -90,13 +95,13 @@ SUPPORTED_OPS: tuple[str, ...] = (
 ``Clip(min=0, max=c)`` = bounded ReLU,
 ``Dropout`` only in inference mode, ``Transpose`` only where it keeps the data order)."""
 
-_SIMPLE_ACTIVATIONS = {
-    "Relu": "relu",
-    "Sigmoid": "sigmoid",
-    "Tanh": "tanh",
-    "Atan": "arctan",
-    "Softplus": "softplus",
-}
+
+def _registry_activations(op_type: str) -> list[ActivationOp]:
+    """The registered activations ONNX writes as ``op_type`` (:mod:`nnbound.ops`): every
+    activation besides those with a handler here (``LeakyRelu``, ``Elu``, ``Clip``) is read
+    through its operator."""
+    return [op for op in by_onnx(op_type) if isinstance(op, ActivationOp)]
+
 
 # A folded MatMul on a non-vector tensor becomes a Kronecker-structured Dense; refuse ones that
 # would not fit comfortably in memory rather than allocate gigabytes.
@@ -455,7 +460,7 @@ class _Importer:
             op = node.op_type
             if node.domain not in ("", "ai.onnx"):
                 raise UnsupportedError(f"unsupported ONNX op '{node.domain}.{op}' ({label})")
-            if op not in SUPPORTED_OPS:
+            if op not in SUPPORTED_OPS and not _registry_activations(op):
                 raise UnsupportedError(f"unsupported ONNX op {op!r} ({label})")
             if not node.output:
                 raise ModelFormatError(f"{self.where}: ONNX {op} {label} has no output")
@@ -493,7 +498,8 @@ class _Importer:
                     f"{self.where}: {op} {label} reads the network value {current!r} twice "
                     "(not an affine function of it)"
                 )
-            getattr(self, f"_op_{op}")(b, node, chain_pos[0], label)
+            handler = getattr(self, f"_op_{op}", self._registry_activation)
+            handler(b, node, chain_pos[0], label)
             current = node.output[0]
             seen.add(current)
         if current != self.output_name:
@@ -519,10 +525,17 @@ class _Importer:
     def _activation(self, b: _Builder, name: str, alpha: float = 0.0) -> None:
         b.append(Activation(name, alpha), b.ir_shape)
 
-    def _simple(self, b: _Builder, node: onnx.NodeProto, pos: int, label: str) -> None:
-        self._activation(b, _SIMPLE_ACTIVATIONS[node.op_type])
-
-    _op_Relu = _op_Sigmoid = _op_Tanh = _op_Atan = _op_Softplus = _simple
+    def _registry_activation(self, b: _Builder, node: onnx.NodeProto, pos: int, label: str) -> None:
+        """``Relu``, ``Sigmoid``, ``Tanh``, ``Atan``, ``Softplus`` and any other registered
+        activation: its parameter and settings read from the node's attributes."""
+        op = _registry_activations(node.op_type)[0]
+        where = f"ONNX {node.op_type} {label}"
+        alpha = op.read_settings(op.onnx_settings, _attrs(node), where)
+        if op.has_alpha and op.onnx_settings.alpha is not None:
+            alpha = _attr_float(_attrs(node), op.onnx_settings.alpha, alpha)
+            if op.zero_alpha_is_default and alpha == 0.0:  # the chain IR reads 0 as the default
+                raise UnsupportedError(f"{where} with {op.onnx_settings.alpha}=0")
+        self._activation(b, op.name, alpha)
 
     def _op_LeakyRelu(self, b: _Builder, node: onnx.NodeProto, pos: int, label: str) -> None:
         alpha = _attr_float(_attrs(node), "alpha", 0.01)
@@ -945,8 +958,9 @@ def from_onnx(
     *,
     input_range: tuple[float, float] | None = None,
     name: str | None = None,
-) -> Network:
-    """Import a sequential ONNX model as a :class:`Network`.
+) -> Network | Graph:
+    """Import a sequential ONNX model as a :class:`Network` (any other model as a
+    :class:`~nnbound.network.graph.Graph`: see :mod:`nnbound.network.from_onnx_graph`).
 
     Args:
         source: path of an ``.onnx`` file, or a loaded ``onnx.ModelProto``.
@@ -995,6 +1009,13 @@ def from_onnx(
             ):
                 input_shape = tuple(stored_shape)
         builder = importer.run(input_shape)
+    except UnsupportedError:
+        # Not a chain (branches, residual connections, several inputs or outputs) or an
+        # operator only the graph IR has: the graph importer takes the whole model as a
+        # Graph, which duck-types Network (or raises what it cannot take either).
+        from nnbound.network.from_onnx_graph import from_onnx_graph
+
+        return from_onnx_graph(path or model, name=name, input_range=input_range)
     except NnboundError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:

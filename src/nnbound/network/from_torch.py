@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnbound.errors import InputError, ModelFormatError, NnboundError, UnsupportedError
+from nnbound.network.graph import Graph
 from nnbound.network.layers import (
     Activation,
     AvgPool2d,
@@ -55,7 +56,12 @@ from nnbound.network.layers import (
     Shape,
 )
 from nnbound.network.network import Network
-from nnbound.network.to_torch import Arctan, NormalizeModule, ReshapeModule
+from nnbound.network.to_torch import (
+    Arctan,
+    NormalizeModule,
+    ReshapeModule,
+    activation_of_module,
+)
 
 __all__ = [
     "from_torch",
@@ -95,6 +101,11 @@ class _BatchSize:
 
 
 _BATCH = _BatchSize()
+
+
+class _NotAChain(UnsupportedError):
+    """A branch or skip connection: the chain IR cannot hold it, so :func:`from_torch` hands
+    the module to the graph importer (:mod:`nnbound.network.from_torch_graph`)."""
 
 
 def _contains(obj: Any, cls: type) -> bool:
@@ -170,7 +181,7 @@ class _Builder:
         if not isinstance(value, _Value):
             raise UnsupportedError(f"{where}: expected the running activation as input")
         if value is not self.current:
-            raise UnsupportedError(
+            raise _NotAChain(
                 f"{where}: uses an earlier intermediate value (branches and skip connections "
                 "are not supported: the IR is a chain of layers)"
             )
@@ -494,13 +505,25 @@ def _resolve_minus_one(sizes: Sequence[int], total: int, where: str) -> list[int
 # ---------------------------------------------------------------------------------------------
 _IDENTITY_OPS = frozenset({"contiguous", "clone", "detach", "alias", "lift_fresh_copy", "identity"})
 _DROPOUT_OPS = frozenset({"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"})
-_SIMPLE_ACTIVATIONS = {
-    "relu": "relu",
-    "tanh": "tanh",
-    "sigmoid": "sigmoid",
-    "atan": "arctan",
-    "arctan": "arctan",
-}
+
+
+def _registry_activation(
+    b: _Builder, name: str, kw: Mapping[str, Any], where: str
+) -> _Value | None:
+    """Apply the registered activation torch calls ``name`` (:mod:`nnbound.ops`: ``relu``,
+    ``tanh``, ``sigmoid``, ``atan`` and any other without a handler here), its parameter
+    and settings read from ``kw``; ``None`` when no activation has that name."""
+    from nnbound.ops.activation import ActivationOp
+    from nnbound.ops.registry import by_torch
+
+    ops = [op for op in by_torch(name) if isinstance(op, ActivationOp)]
+    if not ops:
+        return None
+    op = ops[0]
+    alpha = op.read_settings(op.torch_settings, kw, f"{where}: {name}")
+    if op.has_alpha and op.zero_alpha_is_default and alpha == 0.0:
+        raise UnsupportedError(f"{where}: {name} with {op.torch_settings.alpha}=0")
+    return b.activation(op.name, alpha, where)
 
 
 def _get(kw: Mapping[str, Any], *names: str, default: Any = None) -> Any:
@@ -522,7 +545,7 @@ def _apply_op(b: _Builder, op: str, kw: dict[str, Any], where: str) -> Any:
         expect = "other"
     for name, value in kw.items():
         if name != expect and _contains(value, _Value):
-            raise UnsupportedError(
+            raise _NotAChain(
                 f"{where}: {op} combines two intermediate values (only chains are supported)"
             )
     if op in ("size", "sym_size"):
@@ -571,8 +594,6 @@ def _apply_op(b: _Builder, op: str, kw: dict[str, Any], where: str) -> Any:
             int(_get(kw, "groups", default=1)),
             where,
         )
-    if op in _SIMPLE_ACTIVATIONS:
-        return b.activation(_SIMPLE_ACTIVATIONS[op], 0.0, where)
     if op == "leaky_relu":
         return b.activation("leaky_relu", float(_get(kw, "negative_slope", default=0.01)), where)
     if op in ("clamp", "clip", "hardtanh", "relu6", "clamp_min"):
@@ -583,7 +604,9 @@ def _apply_op(b: _Builder, op: str, kw: dict[str, Any], where: str) -> Any:
             or float(_get(kw, "input_scale", default=1)) != 1
         ):
             raise UnsupportedError(f"{where}: ELU with scale/input_scale != 1 (SELU?)")
-        return b.activation("elu", float(_get(kw, "alpha", default=1.0)), where)
+        alpha = float(_get(kw, "alpha", default=1.0))
+        # ELU with alpha 0 is exactly ReLU (and the IR reads alpha 0 as the default 1)
+        return b.activation("relu" if alpha == 0.0 else "elu", alpha, where)
     if op == "softplus":
         _check_softplus(
             float(_get(kw, "beta", default=1)), float(_get(kw, "threshold", default=20)), where
@@ -619,6 +642,9 @@ def _apply_op(b: _Builder, op: str, kw: dict[str, Any], where: str) -> Any:
         return _pool(b, op, kw, where)
     if op in ("add", "sub", "rsub", "mul", "div", "true_divide", "neg"):
         return _elementwise(b, op, kw, where)
+    out = _registry_activation(b, op, kw, where)
+    if out is not None:
+        return out
     raise UnsupportedError(f"{where}: unsupported operation {op!r}")
 
 
@@ -825,7 +851,7 @@ def _convert_module(b: _Builder, m: nn.Module, qualname: str) -> None:
         _check_softplus(float(m.beta), float(m.threshold), where)
         b.activation("softplus", 0.0, where)
     elif isinstance(m, nn.ELU):
-        b.activation("elu", m.alpha, where)
+        b.activation("relu" if m.alpha == 0.0 else "elu", m.alpha, where)  # ELU(0) is ReLU
     elif isinstance(m, nn.Hardtanh):  # also nn.ReLU6 = Hardtanh(0, 6)
         _clamp(b, "hardtanh", {"min_val": m.min_val, "max_val": m.max_val}, where)
     elif isinstance(m, (nn.Identity, *_DROPOUT_MODULES)):
@@ -855,6 +881,8 @@ def _convert_module(b: _Builder, m: nn.Module, qualname: str) -> None:
     elif isinstance(m, nn.AdaptiveMaxPool2d):
         kw = {"output_size": m.output_size, "return_indices": m.return_indices}
         _pool(b, "fx_adaptive_max_pool2d", kw, where)
+    elif (act := activation_of_module(m, where)) is not None:
+        b.push(act, where)  # any other registered activation's module (nn.GELU, ...)
     elif any(True for _ in m.children()) or _has_own_forward_ops(m):
         _convert_custom(b, m, qualname)
     else:
@@ -1042,6 +1070,22 @@ def _fx_call_name(node: fx.Node) -> str:
     return getattr(t, "__name__", repr(t))
 
 
+def _fx_activation(node: fx.Node, where: str) -> str:
+    """The name of a torch function or tensor method outside the tables above that is a
+    registered activation (``F.gelu``, ...: applied by :func:`_registry_activation`, its
+    settings passed as keywords); UnsupportedError otherwise."""
+    from nnbound.ops.activation import ActivationOp
+    from nnbound.ops.registry import by_torch
+
+    name = _fx_call_name(node)
+    from_torch = node.op == "call_method" or str(
+        getattr(node.target, "__module__", None) or ""
+    ).startswith("torch")
+    if from_torch and any(isinstance(op, ActivationOp) for op in by_torch(name)):
+        return name
+    raise UnsupportedError(f"{where}: unsupported {node.op.replace('_', ' ')} {name!r}")
+
+
 def _walk_fx(b: _Builder, root: nn.Module, graph: fx.Graph, qualname: str) -> None:
     env: dict[fx.Node, Any] = {}
     first = True
@@ -1095,9 +1139,7 @@ def _walk_fx(b: _Builder, root: nn.Module, graph: fx.Graph, qualname: str) -> No
                 try:
                     op, names = table[node.target]
                 except (KeyError, TypeError):
-                    raise UnsupportedError(
-                        f"{where}: unsupported {node.op.replace('_', ' ')} {_fx_call_name(node)!r}"
-                    ) from None
+                    op, names = _fx_activation(node, where), ("input",)
                 kw = _bind(names, args, kwargs, where)
             env[node] = _apply_op(b, op, kw, where)
         elif node.op == "output":
@@ -1199,8 +1241,9 @@ def from_torch(
     *,
     input_range: tuple[float, float] | None = None,
     name: str | None = None,
-) -> Network:
-    """Convert an eval-mode ``nn.Module`` into a :class:`Network`.
+) -> Network | Graph:
+    """Convert an eval-mode ``nn.Module`` into a :class:`Network` (a :class:`Graph` when its
+    ``forward`` is not a chain: see :func:`~nnbound.network.from_torch_graph.from_torch_graph`).
 
     Args:
         module: an ``nn.Sequential`` (nested Sequentials are flattened) or a module whose
@@ -1227,7 +1270,8 @@ def from_torch(
 
     Returns:
         The network; its tensors are copies in the module's dtype (the first floating
-        parameter's), on the module's device.
+        parameter's), on the module's device. A module with branches or skip connections
+        (a tensor read twice, two computed tensors combined) comes back as a :class:`Graph`.
 
     Raises:
         UnsupportedError: a module or operation nnbound cannot represent (the message names
@@ -1242,7 +1286,14 @@ def from_torch(
     dtype, device = _module_dtype_device(module)
     b = _Builder(shape, dtype, device, batch_literal=None)
     with _eval_mode(module), torch.no_grad():
-        _convert_module(b, module, "")
+        try:
+            _convert_module(b, module, "")
+        except _NotAChain:
+            # residual / branching forward: the graph IR holds it (the graph importer runs
+            # its own checks and names what it cannot convert)
+            from nnbound.network.from_torch_graph import from_torch_graph
+
+            return from_torch_graph(module, shape, name=name, input_range=input_range)
         net = Network(
             layers=tuple(b.layers),
             input_shape=shape,

@@ -6,6 +6,7 @@
 spec                                    importer
 ======================================  ============================================
 a built-in name (``mnist-kw``)          :func:`~nnbound.network.builtin.load_builtin`
+a catalogue name (``resnet18``)         :func:`~nnbound.catalogue.graph.catalogue_graph`
 ``*.safetensors``                       :func:`~nnbound.network.native.load_network`
 ``*.onnx``                              ``nnbound.network.from_onnx.from_onnx``
 ``*.h5``/``*.hdf5``/HDF5 signature      :func:`~nnbound.network.from_keras_h5.from_keras_h5`
@@ -26,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from nnbound.catalogue.registry import is_catalogue_name
 from nnbound.errors import InputError, ModelFormatError
 from nnbound.network.builtin import BUILTIN_MODELS, load_builtin
 from nnbound.network.from_keras_h5 import from_keras_h5, is_hdf5
@@ -35,6 +37,7 @@ from nnbound.network.from_torch import (
     load_torchscript,
     torch_archive_kind,
 )
+from nnbound.network.graph import Graph
 from nnbound.network.native import load_network, save_network
 from nnbound.network.network import Network
 
@@ -92,9 +95,10 @@ def load_model(
     *,
     input_shape: tuple[int, ...] | None = None,
     input_range: tuple[float, float] | None = None,
-) -> Network:
+) -> Network | Graph:
     """Load a network from a built-in name or a model file (format chosen as described in the
-    module docstring).
+    module docstring), or a catalogue architecture's graph (random weights, see
+    :func:`_catalogue_graph`).
 
     Args:
         spec: a built-in model name (:data:`~nnbound.network.builtin.BUILTIN_MODELS`) or a path.
@@ -113,6 +117,8 @@ def load_model(
     if not path.is_file():
         if isinstance(spec, str) and spec in BUILTIN_MODELS:
             return _with_overrides(load_builtin(spec), input_shape, input_range, spec)
+        if isinstance(spec, str) and is_catalogue_name(spec):
+            return _catalogue_graph(spec, input_shape, input_range)
         if isinstance(spec, str) and not path.suffix and "/" not in spec and "\\" not in spec:
             raise ModelFormatError(
                 f"model file not found: {path} (and no built-in model of that name; built-in "
@@ -143,6 +149,25 @@ def load_model(
         f"{path}: unrecognised model format (expected .safetensors, .onnx, Keras .h5, "
         "TorchScript .pt/.pth, torch.export .pt2, or a built-in model name)"
     )
+
+
+def _catalogue_graph(
+    name: str, input_shape: tuple[int, ...] | None, input_range: tuple[float, float] | None
+) -> Graph:
+    """Catalogue architecture ``name`` with RANDOM weights (seed 0) as a graph on ``[0, 1]``
+    pixels, ``input_shape`` ``(3, N, N)`` choosing the image size (default the
+    architecture's). For trained weights use :func:`nnbound.catalogue.catalogue_graph`."""
+    from nnbound.catalogue.graph import catalogue_graph
+
+    size = None
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
+            raise InputError(f"{name}: input_shape must be (3, N, N), got {shape}")
+        size = shape[1]
+    if input_range is not None and tuple(input_range) != (0.0, 1.0):
+        raise InputError(f"{name}: catalogue models take [0, 1] pixels, not {input_range}")
+    return catalogue_graph(name, image_size=size)
 
 
 def _load_onnx(
