@@ -13,14 +13,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import check_points_within, pgd_extremes, random_network
+from nnbound.bounds.alpha_crown import linear_bounds
 from nnbound.bounds.api import bounds
 from nnbound.bounds.methods import ALL_METHODS
 from nnbound.errors import UnsupportedError
+from nnbound.network.chain_graph import network_to_graph
 from nnbound.sets.box import Box
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.spec import all_margins_spec
 from nnbound.tasks.radius import certified_radius
-from nnbound.verify.alpha_crown import linear_bounds
 
 F64 = torch.float64
 TOL = 1e-9
@@ -103,11 +104,17 @@ def test_optimisation_tightens_on_average() -> None:
     assert gap_alpha < 0.97 * gap_crown, (gap_alpha, gap_crown)
 
 
-def test_registered_and_refuses_other_activations() -> None:
+def test_registered_and_covers_smooth_activations() -> None:
+    """alpha-CROWN runs on the graph engine: a tanh network gets optimised tangent points,
+    never looser than CROWN-general and sound."""
     assert "alpha-crown" in ALL_METHODS
     net = random_network("tanh", [3, 8, 2], seed=0)
-    with pytest.raises(UnsupportedError, match="ReLU"):
-        bounds(net, LpBall.make(torch.zeros(1, 3, dtype=F64), 0.1), "alpha-crown")
+    ball = LpBall.make(torch.zeros(1, 3, dtype=F64), 0.5)
+    general = bounds(net, ball, "crown-general")
+    alpha = bounds(net, ball, "alpha-crown")
+    assert torch.all(alpha.lower >= general.lower) and torch.all(alpha.upper <= general.upper)
+    y = net(ball.sample(2000, generator=torch.Generator().manual_seed(0))[0])
+    assert torch.all(alpha.lower <= y.min(0).values) and torch.all(y.max(0).values <= alpha.upper)
 
 
 def test_certified_radius_with_alpha_crown() -> None:
@@ -161,11 +168,13 @@ def test_split_phases_are_sound_on_their_sub_domain() -> None:
     """With a neuron fixed active (or inactive), the bounds hold at every sampled input whose
     neuron has that phase, and are at least as tight as without the split."""
     net = random_network("relu", [4, 10, 10, 2], seed=9)
+    graph = network_to_graph(net)
     box = Box.make(-torch.ones(1, 4, dtype=F64), torch.ones(1, 4, dtype=F64))
     spec = torch.eye(2, dtype=F64).unsqueeze(0)
-    free = linear_bounds(net, box, spec)
+    free = linear_bounds(graph, box, spec)
     j = 1  # the first activation layer
-    lo, up = free.pre[j]
+    name = graph.nodes[j].inputs[0]  # its input tensor
+    lo, up = free.pre[name]
     unstable = torch.nonzero((lo[0] < 0) & (up[0] > 0)).squeeze(1)
     assert unstable.numel() > 0
     k = int(unstable[0])
@@ -175,7 +184,7 @@ def test_split_phases_are_sound_on_their_sub_domain() -> None:
     for phase in (1, -1):
         s = torch.zeros(1, 10, dtype=torch.int8)
         s[0, k] = phase
-        res = linear_bounds(net, box, spec, splits={j: s}, prior=free.pre, steps=25)
+        res = linear_bounds(graph, box, spec, splits={name: s}, prior=free.pre, steps=25)
         keep = z >= 0 if phase > 0 else z <= 0
         assert not bool(res.empty.any())
         assert torch.all(res.lower[0] <= y[keep].min(0).values + TOL)
@@ -185,4 +194,4 @@ def test_split_phases_are_sound_on_their_sub_domain() -> None:
     if stable_neg.numel():
         s = torch.zeros(1, 10, dtype=torch.int8)
         s[0, int(stable_neg[0])] = 1
-        assert bool(linear_bounds(net, box, spec, splits={j: s}).empty.all())
+        assert bool(linear_bounds(graph, box, spec, splits={name: s}).empty.all())

@@ -260,7 +260,10 @@ def test_onnx_round_trip_is_clip(tmp_path: Path, opset: int) -> None:
     np.testing.assert_allclose(y, net32(x32).numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_onnx_clip_with_negative_min_is_refused(tmp_path: Path) -> None:
+def test_onnx_clip_with_negative_min_imports_as_a_graph(tmp_path: Path) -> None:
+    # no chain activation is Clip(-1, 1); the graph importer writes it as -1 + brelu(x + 1, 2)
+    from nnbound.network.graph import Graph
+
     node = helper.make_node("Clip", ["input"], ["out"], min=-1.0, max=1.0)
     graph = helper.make_graph(
         [node],
@@ -269,8 +272,11 @@ def test_onnx_clip_with_negative_min_is_refused(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)])
-    with pytest.raises(UnsupportedError, match="bounded ReLU"):
-        from_onnx(model)
+    net = from_onnx(model)
+    assert isinstance(net, Graph)
+    assert "brelu" in {n.op for n in net.nodes}
+    x = torch.randn(7, 3) * 3
+    torch.testing.assert_close(net(x), x.clamp(-1.0, 1.0))
 
 
 def test_native_and_torch_round_trips(tmp_path: Path) -> None:
@@ -327,16 +333,19 @@ def test_from_torch_reads_relu6_hardtanh_and_clamps(tmp_path: Path) -> None:
 
 
 def test_spectral_and_quad_and_alpha_crown() -> None:
-    """Spectral uses the bounded ReLU's Lipschitz constant 1 (sound against samples);
-    alpha-CROWN and quad (ReLU-only) refuse it with a clear error."""
+    """Spectral uses the bounded ReLU's Lipschitz constant 1 and alpha-CROWN optimises its two
+    kink slopes (both sound against samples, alpha-CROWN never looser than CROWN); quad
+    (ReLU-only) refuses it with a clear error."""
     net = _brelu_net()
     gen = torch.Generator().manual_seed(0)
     ball = LpBall.make(torch.randn(2, 3, generator=gen, dtype=F64), 0.4, 2.0)
-    b = bounds(net, ball, method="spectral")
     with torch.no_grad():
         out = net(ball.sample(500, generator=gen).reshape(-1, 3)).reshape(2, 500, 2)
-    assert bool((b.lower.unsqueeze(1) <= out + 1e-12).all())
-    assert bool((b.upper.unsqueeze(1) >= out - 1e-12).all())
-    for m in ("alpha-crown", "quad"):
-        with pytest.raises(UnsupportedError):
-            bounds(net, ball, method=m)
+    for m in ("spectral", "alpha-crown"):
+        b = bounds(net, ball, method=m)
+        assert bool((b.lower.unsqueeze(1) <= out + 1e-12).all())
+        assert bool((b.upper.unsqueeze(1) >= out - 1e-12).all())
+    crown = bounds(net, ball, method="crown")
+    assert bool((b.lower >= crown.lower).all() and (b.upper <= crown.upper).all())
+    with pytest.raises(UnsupportedError):
+        bounds(net, ball, method="quad")

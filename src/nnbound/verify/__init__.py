@@ -1,13 +1,14 @@
 """Verification of VNN-LIB properties on ONNX networks.
 
 * :mod:`~nnbound.verify.vnnlib`: the property reader (:func:`read_vnnlib`);
-* :mod:`~nnbound.verify.alpha_crown`: alpha-CROWN (the ``alpha-crown`` bound method) and the
-  batched CROWN engine with split constraints that branch and bound uses;
+* alpha-CROWN (the ``alpha-crown`` bound method, with the split constraints, priors and warm
+  starts branch and bound uses) lives in :mod:`nnbound.bounds.alpha_crown`; its
+  ``alpha_crown_bounds`` and ``linear_bounds`` are re-exported here;
 * :mod:`~nnbound.verify.bab`: input splitting and ReLU splitting;
 * :mod:`~nnbound.verify.verifier`: the whole pipeline (:func:`verify`, :func:`verify_files`).
 """
 
-from nnbound.verify.alpha_crown import alpha_crown_bounds, linear_bounds
+from nnbound.bounds.alpha_crown import alpha_crown_bounds, linear_bounds
 from nnbound.verify.verifier import (
     VerificationResult,
     VerifyOptions,

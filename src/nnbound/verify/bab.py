@@ -12,12 +12,19 @@ the others are split in two and pushed back.
   weight in the open rows' linear bounds, ``|A_i| * width_i``, and its width relative to the
   root): complete in the limit, for low-dimensional inputs (ACAS Xu has 5).
 * :func:`relu_split` fixes the phase of one unstable ReLU (``z >= 0`` in one child,
-  ``z <= 0`` in the other; see :mod:`nnbound.verify.alpha_crown` for how the bounds honour
+  ``z <= 0`` in the other; see :mod:`nnbound.bounds.alpha_crown` for how the bounds honour
   it), picked by a BaBSR-like score: the open rows' coefficient on the neuron times the
   intercept ``-l u / (u - l)`` of its upper line. Children inherit their parent's
   pre-activation bounds (valid on any sub-domain) and, as warm starts, its slopes and split
   multipliers. A sub-domain with no unstable neuron left (the network is affine there) is
   decided by a linear program whose dual gives a lower bound recomputed exactly in float64.
+
+Both work on a computation graph (:class:`~nnbound.network.graph.Graph`; a chain
+:class:`~nnbound.network.network.Network` is converted), so residual and branching networks
+are searched the same way; bounds, splits and warm starts are keyed by tensor name (a split
+fixes the sign of entries of a ReLU's input tensor). Input splitting works on any graph the
+bound engine supports; ReLU splitting needs every non-linear node to be a ReLU or leaky ReLU
+(its leaves are decided as affine maps).
 
 ``unsat`` only ever comes from sound bounds: every sub-domain of the partition was closed.
 """
@@ -33,10 +40,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nnbound.network.layers import Activation
+from nnbound.bounds.alpha import param_keys
+from nnbound.bounds.alpha_crown import LinearBoundResult, Params, Pre, linear_bounds
+from nnbound.errors import UnsupportedError
+from nnbound.network.chain_graph import network_to_graph
+from nnbound.network.graph import Graph
 from nnbound.network.network import Network
+from nnbound.ops.base import OpKind
+from nnbound.ops.registry import DEFAULT_OPTIONS, get_op
 from nnbound.sets.box import Box
-from nnbound.verify.alpha_crown import LinearBoundResult, Pre, linear_bounds, relu_slopes
 from nnbound.verify.spec import StackedSpec, find_counterexample
 
 UNSAT, SAT, UNKNOWN, TIMEOUT = "unsat", "sat", "unknown", "timeout"
@@ -52,26 +64,51 @@ class BabResult:
     stats: dict[str, float | str] = field(default_factory=dict)
 
 
+def as_graph(net: Network | Graph) -> Graph:
+    """The graph the bounds run on (a chain is converted: layer ``j`` reads tensor ``t{j}``)."""
+    return net if isinstance(net, Graph) else network_to_graph(net)
+
+
+def relu_tensors(graph: Graph) -> dict[str, list[tuple[str, float]]]:
+    """The tensors ReLU splitting branches on: each ReLU / leaky ReLU input, with the output
+    and negative-side slope of every ReLU node reading it. Raises UnsupportedError when
+    another non-linear node exists (a leaf would not be affine)."""
+    out: dict[str, list[tuple[str, float]]] = {}
+    for node in graph.ancestors(graph.output):
+        op = get_op(node.op, node)
+        if op.kind is OpKind.LINEAR:
+            continue
+        leak = float(op.alpha(node)) if node.op == "leaky_relu" else 0.0  # type: ignore[attr-defined]
+        if node.op not in ("relu", "leaky_relu") or not 0.0 <= leak <= 1.0:
+            raise UnsupportedError(
+                f"ReLU splitting handles graphs of linear operators and ReLU / leaky-ReLU "
+                f"activations; {node.where} is {node.op}"
+            )
+        out.setdefault(node.inputs[0], []).append((node.output, leak))
+    return out
+
+
 def _bound(
-    net: Network,
+    graph: Graph,
     spec: StackedSpec,
     lo: Tensor,
     hi: Tensor,
     open_groups: Tensor,
     *,
     prior: Pre | None = None,
-    splits: dict[int, Tensor] | None = None,
+    splits: dict[str, Tensor] | None = None,
     alpha_steps: int = 0,
     optimize_intermediate: bool | None = False,
-    keep_coefficients: bool = False,
-    warm: dict[str, dict[int, Tensor]] | None = None,
+    keep: tuple[str, ...] = (),
+    warm: Params | None = None,
     deadline: float = math.inf,
 ) -> tuple[LinearBoundResult, Tensor]:
     """Bounds of every row over the boxes ``lo``/``hi`` ``(M, n)``; returns the engine result
     and ``(M, G)`` groups refuted (an empty domain refutes everything)."""
     m = lo.shape[0]
-    box = Box(lo.reshape(m, *net.input_shape), hi.reshape(m, *net.input_shape), (m,))
-    rows = spec.C.reshape(1, spec.num_rows, *net.output_shape).expand(m, -1, *net.output_shape)
+    box = Box(lo.reshape(m, *graph.input_shape), hi.reshape(m, *graph.input_shape), (m,))
+    out_shape = graph.output_shape
+    rows = spec.C.reshape(1, spec.num_rows, *out_shape).expand(m, -1, *out_shape)
     const = (-spec.d).unsqueeze(0).expand(m, -1)
 
     def done(lower: Tensor, empty: Tensor) -> bool:
@@ -81,7 +118,7 @@ def _bound(
         return bool(((spec.group_max(lower) > 0) | ~open_groups | empty.unsqueeze(1)).all())
 
     res = linear_bounds(
-        net,
+        graph,
         box,
         rows,
         const,
@@ -90,7 +127,7 @@ def _bound(
         steps=alpha_steps,
         optimize_intermediate=optimize_intermediate,
         stop=done,
-        keep_coefficients=keep_coefficients,
+        keep=keep,
         warm=warm,
     )
     refuted = (spec.group_max(res.lower) > 0) | res.empty.unsqueeze(1)
@@ -140,19 +177,23 @@ def _rows(block: dict[str, Tensor]) -> int:
     return int(next(iter(block.values())).shape[0])
 
 
-def _pre_fields(pre: Pre, rows: Tensor | None = None, repeat: int = 1) -> dict[str, Tensor]:
-    """Pre-activation bounds as stack fields (``l<j>``/``u<j>``), rows picked and repeated."""
+def _pre_fields(
+    pre: Pre, names: list[str], rows: Tensor | None = None, repeat: int = 1
+) -> dict[str, Tensor]:
+    """Bounds of tensors ``names`` as stack fields (``l<i>``/``u<i>``, ``i`` the position in
+    ``names``), rows picked and repeated."""
     out = {}
-    for j, (lo, up) in pre.items():
+    for i, name in enumerate(names):
+        lo, up = pre[name]
         if rows is not None:
             lo, up = lo[rows], up[rows]
-        out[f"l{j}"] = torch.cat([lo] * repeat)
-        out[f"u{j}"] = torch.cat([up] * repeat)
+        out[f"l{i}"] = torch.cat([lo] * repeat)
+        out[f"u{i}"] = torch.cat([up] * repeat)
     return out
 
 
-def _fields_pre(block: dict[str, Tensor], acts: list[int]) -> Pre:
-    return {j: (block[f"l{j}"], block[f"u{j}"]) for j in acts}
+def _fields_pre(block: dict[str, Tensor], names: list[str]) -> Pre:
+    return {name: (block[f"l{i}"], block[f"u{i}"]) for i, name in enumerate(names)}
 
 
 def widths_of(t: Tensor) -> int:
@@ -165,7 +206,7 @@ def _stop(status: str, visited: int, rounds: int, **extra: float | str) -> BabRe
 
 
 def input_split(
-    net: Network,
+    net: Network | Graph,
     spec: StackedSpec,
     deadline: float,
     *,
@@ -177,10 +218,10 @@ def input_split(
     """Branch and bound by bisecting input coordinates (see the module docstring).
 
     Args:
-        net: a ReLU / leaky-ReLU network (float64 recommended).
+        net: the network or graph (float64 recommended).
         spec: the disjunct (its box is the root domain).
         deadline: ``time.monotonic()`` value at which to stop with ``timeout``.
-        root_pre: pre-activation bounds valid on the whole box (each ``(1, *shape)``).
+        root_pre: bounds valid on the whole box, by tensor name (each ``(1, *shape)``).
         batch: sub-domains bounded together.
         alpha_steps: alpha-CROWN steps per batch (0: CROWN only).
         max_domains: open sub-domains allowed before giving up with ``unknown``.
@@ -191,9 +232,10 @@ def input_split(
         "hi": spec.upper.unsqueeze(0),
         "open": torch.ones(1, spec.num_groups, dtype=torch.bool, device=dev),
     }
-    acts = sorted(root_pre) if root_pre else []
+    graph = as_graph(net)
+    acts = list(root_pre) if root_pre else []
     if root_pre:
-        first.update(_pre_fields(root_pre))
+        first.update(_pre_fields(root_pre, acts))
     stack = _Stack(first)
     visited = rounds = 0
     # A coordinate narrower than this (relative to the root) is not split further.
@@ -209,7 +251,14 @@ def input_split(
         # they leave far fewer neurons needing a backward pass.
         prior = _fields_pre(block, acts) if acts else None
         res, refuted = _bound(
-            net, spec, lo, hi, open_groups, prior=prior, alpha_steps=alpha_steps, deadline=deadline
+            graph,
+            spec,
+            lo,
+            hi,
+            open_groups,
+            prior=prior,
+            alpha_steps=alpha_steps,
+            deadline=deadline,
         )
         open_groups = open_groups & ~refuted
         alive = open_groups.any(1)
@@ -251,7 +300,7 @@ def input_split(
             "open": torch.cat([open_groups, open_groups]),
         }
         if acts:
-            children.update(_pre_fields(res.pre, idx, repeat=2))
+            children.update(_pre_fields(res.pre, acts, idx, repeat=2))
         stack.push(children)
         if stack.size > max_domains:
             return _stop(UNKNOWN, visited, rounds, reason="domain limit")
@@ -259,7 +308,7 @@ def input_split(
 
 
 def relu_split(
-    net: Network,
+    net: Network | Graph,
     spec: StackedSpec,
     deadline: float,
     *,
@@ -271,32 +320,40 @@ def relu_split(
     """Branch and bound on ReLU phases over the disjunct's box (see the module docstring).
 
     Args:
-        net: a ReLU / leaky-ReLU network.
+        net: a network or graph of linear operators and ReLU / leaky-ReLU activations.
         spec: the disjunct.
         deadline: ``time.monotonic()`` value at which to stop with ``timeout``.
-        root_pre: pre-activation bounds valid on the whole box (e.g. from alpha-CROWN), each
+        root_pre: bounds valid on the whole box (e.g. from alpha-CROWN), by tensor name, each
             ``(1, *shape)``: the root's prior.
         batch: sub-domains bounded together.
-        alpha_steps: alpha-CROWN steps per batch (final-layer slopes).
+        alpha_steps: alpha-CROWN steps per batch (final-bound parameters).
         max_domains: open sub-domains allowed before giving up with ``unknown``.
     """
+    graph = as_graph(net)
+    relus = relu_tensors(graph)
     dev = spec.lower.device
     root_lo, root_hi = spec.lower.unsqueeze(0), spec.upper.unsqueeze(0)
     all_open = torch.ones(1, spec.num_groups, dtype=torch.bool, device=dev)
-    res0, _ = _bound(net, spec, root_lo, root_hi, all_open, prior=root_pre)
-    acts = sorted(res0.pre)
-    first: dict[str, Tensor] = {"open": all_open, **_pre_fields(res0.pre)}
+    res0, _ = _bound(graph, spec, root_lo, root_hi, all_open, prior=root_pre)
+    # The tensors split on (ReLU inputs), and every tensor whose bounds children inherit.
+    acts = [t for t in relus if t in res0.pre]
+    names = list(res0.pre)
+    relu_outputs = tuple(out for t in acts for out, _ in relus[t])
+    keys = param_keys(graph, graph.ancestors(graph.output), DEFAULT_OPTIONS)
+    first: dict[str, Tensor] = {"open": all_open, **_pre_fields(res0.pre, names)}
     s_rows = spec.num_rows
-    for j in acts:
-        first[f"s{j}"] = torch.zeros_like(res0.pre[j][0], dtype=torch.int8)
-        # Slopes and split multipliers carried from parent to children (warm starts), kept
-        # in float32: they are parameters, any value of which gives a sound bound. NaN
-        # slopes mean "start from CROWN's".
-        w = widths_of(res0.pre[j][0])
-        first[f"a{j}"] = torch.full((1, s_rows, w), math.nan, dtype=torch.float32, device=dev)
-        first[f"b{j}"] = torch.zeros(1, s_rows, w, dtype=torch.float32, device=dev)
+    for i, t in enumerate(acts):
+        first[f"s{i}"] = torch.zeros_like(res0.pre[t][0], dtype=torch.int8)
+        # Split multipliers carried from parent to children (warm starts), kept in float32:
+        # they are parameters, any value of which gives a sound bound.
+        shape = graph.shapes[t]
+        first[f"b{i}"] = torch.zeros(1, s_rows, *shape, dtype=torch.float32, device=dev)
+    for i, (node_out, _) in enumerate(keys):
+        # Relaxation parameters likewise; NaN means "start from CROWN's".
+        shape = graph.shapes[node_out]
+        first[f"a{i}"] = torch.full((1, s_rows, *shape), math.nan, dtype=torch.float32, device=dev)
     stack = _Stack(first)
-    widths = [widths_of(res0.pre[j][0]) for j in acts]
+    widths = [widths_of(res0.pre[t][0]) for t in acts]
     offsets = [0, *itertools.accumulate(widths)]
     visited = rounds = unresolved = 0
     while stack.size:
@@ -307,22 +364,22 @@ def relu_split(
         m = open_groups.shape[0]
         rounds += 1
         visited += m
-        splits = {j: block[f"s{j}"] for j in acts}
+        splits = {t: block[f"s{i}"] for i, t in enumerate(acts)}
         lo = root_lo.expand(m, -1)
         hi = root_hi.expand(m, -1)
         res, refuted = _bound(
-            net,
+            graph,
             spec,
             lo,
             hi,
             open_groups,
-            prior=_fields_pre(block, acts),
+            prior=_fields_pre(block, names),
             splits=splits,
             alpha_steps=alpha_steps,
-            keep_coefficients=True,
+            keep=relu_outputs,
             warm={
-                "alpha": {j: block[f"a{j}"] for j in acts},
-                "beta": {j: block[f"b{j}"] for j in acts},
+                "alpha": {k: block[f"a{i}"] for i, k in enumerate(keys)},
+                "beta": {t: block[f"b{i}"] for i, t in enumerate(acts)},
             },
             deadline=deadline,
         )
@@ -339,10 +396,11 @@ def relu_split(
         open_groups = open_groups[idx]
         weight = open_groups[:, spec.group].to(spec.C.dtype)  # (K, S): rows of open groups
         scores = []
-        for j in acts:
-            lo_j, up_j = (t[idx].reshape(k, -1) for t in res.pre[j])
-            free = (lo_j < 0) & (up_j > 0) & (splits[j][idx].reshape(k, -1) == 0)
-            lam = res.relu_coef[j][idx].reshape(k, spec.num_rows, -1)
+        for t in acts:
+            lo_j, up_j = (b[idx].reshape(k, -1) for b in res.pre[t])
+            free = (lo_j < 0) & (up_j > 0) & (splits[t][idx].reshape(k, -1) == 0)
+            lam = sum(res.coef[out][idx].reshape(k, spec.num_rows, -1) for out, _ in relus[t])
+            assert isinstance(lam, Tensor)
             # Upper lines are used where the coefficient is negative; their intercept
             # -l u / (u - l) is what the relaxation gives away there.
             pressure = (weight.unsqueeze(-1) * (-lam).clamp_min(0)).sum(1)
@@ -359,10 +417,11 @@ def relu_split(
             for r in leaves.tolist():
                 row = int(idx[r])
                 verdict, x = _decide_leaf(
-                    net,
+                    graph,
                     spec,
-                    {j: splits[j][row] for j in acts},
-                    {j: (res.pre[j][0][row], res.pre[j][1][row]) for j in acts},
+                    {t: splits[t][row] for t in acts},
+                    {t: (res.pre[t][0][row], res.pre[t][1][row]) for t in acts},
+                    relus,
                     open_groups[r],
                 )
                 if verdict == SAT:
@@ -377,20 +436,21 @@ def relu_split(
                 continue
             idx, flat, open_groups, k = idx[keep], flat[keep], open_groups[keep], int(keep.sum())
         children: dict[str, Tensor] = {"open": torch.cat([open_groups, open_groups])}
-        children.update(_pre_fields(res.pre, idx, repeat=2))
-        for j in acts:
-            for kind, key in (("alpha", f"a{j}"), ("beta", f"b{j}")):
-                got = res.params.get(kind, {}).get(j)
-                t = block[key] if got is None else got.to(torch.float32)
-                children[key] = torch.cat([t[idx], t[idx]])
-        for p, j in enumerate(acts):
-            s_j = splits[j][idx].reshape(k, -1)
+        children.update(_pre_fields(res.pre, names, idx, repeat=2))
+        for field_name, got in [
+            *((f"a{i}", res.params.get("alpha", {}).get(key)) for i, key in enumerate(keys)),
+            *((f"b{i}", res.params.get("beta", {}).get(t)) for i, t in enumerate(acts)),
+        ]:
+            v = block[field_name] if got is None else got.to(torch.float32)
+            children[field_name] = torch.cat([v[idx], v[idx]])
+        for p, t in enumerate(acts):
+            s_j = splits[t][idx].reshape(k, -1)
             plus, minus = s_j.clone(), s_j.clone()
             sel = torch.nonzero((flat >= offsets[p]) & (flat < offsets[p + 1])).squeeze(1)
             local = flat[sel] - offsets[p]
             plus[sel, local] = 1
             minus[sel, local] = -1
-            children[f"s{j}"] = torch.cat([plus, minus]).reshape(2 * k, *splits[j].shape[1:])
+            children[f"s{p}"] = torch.cat([plus, minus]).reshape(2 * k, *splits[t].shape[1:])
         stack.push(children)
         if stack.size > max_domains:
             return _stop(UNKNOWN, visited, rounds, reason="domain limit")
@@ -404,30 +464,32 @@ _CERT_TOL = 1e-9
 
 
 def _affine_pieces(
-    net: Network, slopes: dict[int, Tensor]
-) -> tuple[dict[int, tuple[Tensor, Tensor]], Tensor, Tensor]:
-    """With every activation ``j`` replaced by the fixed per-neuron slope ``slopes[j]``, the
-    network is affine: returns each activation's input ``(A_j (W, n), b_j (W,))`` and the
-    output ``(A (m, n), c (m,))`` as maps of the flat input."""
-    n = net.num_inputs
-    dtype, dev = net.dtype, net.device
-    pts = torch.cat([torch.zeros(1, n, dtype=dtype, device=dev), torch.eye(n, dtype=dtype)])
-    h = pts.reshape(n + 1, *net.input_shape)
-    pre = {}
+    graph: Graph, slopes: dict[str, Tensor], tensors: list[str]
+) -> tuple[dict[str, tuple[Tensor, Tensor]], Tensor, Tensor]:
+    """With every ReLU node (by output name) replaced by the fixed per-entry slope
+    ``slopes[output]``, the graph is affine: returns each of ``tensors`` ``(A (W, n),
+    b (W,))`` and the output ``(A (m, n), c (m,))`` as maps of the flat input (the graph run
+    on the origin and the unit vectors)."""
+    n = graph.num_inputs
+    dtype, dev = graph.dtype, graph.device
+    pts = torch.cat(
+        [torch.zeros(1, n, dtype=dtype, device=dev), torch.eye(n, dtype=dtype, device=dev)]
+    )
+    values = {graph.input_name: pts.reshape(n + 1, *graph.input_shape)}
 
     def split(t: Tensor) -> tuple[Tensor, Tensor]:
         flat = t.reshape(n + 1, -1)
         return (flat[1:] - flat[0]).T.contiguous(), flat[0]
 
     with torch.no_grad():
-        for i, layer in enumerate(net.layers):
-            if isinstance(layer, Activation):
-                pre[i] = split(h)
-                h = h * slopes[i].reshape(1, *h.shape[1:])
+        for node in graph.ancestors(graph.output):
+            x = [values[i] for i in node.inputs]
+            if node.output in slopes:
+                values[node.output] = x[0] * slopes[node.output].reshape(1, *x[0].shape[1:])
             else:
-                h = layer.forward(h)
-    a, c = split(h)
-    return pre, a, c
+                values[node.output] = get_op(node.op, node).forward(node, *x)
+    a, c = split(values[graph.output])
+    return {t: split(values[t]) for t in tensors}, a, c
 
 
 def _certificate(
@@ -442,15 +504,16 @@ def _certificate(
 
 
 def _decide_leaf(
-    net: Network,
+    graph: Graph,
     spec: StackedSpec,
-    splits: dict[int, Tensor],
-    pre: dict[int, tuple[Tensor, Tensor]],
+    splits: dict[str, Tensor],
+    pre: Pre,
+    relus: dict[str, list[tuple[str, float]]],
     open_groups: Tensor,
 ) -> tuple[str, Tensor | None]:
     """Decide a domain on which every neuron is split or stable.
 
-    The domain is ``{x in box : sign constraints of the split neurons}`` and the network is
+    The domain is ``{x in box : sign constraints of the split neurons}`` and the graph is
     affine on it. Per open group an LP minimises ``t`` with ``C_s y(x) - d_s <= t``; its dual
     multipliers (any non-negative ones are valid) give a lower bound by weak duality,
     recomputed exactly over the box: ``> 0`` refutes the group. An infeasible LP gets the same
@@ -459,22 +522,22 @@ def _decide_leaf(
     """
     from scipy.optimize import linprog
 
-    leak = relu_slopes(net)
     slopes = {}
-    for j, (lo_j, _) in pre.items():
-        s = splits[j].reshape(lo_j.shape)
+    for t, (lo_j, _) in pre.items():
+        s = splits[t].reshape(lo_j.shape)
         active = (s > 0) | ((s == 0) & (lo_j >= 0))
-        slopes[j] = torch.where(active, 1.0, leak[j]).to(lo_j.dtype)
-    maps, a_out, c_out = _affine_pieces(net, slopes)
+        for out, leak in relus[t]:
+            slopes[out] = torch.where(active, 1.0, leak).to(lo_j.dtype)
+    maps, a_out, c_out = _affine_pieces(graph, slopes, list(pre))
     # Split constraints g(x) = sign * (A x + b) <= 0 (active: -z <= 0, inactive: z <= 0).
     g_a, g_b = [], []
-    for j, (a_j, b_j) in maps.items():
-        s = splits[j].reshape(-1)
+    for t, (a_j, b_j) in maps.items():
+        s = splits[t].reshape(-1)
         for k in torch.nonzero(s).squeeze(1).tolist():
             sign = -1.0 if s[k] > 0 else 1.0
             g_a.append(sign * a_j[k].cpu().numpy())
             g_b.append(sign * float(b_j[k]))
-    n = net.num_inputs
+    n = graph.num_inputs
     lo, hi = spec.lower.cpu().numpy(), spec.upper.cpu().numpy()
     ga = np.array(g_a).reshape(len(g_a), n)
     gb = np.array(g_b)
@@ -535,4 +598,14 @@ def _empty_domain(ga: np.ndarray, gb: np.ndarray, lo: np.ndarray, hi: np.ndarray
     return _certificate(ga, gb, mu / mu.sum(), lo, hi) > _CERT_TOL
 
 
-__all__ = ["SAT", "TIMEOUT", "UNKNOWN", "UNSAT", "BabResult", "input_split", "relu_split"]
+__all__ = [
+    "SAT",
+    "TIMEOUT",
+    "UNKNOWN",
+    "UNSAT",
+    "BabResult",
+    "as_graph",
+    "input_split",
+    "relu_split",
+    "relu_tensors",
+]

@@ -4,10 +4,10 @@
 The stages, cheapest first, share one deadline:
 
 1. attack every disjunct (random points, then PGD on the counterexample objective);
-2. bound every disjunct's box with CROWN, then alpha-CROWN (intermediate slopes optimised
-   too when they fit);
+2. bound every disjunct's box with CROWN, then alpha-CROWN (intermediate parameters
+   optimised too when they fit; :mod:`nnbound.bounds.alpha_crown`);
 3. branch and bound on what is left: input splitting for low-dimensional inputs, ReLU
-   splitting otherwise (:mod:`nnbound.verify.bab`);
+   splitting otherwise where every activation is a (leaky) ReLU (:mod:`nnbound.verify.bab`);
 4. with time left after an undecided search, a longer attack (at most a quarter of the
    timeout).
 
@@ -16,6 +16,10 @@ on an input inside the box; ``unsat`` only when sound bounds refute every output
 every piece of a partition of every disjunct's box. All arithmetic is float64: a float32
 network is widened first (its weights are exactly representable), which keeps rounding of
 the bounds orders of magnitude below any margin they prove.
+
+The network may be a chain :class:`~nnbound.network.network.Network` or any
+:class:`~nnbound.network.graph.Graph` the bound engine supports (residual, branching); the
+bounds always run on the graph engine.
 """
 
 from __future__ import annotations
@@ -30,13 +34,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from nnbound.bounds.methods import layerwise_bounds
+from nnbound.bounds.alpha_crown import LinearBoundResult, Pre, linear_bounds
 from nnbound.errors import InputError, UnsupportedError
+from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.sets.box import Box
-from nnbound.verify.alpha_crown import LinearBoundResult, Pre, linear_bounds, relu_slopes
 from nnbound.verify.attack import attack
-from nnbound.verify.bab import SAT, TIMEOUT, UNKNOWN, UNSAT, input_split, relu_split
+from nnbound.verify.bab import (
+    SAT,
+    TIMEOUT,
+    UNKNOWN,
+    UNSAT,
+    as_graph,
+    input_split,
+    relu_split,
+    relu_tensors,
+)
 from nnbound.verify.spec import StackedSpec
 from nnbound.verify.vnnlib import Property, read_vnnlib
 
@@ -105,7 +118,7 @@ def format_counterexample(x: np.ndarray, y: np.ndarray) -> str:
     return "(" + "\n ".join(pairs) + ")"
 
 
-def _check_sizes(net: Network, prop: Property) -> None:
+def _check_sizes(net: Network | Graph, prop: Property) -> None:
     if net.num_inputs != prop.num_inputs:
         raise InputError(
             f"the property declares {prop.num_inputs} inputs X_i, the network takes "
@@ -123,7 +136,7 @@ def _refuted_all(spec: StackedSpec, lower: torch.Tensor) -> bool:
 
 
 def verify(
-    net: Network,
+    net: Network | Graph,
     prop: Property,
     *,
     timeout: float = 60.0,
@@ -135,6 +148,7 @@ def verify(
     deadline = start + max(0.0, float(timeout))
     _check_sizes(net, prop)
     net = net.to(dtype=torch.float64)
+    graph = as_graph(net)
     dev = net.device
     gen = torch.Generator(device=dev).manual_seed(int(opts.seed))
     stats: dict[str, Any] = {"disjuncts": len(prop.disjuncts)}
@@ -159,31 +173,24 @@ def verify(
 
     # 2. CROWN then alpha-CROWN on each whole box.
     try:
-        relu_slopes(net)
+        relu_tensors(graph)
         piecewise = True
     except UnsupportedError:
         piecewise = False
     remaining: list[tuple[StackedSpec, Pre | None]] = []
     stage = "crown"
     for spec in specs:
-        if not piecewise:
-            box = Box.make(
-                spec.lower.reshape(1, *net.input_shape), spec.upper.reshape(1, *net.input_shape)
-            )
-            b = layerwise_bounds(net, box, "crown-general", spec.C.unsqueeze(0))
-            if not _refuted_all(spec, b.lower - spec.d):
-                remaining.append((spec, None))
-            continue
-        res = _root_bounds(net, spec, 0)
+        res = _root_bounds(graph, spec, 0)
         if _refuted_all(spec, res.lower) or bool(res.empty.all()):
             continue
         if time.monotonic() > deadline:
             return done(TIMEOUT, "crown")
         low_dim = spec.lower.numel() <= opts.input_split_max_dims and opts.bab
-        # Input splitting closes small boxes faster than slope optimisation tightens them:
-        # there, only a few steps on the final bound's slopes (cheap), no intermediate ones.
+        # Input splitting closes small boxes faster than parameter optimisation tightens
+        # them: there, only a few steps on the final bound's parameters (cheap), no
+        # intermediate ones.
         steps = min(opts.root_alpha_steps, 5) if low_dim else opts.root_alpha_steps
-        res = _root_bounds(net, spec, steps, False if low_dim else None, deadline=deadline)
+        res = _root_bounds(graph, spec, steps, False if low_dim else None, deadline=deadline)
         if _refuted_all(spec, res.lower) or bool(res.empty.all()):
             stage = "alpha-crown"
             continue
@@ -193,7 +200,7 @@ def verify(
     # An undecided search leaves time: a longer attack may still find a counterexample, but
     # not for the whole remaining budget (a verifier that cannot decide should say so).
     final_cap = max(2.0, 0.25 * timeout)
-    if not piecewise or not opts.bab:
+    if not opts.bab:
         return _final_attack(
             net, remaining, min(deadline, time.monotonic() + final_cap), gen, done, UNKNOWN
         )
@@ -213,6 +220,10 @@ def verify(
                 batch=opts.input_batch,
                 alpha_steps=opts.input_alpha_steps,
             )
+        elif not piecewise:
+            # ReLU splitting decides its leaves as affine maps: (leaky) ReLU graphs only.
+            undecided.append((spec, pre))
+            continue
         else:
             stage = "bab-relu"
             res = relu_split(
@@ -242,22 +253,22 @@ def verify(
 
 
 def _root_bounds(
-    net: Network,
+    graph: Graph,
     spec: StackedSpec,
     steps: int,
     optimize_intermediate: bool | None = None,
     deadline: float = math.inf,
 ) -> LinearBoundResult:
     box = Box(
-        spec.lower.reshape(1, *net.input_shape), spec.upper.reshape(1, *net.input_shape), (1,)
+        spec.lower.reshape(1, *graph.input_shape), spec.upper.reshape(1, *graph.input_shape), (1,)
     )
-    rows = spec.C.reshape(1, spec.num_rows, *net.output_shape)
+    rows = spec.C.reshape(1, spec.num_rows, *graph.output_shape)
 
     def proven(lower: torch.Tensor, empty: torch.Tensor) -> bool:
         return _refuted_all(spec, lower) or bool(empty.all()) or time.monotonic() > deadline
 
     return linear_bounds(
-        net,
+        graph,
         box,
         rows,
         -spec.d.unsqueeze(0),
@@ -268,7 +279,7 @@ def _root_bounds(
 
 
 def _final_attack(
-    net: Network,
+    net: Network | Graph,
     pending: list[tuple[StackedSpec, Pre | None]],
     deadline: float,
     gen: torch.Generator,
