@@ -149,21 +149,29 @@ def test_evaluate_runs_clever_and_attacks_and_says_why_no_certified(capsys, imag
     assert rec["weights"].startswith("random")
 
 
-def test_certified_methods_on_a_catalogue_model_are_refused(capsys, images) -> None:
-    code, _, err = run(
+def test_certified_methods_on_a_catalogue_model_run_on_its_graph(capsys, images) -> None:
+    code, out, err = run(
         capsys,
         "evaluate",
         "resnet18",
         "--image-size",
-        "64",
+        "32",
         "--data-dir",
         str(images),
+        "--numimage",
+        "1",
+        "--targettype",
+        "runnerup",
         "--methods",
-        "crown,pgd",
+        "ibp,pgd",
+        *EVAL_FAST,
+        "--json",
         "--quiet",
     )
-    assert code == 2
-    assert "--methods crown: certified bounds are not available for resnet18" in err
+    assert code == 0, err
+    rec = json.loads(out)
+    assert rec["methods"] == ["ibp", "pgd"] and rec["weights"].startswith("random")
+    assert rec["certified"] is None
 
 
 def test_bad_catalogue_usage_is_one_error_line(capsys, images, tmp_path: Path) -> None:

@@ -39,8 +39,8 @@ def bounds(
             ``(B, K)``) or :meth:`~nnbound.sets.box.Box.make`.
         method: ``ibp`` (``interval``), ``fastlin``, ``fastlin-interval``, ``crown-adaptive``
             (``crown``), ``crown-interval``, ``crown-general``, ``spectral``, ``quad``
-            (one hidden ReLU layer) or ``alpha-crown`` (ReLU networks; CROWN with optimised
-            lower slopes, see :mod:`nnbound.verify.alpha_crown`).
+            (one hidden ReLU layer) or ``alpha-crown`` (CROWN with optimised relaxation
+            lines, see :mod:`nnbound.bounds.alpha_crown`).
         C: spec ``(S, outputs)`` or ``(B, S, outputs)``; ``None`` bounds the logits.
         reference: reproduce the reference's layer-wise bounds exactly (see
             :func:`nnbound.bounds.methods.layerwise_bounds`).
@@ -63,10 +63,9 @@ def bounds(
     if method in ("spectral", "quad") and not isinstance(ball, LpBall):
         raise UnsupportedError(f"method {method} needs an Lp ball input set, not a box")
     if method == "alpha-crown":
-        # Imported here: the verify package builds on this module.
-        from nnbound.verify.alpha_crown import alpha_crown_bounds
+        from nnbound.bounds.alpha_crown import chain_alpha_crown_bounds
 
-        return alpha_crown_bounds(net, ball, C, prior=prior)
+        return chain_alpha_crown_bounds(net, ball, C, prior=prior)
     if method == "spectral":
         # The Lipschitz bound holds on the whole ball, hence on its intersection with a domain.
         if ball.center.dtype != net.dtype:

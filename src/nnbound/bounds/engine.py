@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from nnbound.bounds.interval import box_concretize
 from nnbound.bounds.linear import through_lines
 from nnbound.network.graph import Graph, Node
 from nnbound.ops.base import Interval, OpKind, RelaxOptions
@@ -150,6 +151,7 @@ def backward(
     lower: bool = True,
     upper: bool = True,
     keep: frozenset[str] = frozenset(),
+    stop: frozenset[str] = frozenset(),
 ) -> tuple[Tensor | None, Tensor | None, dict[str, tuple[Tensor | None, Tensor | None]]]:
     """Bounds of ``a . target + const`` over the input set.
 
@@ -161,6 +163,9 @@ def backward(
         lower, upper: which side(s) to compute (the other is returned as ``None``).
         keep: tensors whose collected coefficients to return (e.g. ReLU outputs for a
             branching score, the input for an attack's starting point).
+        stop: tensors where the pass ends: their coefficients are concretized over their
+            interval bounds in ``state.bounds`` instead of going on to their producers (IBP
+            with the linear layers after the last relaxed node folded into the spec).
 
     Returns:
         ``(lower, upper, kept)``: ``(N, S)`` each (or ``None``), and the coefficients
@@ -182,6 +187,13 @@ def backward(
         if node.output in keep:
             kept[node.output] = pair
         a_lo, a_up = pair
+        if node.output in stop:
+            box = state.bounds[node.output]
+            if c_lo is not None and a_lo is not None:
+                c_lo = box_concretize(a_lo, c_lo, *box)[0]
+            if c_up is not None and a_up is not None:
+                c_up = box_concretize(a_up, c_up, *box)[1]
+            continue
         op = get_op(node.op, node)
         in_shapes = [shapes[i] for i in node.inputs]
         out_shape = shapes[node.output]

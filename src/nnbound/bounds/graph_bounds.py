@@ -19,22 +19,32 @@ import torch
 from torch import Tensor
 
 from nnbound.bounds.engine import BoundState, LineHook, backward
-from nnbound.bounds.interval import box_concretize
+from nnbound.bounds.linear import start_rows
 from nnbound.bounds.methods import (
+    _CHUNK_ELEMENTS,
     _ROWS_PER_GROUP,
     Method,
+    _first_block_bounds,
     _spec_tensor,
     _tighten,
     get_method,
 )
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.errors import InputError, UnsupportedError
+from nnbound.network.chain_graph import node_layer
 from nnbound.network.graph import Graph, Node
+from nnbound.network.layers import LINEAR_TYPES, Conv2d, Dense, Flatten, Normalize, Reshape
+from nnbound.network.network import Network
 from nnbound.ops.base import Interval, OpKind, RelaxOptions
 from nnbound.ops.registry import get_op
 from nnbound.relax.base import straddles
 from nnbound.relax.s_shaped import TangentRule
 from nnbound.sets.box import InputSet
+from nnbound.sets.lp_ball import LpBall
+
+# Coefficients of one backward pass (candidates x widest tensor) on a GPU: 256 MiB per
+# float32 tensor, of which a pass holds a few.
+_GPU_PASS_ELEMENTS = 1 << 26
 
 
 def relaxed_nodes(graph: Graph, nodes: list[Node] | None = None) -> list[Node]:
@@ -103,20 +113,79 @@ def tighten_tensor(
     lo, up = bounds
     ref = lo
 
-    def bound_rows(rows: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        sub = state.rows(rows)
-        n, u = idx.shape
-        size = math.prod(shape)
-        a = torch.zeros(n, u, size, dtype=ref.dtype, device=ref.device)
-        a.scatter_(2, idx.unsqueeze(-1), 1.0)
-        const = torch.zeros(n, u, dtype=ref.dtype, device=ref.device)
-        c_lo, c_up, _ = backward(sub, name, a.reshape(n, u, *shape), const)
-        assert c_lo is not None and c_up is not None
-        return c_lo, c_up
+    producer = graph.producers.get(name)
+    layer = node_layer(producer) if producer is not None else None
+    if not isinstance(layer, (Dense, Conv2d)):
+        layer = None
 
     width = max(math.prod(graph.shapes[n.output]) for n in graph.ancestors(name))
     width = max(width, graph.num_inputs)
+    # Candidates bounded in one pass per input-set row: every tensor the pass holds is
+    # (rows, candidates, width), so a wide layer's candidates go in slices (cache-sized on a
+    # CPU, as the chain path's chunks; larger on a GPU, whose kernels want the work).
+    budget = _GPU_PASS_ELEMENTS if ref.is_cuda else _CHUNK_ELEMENTS
+    per_pass = max(1, budget // width)
+
+    def bound_slice(sub: BoundState, idx: Tensor) -> tuple[Tensor, Tensor]:
+        n, u = idx.shape
+        if layer is not None and producer is not None:
+            # Rows of a dense / conv output start one node lower, as the weight rows (or the
+            # kernel at the receptive field): no one-hot product.
+            src = producer.inputs[0]
+            a, const, _ = start_rows(
+                (layer,), [graph.shapes[src], shape], 1, idx, ref.dtype, ref.device
+            )
+            c_lo, c_up, _ = backward(sub, src, a, const)
+        else:
+            size = math.prod(shape)
+            a = torch.zeros(n, u, size, dtype=ref.dtype, device=ref.device)
+            a.scatter_(2, idx.unsqueeze(-1), 1.0)
+            const = torch.zeros(n, u, dtype=ref.dtype, device=ref.device)
+            c_lo, c_up, _ = backward(sub, name, a.reshape(n, u, *shape), const)
+        assert c_lo is not None and c_up is not None
+        return c_lo, c_up
+
+    def bound_rows(rows: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        sub = state.rows(rows)
+        parts = [
+            bound_slice(sub, idx[:, k : k + per_pass]) for k in range(0, idx.shape[1], per_pass)
+        ]
+        return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+
     return _tighten(candidates, lo, up, intersect, width, _ROWS_PER_GROUP, bound_rows)
+
+
+def _scale_as_normalize(node: Node) -> Normalize | None:
+    """``x * scale + shift`` as ``(x - mean) / std`` when no scale is zero (batch norm)."""
+    scale, shift = node.params.get("scale"), node.params.get("shift")
+    if scale is None or bool((scale == 0).any()):
+        return None
+    mean = -shift / scale if shift is not None else torch.zeros_like(scale)
+    return Normalize(mean, 1.0 / scale)
+
+
+def _first_block(graph: Graph, name: str, input_set: InputSet) -> Interval | None:
+    """Exact bounds of ``name`` in closed form when it is the input carried through a chain
+    of chain-IR linear layers (the chain's first block: centre/radius for one affine map of a
+    box, row norms for an Lp ball), or ``None``."""
+    nodes = graph.ancestors(name)
+    prev, layers = graph.input_name, []
+    for node in nodes:
+        same_shape = graph.shapes[node.output] == graph.shapes[prev]
+        layer = (
+            (_scale_as_normalize(node) if same_shape else None)
+            if node.op == "scale"
+            else node_layer(node)
+        )
+        if node.inputs != (prev,) or layer is None or not isinstance(layer, LINEAR_TYPES):
+            return None
+        layers.append(layer)
+        prev = node.output
+    mixing = sum(1 for la in layers if not isinstance(la, (Flatten, Reshape, Normalize)))
+    if not layers or (mixing > 1 and not isinstance(input_set, LpBall)):
+        return None
+    prefix = Network(tuple(layers), graph.input_shape)
+    return _first_block_bounds(prefix, len(layers), input_set)
 
 
 def intermediate_bounds(
@@ -163,7 +232,10 @@ def intermediate_bounds(
         # The output of a monotone relaxed operator is bounded exactly by its interval rule
         # over its input's box, and a backward pass through its own lines cannot beat that.
         exact = intersect and op.kind is not OpKind.LINEAR and op.traits.monotone
-        if name in need and not exact and (linear_hidden or name in affine):
+        first_block = _first_block(graph, name, input_set) if name in need else None
+        if first_block is not None:
+            lo, up = first_block
+        elif name in need and not exact and (linear_hidden or name in affine):
             # Every entry of an affine tensor: its exact bounds also feed later interval
             # bounds, which its stable entries' box bounds (loose for L2 / L1) would widen.
             candidates = (
@@ -219,7 +291,10 @@ def graph_bounds(
     if m.final == "linear":
         lower, upper, _ = backward(state, graph.output, spec, const)
     else:
-        lower, upper = box_concretize(spec, const, *state.bounds[graph.output])
+        # The spec goes back through the linear nodes after the relaxed ones (exact) and is
+        # concretized over the relaxed nodes' output intervals.
+        stop = frozenset(n.output for n in relaxed_nodes(graph))
+        lower, upper, _ = backward(state, graph.output, spec, const, stop=stop)
     assert lower is not None and upper is not None
     batch = input_set.batch_shape
     out_shape = (*batch, spec.shape[1]) if batch else tuple(lower.shape)

@@ -111,7 +111,7 @@ def _check_activations(net: Network, method: Method) -> None:
     if not method.relu_only:
         return
     for act in net.activations:
-        if act.name not in ("relu", "leaky_relu", "brelu"):
+        if not act.op.traits.piecewise_linear:
             raise UnsupportedError(
                 f"method {method.name} is defined for (leaky / bounded) ReLU networks; this "
                 f"network has {act.name}: use crown-general"
@@ -130,7 +130,18 @@ def _first_block_bounds(net: Network, end: int, ball: InputSet) -> tuple[Tensor,
         1 for layer in layers[:end] if not isinstance(layer, (Flatten, Reshape, Normalize))
     )
     widest = math.prod(shapes[end]) * max(math.prod(s) for s in shapes[: end + 1])
-    if ball.p == math.inf and (mixing <= 1 or widest > _EXACT_FIRST_BLOCK_ELEMENTS):
+    if not isinstance(ball, LpBall) and mixing > 1 and widest <= _EXACT_FIRST_BLOCK_ELEMENTS:
+        # A box has per-coordinate radii, so no row-norm form: its exact bounds come from one
+        # backward pass of every output row through the block.
+        n, size = mid.shape[0], math.prod(shapes[end])
+        idx = torch.arange(size, device=mid.device).expand(n, size)
+        a, const, start = start_rows(layers, shapes, end, idx, mid.dtype, mid.device)
+        lower, upper = backward_linear_bounds(layers, shapes, start, a, const, {}, ball)
+        assert lower is not None and upper is not None
+        return lower.reshape(mid.shape), upper.reshape(mid.shape)
+    if not isinstance(ball, LpBall) or (
+        ball.p == math.inf and (mixing <= 1 or widest > _EXACT_FIRST_BLOCK_ELEMENTS)
+    ):
         # Centre/radius arithmetic is exact for one affine map of a box (element-wise and
         # reshaping layers around it keep it exact). With several (a conv then an average
         # pool) it is only sound, so those blocks take the exact row-norm path below when

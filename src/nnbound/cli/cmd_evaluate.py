@@ -39,6 +39,7 @@ from nnbound.cli.common import (
     print_json,
 )
 from nnbound.errors import InputError
+from nnbound.network.graph import Graph
 from nnbound.report.provenance import provenance
 from nnbound.report.tables import render_table
 from nnbound.sets.norms import norm_name, parse_norm
@@ -50,6 +51,7 @@ from nnbound.tasks.evaluate import (
     available_methods,
     certified_unavailable,
     evaluate,
+    method_kind,
     parse_methods,
 )
 from nnbound.tasks.targets import select_targets
@@ -200,6 +202,11 @@ class _Progress:
         self.bar.close()
 
 
+def _asks_certified(methods: str) -> bool:
+    """True if the ``--methods`` list names a certified method."""
+    return any(method_kind(m.strip()) == "certified" for m in methods.split(",") if m.strip())
+
+
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.check()
@@ -216,8 +223,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--numimage must be >= 1, got {args.numimage}")
     p = parse_norm(args.norm)
     catalogue = wants_catalogue(args)
-    # a catalogue architecture is a torch module outside the IR: CLEVER and attacks only
     net = load_catalogue_model(args) if catalogue else load_model_arg(args)
+    weights = getattr(net, "weights", None)
+    if catalogue and args.methods != "auto" and _asks_certified(args.methods):
+        # Certified bounds run on the architecture as a graph; by default a catalogue model
+        # gets CLEVER and the attacks only (CROWN at ImageNet size is hours on a CPU).
+        from nnbound.catalogue.graph import as_graph
+
+        module, net = net, as_graph(net)
     no_certified = certified_unavailable(net)
     if no_certified:
         note(args, f"note: {no_certified}")
@@ -228,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
             if why != no_certified:
                 note(args, f"note: {m} left out: {why}")
     if catalogue:
-        inputs = load_catalogue_inputs(args, net)
+        inputs = load_catalogue_inputs(args, module if isinstance(net, Graph) else net)
         if "clever" in methods and args.targettype == "untargeted":
             note(
                 args,
@@ -269,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     prov = provenance(device=net.device, dtype=net.dtype, seed=args.seed)
-    extra = {"weights": net.weights, "certified": no_certified} if catalogue else {}
+    extra = {"weights": weights, "certified": no_certified} if catalogue else {}
     if args.json:
         print_json(
             {

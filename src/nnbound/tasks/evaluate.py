@@ -110,7 +110,7 @@ def _piecewise_linear(net: Network | Graph) -> bool:
 
         ops = [get_op(n.op, n) for n in net.nodes]
         return all(op.traits.piecewise_linear for op in ops if op.kind is OpKind.ELEMENTWISE)
-    return all(a.name in ("relu", "leaky_relu", "brelu") for a in net.activations)
+    return all(a.op.traits.piecewise_linear for a in net.activations)
 
 
 Model = Network | Graph | nn.Module
