@@ -166,3 +166,41 @@ def test_fastlip_refuses_smooth_activations(capsys, tmp_path: Path) -> None:
     assert code == 2 and "use recurjac" in err
     code, out, _ = run(capsys, "lipschitz", str(path), "--numimage", "1", "--json")
     assert code == 0 and torch.isfinite(torch.tensor(json.loads(out)["avg_lipschitz"])).all()
+
+
+class _Residual(torch.nn.Module):
+    """``out(relu(h + W relu(h)))``: a skip connection, so not a chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = (
+            torch.nn.Linear(64, 16),
+            torch.nn.Linear(16, 16),
+            torch.nn.Linear(16, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x.flatten(1)))
+        return self.c(torch.relu(h + self.b(torch.relu(h))))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("lipschitz", "--numimage", "1"),
+        ("landscape", "--numimage", "1", "--eps", "0.1"),
+        ("robustness", "--numimage", "1", "--jacbndalg", "recurjac", "--layerbndalg", "crown"),
+    ],
+)
+def test_jacobian_commands_refuse_a_residual_graph(capsys, tmp_path: Path, argv) -> None:
+    """Fast-Lip / RecurJac multiply layer Jacobians in sequence: a graph with a skip
+    connection is refused up front with the reason, not bounded as if it were a chain."""
+    import warnings
+
+    path = tmp_path / "residual.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated (offline-only)
+        torch.onnx.export(_Residual().eval(), (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False)
+    code, out, err = run(capsys, argv[0], str(path), "--dataset", "digits", *argv[1:])
+    assert code == 2 and out == ""
+    assert "defined for sequential networks" in err and "general graph" in err

@@ -13,6 +13,7 @@ import torch
 from nnbound.cli.cmd_lipschitz import add_common_task_args, check_common, selected_inputs
 from nnbound.cli.common import load_model_arg, note, print_json
 from nnbound.errors import InputError
+from nnbound.jacobian.api import sequential_network
 from nnbound.report.provenance import provenance
 from nnbound.sets.norms import norm_name, parse_norm
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if args.lipsteps < 1:
         raise InputError(f"--lipsteps must be >= 1, got {args.lipsteps}")
     p = parse_norm(args.norm)
-    net = load_model_arg(args)
+    net = sequential_network(load_model_arg(args))
     x, choice, inputs = selected_inputs(args, net)
     note(
         args,

@@ -26,7 +26,7 @@ from nnbound.cli.common import (
     print_json,
 )
 from nnbound.errors import InputError, UnsupportedError
-from nnbound.jacobian.api import JACOBIAN_METHODS
+from nnbound.jacobian.api import JACOBIAN_METHODS, sequential_network
 from nnbound.report.provenance import provenance
 from nnbound.sets.norms import norm_name, parse_norm
 
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         _pyplot()  # fail before the work, not after it
     p = parse_norm(args.norm)
     grid = eps_grid(args.eps, args.lipsteps, args.liplogstart, args.liplogend)
-    net = load_model_arg(args)
+    net = sequential_network(load_model_arg(args))
     x, choice, inputs = selected_inputs(args, net)
     note(
         args,

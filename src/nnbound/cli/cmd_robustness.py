@@ -25,6 +25,7 @@ from nnbound.cli.common import (
     print_json,
 )
 from nnbound.errors import InputError
+from nnbound.jacobian.api import sequential_network
 from nnbound.report.provenance import provenance
 from nnbound.sets.norms import norm_name, parse_norm
 from nnbound.tasks.jacobian_radius import jacobian_certified_radius
@@ -78,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if jac and args.lipsteps < 1:
         raise InputError(f"--lipsteps must be >= 1, got {args.lipsteps}")
     net = load_model_arg(args)
+    if jac:
+        sequential_network(net)  # refuse a graph before any work
     p = parse_norm(args.norm)
     inputs = load_inputs(args, net, all_rows=args.input is None)
     with torch.no_grad():

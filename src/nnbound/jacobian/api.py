@@ -31,6 +31,8 @@ from nnbound.jacobian.chain import JacobianChain, build_chain, is_global
 from nnbound.jacobian.fastlip import interval_level_bounds
 from nnbound.jacobian.recurjac import Chain, Recursion, forward_levels, recurjac_levels
 from nnbound.jacobian.result import JacobianBounds
+from nnbound.network.chain_graph import graph_to_network
+from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 
@@ -94,8 +96,23 @@ def chain_bounds(
     return lo, torch.maximum(up, lo), ch, None, shifted
 
 
+def sequential_network(net: Network | Graph) -> Network:
+    """``net`` as a chain, or a clear refusal: the Fast-Lip / RecurJac recursions multiply
+    one layer's Jacobian after another, which a graph with branches does not have."""
+    if not isinstance(net, Graph):
+        return net
+    chain = graph_to_network(net)
+    if chain is None:
+        raise UnsupportedError(
+            f"Jacobian bounds (Fast-Lip, RecurJac) are defined for sequential networks; "
+            f"{net.name} is a general graph (residual, branching or sliced): use the bound "
+            "methods (ibp, crown, crown-general, alpha-crown) or CLEVER"
+        )
+    return chain
+
+
 def jacobian_bounds(
-    net: Network,
+    net: Network | Graph,
     ball: LpBall,
     C: Tensor | None = None,
     method: str = "recurjac",
@@ -126,6 +143,7 @@ def jacobian_bounds(
         :class:`JacobianBounds` with ``lower``/``upper`` ``(*batch_shape, S, *input_shape)``.
     """
     method = check_options(method, layer_method, direction, shift)
+    net = sequential_network(net)
     if method == "fastlip":
         _check_fastlip(net)
     lb = layerwise_bounds(net, ball, layer_method, C, reference=reference)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from nnbound.bounds.methods import _spec_tensor
 from nnbound.bounds.spectral import spectral_lipschitz
-from nnbound.jacobian.api import jacobian_bounds
+from nnbound.jacobian.api import jacobian_bounds, sequential_network
 from nnbound.jacobian.recurjac import abs_sum_upper, dual_norm_rows
 from nnbound.jacobian.result import JacobianBounds, LipschitzBounds
 from nnbound.network.network import Network
@@ -115,6 +115,7 @@ def opnorm_global_lipschitz(net: Network, C: Tensor | None, p: float | str) -> T
     (times the activations' Lipschitz constants), ``(B, S)`` for spec ``C`` ``(B, S, outputs)``
     or ``(S, outputs)`` (``(1, S)``); ``None`` = the logits."""
     p = parse_norm(p)
+    net = sequential_network(net)
     if C is None:
         spec = _spec_tensor(None, 1, (1,), net).reshape(1, net.num_outputs, -1)
     else:
