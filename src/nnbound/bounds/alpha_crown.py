@@ -215,9 +215,7 @@ class _Run:
             flat_lo, flat_up = lo.reshape(self.n, -1).clone(), up.reshape(self.n, -1).clone()
             for rows, idx in _row_groups(candidates, width):
                 sub = state if rows is None else state.rows(rows)
-                target, a, const = self.start(name, idx)
-                c_lo, c_up, _ = backward(sub, target, a, const)
-                assert c_lo is not None and c_up is not None
+                c_lo, c_up = self._bound_entries(sub, name, idx, width)
                 for flat, new, take in (
                     (flat_lo, c_lo, torch.maximum),
                     (flat_up, c_up, torch.minimum),
@@ -235,6 +233,22 @@ class _Run:
             if bool(left.any()):
                 self.idx[name] = padded_indices(left)
         return lo, up
+
+    def _bound_entries(
+        self, state: BoundState, name: str, idx: Tensor, width: int
+    ) -> tuple[Tensor, Tensor]:
+        """CROWN bounds ``(R, U)`` of entries ``idx`` of ``name``, in slices of entries:
+        every tensor a pass holds is ``(R, slice, width)``, so a row with thousands of
+        unstable entries of a wide tensor (a generator's last deconvolution) stays within
+        about :data:`_GROUP_ELEMENTS` coefficients per tensor."""
+        per_pass = max(1, _GROUP_ELEMENTS // (idx.shape[0] * width))
+        parts = []
+        for k in range(0, idx.shape[1], per_pass):
+            target, a, const = self.start(name, idx[:, k : k + per_pass])
+            c_lo, c_up, _ = backward(state, target, a, const)
+            assert c_lo is not None and c_up is not None
+            parts.append((c_lo, c_up))
+        return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
 
     def start(self, name: str, idx: Tensor) -> tuple[str, Tensor, Tensor]:
         """Rows selecting entries ``idx`` ``(N, U)`` of tensor ``name``: ``(tensor the rows
