@@ -286,3 +286,28 @@ def test_layers_helper_matches_network() -> None:
     W2, b2 = _dense(net)[1]
     ref = W2 @ np.maximum(W1 @ x + b1, 0) + b2
     np.testing.assert_allclose(net(torch.as_tensor(x)[None])[0].detach().numpy(), ref)
+
+
+def test_candidate_outputs_in_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attack's candidate pool is run through the network in chunks sized by its
+    activations (a U-Net's pool does not fit at once): same outputs, for a chain and for a
+    graph whose forward drops tensors after their last use."""
+    import nnbound.verify.spec as spec_module
+    from nnbound.network.chain_graph import network_to_graph
+
+    gen = torch.Generator().manual_seed(0)
+    net = Network(
+        (
+            Dense(torch.randn(6, 3, generator=gen), torch.zeros(6)),
+            Activation("relu"),
+            Dense(torch.randn(2, 6, generator=gen), torch.zeros(2)),
+        ),
+        (3,),
+    )
+    x = torch.randn(37, 3, generator=gen)
+    for model in (net, network_to_graph(net)):
+        whole = spec_module.evaluate(model, x)
+        monkeypatch.setattr(spec_module, "_EVAL_ELEMENTS", 40)  # 2 candidates per chunk
+        torch.testing.assert_close(spec_module.evaluate(model, x), whole, rtol=0, atol=0)
+        monkeypatch.undo()
+        torch.testing.assert_close(whole, net(x), rtol=0, atol=0)

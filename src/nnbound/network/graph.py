@@ -270,8 +270,23 @@ class Graph:
         return values
 
     def forward(self, x: Tensor) -> Tensor:
-        """The output of a batch ``x`` of shape ``(B, *input_shape)`` (differentiable)."""
-        return self.evaluate(x)[self.output]
+        """The output of a batch ``x`` of shape ``(B, *input_shape)`` (differentiable).
+
+        Unlike :meth:`evaluate`, each tensor is dropped after its last consumer has run, so
+        the memory held is the live set (a U-Net's skip tensors), not every tensor at once.
+        """
+        from nnbound.ops.registry import get_op
+
+        last_use = {name: k for k, node in enumerate(self.nodes) for name in node.inputs}
+        values = {self.input_name: x}
+        for k, node in enumerate(self.nodes):
+            values[node.output] = get_op(node.op, node).forward(
+                node, *(values[i] for i in node.inputs)
+            )
+            for name in set(node.inputs):
+                if last_use[name] == k and name != self.output:
+                    del values[name]
+        return values[self.output]
 
     __call__ = forward
 

@@ -9,12 +9,14 @@ some group holds at its output.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.verify.vnnlib import Disjunct
 
@@ -103,10 +105,23 @@ class StackedSpec:
         return ((x >= self.lower) & (x <= self.upper)).all(1)
 
 
-def evaluate(net: Network, x: Tensor) -> Tensor:
-    """Outputs ``(P, m)`` of flat inputs ``x`` ``(P, n)`` (no gradient)."""
+# Activation entries one forward chunk may hold (256 MB in float32): a pool of thousands of
+# candidate inputs through a U-Net holds every skip tensor for every candidate at once.
+_EVAL_ELEMENTS = 1 << 26
+
+
+def evaluate(net: Network | Graph, x: Tensor) -> Tensor:
+    """Outputs ``(P, m)`` of flat inputs ``x`` ``(P, n)`` (no gradient), in chunks of
+    candidates sized by the network's activations."""
+    shapes = net.shapes.values() if isinstance(net, Graph) else net.shapes
+    per_input = max(1, sum(math.prod(s) for s in shapes))
+    chunk = max(1, _EVAL_ELEMENTS // per_input)
     with torch.no_grad():
-        return net(x.reshape(x.shape[0], *net.input_shape)).reshape(x.shape[0], -1)
+        parts = [
+            net(part.reshape(part.shape[0], *net.input_shape)).reshape(part.shape[0], -1)
+            for part in x.split(chunk)
+        ]
+    return torch.cat(parts) if len(parts) != 1 else parts[0]
 
 
 def find_counterexample(net: Network, spec: StackedSpec, x: Tensor) -> tuple[Tensor, Tensor] | None:
