@@ -167,3 +167,12 @@ def test_merge_keeps_only_the_plans_tasks(tmp_path: Path) -> None:
     shards.write_shard(plan.results, "other", [{**stray, "targettype": "u", "image": 0}])
     merged = merge_results(plan.results, tasks, report=False)
     assert merged.records == [] and merged.missing == [t.task_id for t in tasks]
+
+
+def test_readme_sweep_plan_is_a_valid_plan(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("cat > plan.toml <<'PLAN'\n") + len("cat > plan.toml <<'PLAN'\n")
+    text = readme[start : readme.index("\nPLAN\n", start)]
+    plan = load_plan(_write(tmp_path, text))
+    tasks = split_plan(plan, load_sweep_models(plan.models))
+    assert len(tasks) == 2 * 3 * 2  # models x methods x chunks

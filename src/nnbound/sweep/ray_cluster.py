@@ -12,6 +12,8 @@ travel through the object store, images inside the tasks).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,10 +58,12 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         try:
+            # Ray's INFO lines would interleave with the progress line; warnings still show.
+            quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
             if self.address == "local":
-                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=self.workers, include_dashboard=False, **quiet)
             else:
-                ray.init(address=self.address, log_to_driver=False)
+                ray.init(address=self.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise InputError(
                 f"cannot reach a Ray cluster at {self.address!r} ({exc}); start one with "
@@ -84,25 +88,36 @@ class RayExecutor:
             for p in payloads:
                 futures[remote.remote(p, [refs[p.task.model_sha256]])] = p
                 listener.started(p.task.task_id)
-            while futures:
-                done, _ = ray.wait(list(futures), num_returns=1)
-                for ref in done:
-                    p = futures.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except ray.exceptions.RayError as exc:
-                        # Retries used up (worker or node lost each time), or cancelled.
-                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                        result = TaskResult(
-                            p.task.task_id,
-                            error=f"{type(exc).__name__}: {first} (after {self.max_retries} "
-                            "retries)",
-                            num_images=p.task.num_images,
-                        )
-                    listener.finished(result)
+            try:
+                self._collect(ray, futures, listener)
+            except BaseException:
+                # Interrupted (Ctrl-C): do not leave the rest of the grid running on the
+                # cluster; finished tasks are already written.
+                for ref in futures:
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
+                raise
         finally:
             if started_here:
                 ray.shutdown()
+
+    def _collect(self, ray: Any, futures: dict[Any, TaskPayload], listener: Listener) -> None:
+        """Hand each result to ``listener`` as it arrives."""
+        while futures:
+            done, _ = ray.wait(list(futures), num_returns=1)
+            for ref in done:
+                p = futures.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    # Retries used up (worker or node lost each time), or cancelled.
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    result = TaskResult(
+                        p.task.task_id,
+                        error=f"{type(exc).__name__}: {first} (after {self.max_retries} retries)",
+                        num_images=p.task.num_images,
+                    )
+                listener.finished(result)
 
 
 __all__ = ["RayExecutor"]
