@@ -31,6 +31,18 @@ def _pool_run(payload: TaskPayload) -> TaskResult:
     return run_on_worker(payload, lambda: _POOL_MODELS[payload.task.model_sha256])
 
 
+def _context() -> multiprocessing.context.BaseContext:
+    """Where available a fork server that has imported nnbound and torch once: each worker
+    (and each replacement after a death) is then forked from it in milliseconds instead of
+    importing torch for seconds. The server itself never runs torch, so forking it is safe,
+    unlike forking this process. Elsewhere (Windows, macOS default) fresh spawned processes."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["nnbound.sweep.local_pool"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 class InlineExecutor:
     """Every task in this process, one after the other."""
 
@@ -43,8 +55,8 @@ class InlineExecutor:
 
 
 class LocalPoolExecutor:
-    """A pool of ``workers`` processes (spawned: forking a process whose torch thread pools
-    already run can deadlock the child)."""
+    """A pool of ``workers`` processes, never forked from this process (whose torch thread
+    pools may already run, which can deadlock a forked child): see :func:`_context`."""
 
     def __init__(self, workers: int, max_retries: int) -> None:
         self.workers = workers
@@ -53,7 +65,7 @@ class LocalPoolExecutor:
     def _pool(self, models: Mapping[str, Model]) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=_context(),
             initializer=_init_worker,
             initargs=(dict(models),),
         )
