@@ -114,7 +114,11 @@ def run_task(payload: TaskPayload, net: Model) -> TaskResult:
     worker = f"{socket.gethostname()}:{os.getpid()}"
     t0 = time.perf_counter()
     task = payload.task
+    threads = torch.get_num_threads()
     try:
+        # Fixed per task, not per machine: the same thread count everywhere keeps results
+        # equal across executors, and many processes sharing cores are slower with more.
+        torch.set_num_threads(payload.threads)
         records = _records(payload, net)
     except Exception as exc:  # reported with the task, not raised: the sweep goes on
         from nnbound.errors import NnboundError
@@ -131,6 +135,8 @@ def run_task(payload: TaskPayload, net: Model) -> TaskResult:
             worker=worker,
             num_images=task.num_images,
         )
+    finally:
+        torch.set_num_threads(threads)  # the inline executor runs in the caller's process
     return TaskResult(
         task.task_id,
         records=tuple(records),
@@ -161,9 +167,6 @@ def _records(payload: TaskPayload, net: Model) -> list[dict[str, Any]]:
     from nnbound.report.provenance import provenance
     from nnbound.tasks.evaluate import evaluate, method_kind
 
-    # Fixed per task, not per machine: the same thread count everywhere keeps results equal
-    # across executors, and many processes sharing cores are slower with more threads.
-    torch.set_num_threads(payload.threads)
     task = payload.task
     method = task.method
     x = payload.x.to(device=net.device, dtype=net.dtype)

@@ -34,8 +34,6 @@ A plan::
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -343,29 +341,26 @@ def load_plan(path: str | Path) -> SweepPlan:
 
 def plan_summary(plan: SweepPlan) -> dict[str, Any]:
     """The plan as plain JSON values (written next to the results for provenance)."""
-    from dataclasses import asdict
-
-    return json.loads(
-        json.dumps(
-            {
-                "source": str(plan.source) if plan.source else None,
-                "results": str(plan.results),
-                "models": list(plan.models),
-                "data": {
-                    **asdict(plan.data),
-                    "data_dir": str(plan.data.data_dir) if plan.data.data_dir else None,
-                },
-                "methods": {m.name: relevant_settings(m.name, m.settings) for m in plan.methods},
-                "norms": [norm_name(p) for p in plan.norms],
-                "targets": list(plan.targets),
-                "device": plan.device,
-                "dtype": plan.dtype,
-                "seed": plan.seed,
-                "threads": plan.threads,
-            },
-            default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v),
-        )
-    )
+    d = plan.data
+    return {
+        "source": str(plan.source) if plan.source else None,
+        "results": str(plan.results),
+        "models": list(plan.models),
+        "data": {
+            "dataset": d.dataset,
+            "data_dir": str(d.data_dir) if d.data_dir else None,
+            "start": d.start,
+            "count": d.count,
+            "chunk": d.chunk,
+        },
+        "methods": {m.name: relevant_settings(m.name, m.settings) for m in plan.methods},
+        "norms": [norm_name(p) for p in plan.norms],
+        "targets": list(plan.targets),
+        "device": plan.device,
+        "dtype": plan.dtype,
+        "seed": plan.seed,
+        "threads": plan.threads,
+    }
 
 
 __all__ = [
