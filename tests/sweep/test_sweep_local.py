@@ -14,6 +14,7 @@ import pytest
 import torch
 from sweep_grid import comparable, grid_plan
 
+from nnbound.errors import InputError, UnsupportedError
 from nnbound.sweep.execute import TaskResult
 from nnbound.sweep.executors import parse_executor
 from nnbound.sweep.run import run_sweep
@@ -110,15 +111,40 @@ def test_resumed_run_does_no_finished_task_twice(
     assert comparable(plan.results / "records.jsonl") == reference_records
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_failed_tasks_are_listed_not_written_and_retried_by_a_rerun(
-    tmp_path: Path, second_model: Path
+    tmp_path: Path, second_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plan = grid_plan(tmp_path, second_model, device="cuda", models=["mnist-fc-3layer"])
+    import nnbound.tasks.evaluate as evaluate_module
+
+    real = evaluate_module.evaluate
+
+    def pgd_breaks(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("methods") == ["pgd"]:
+            raise RuntimeError("injected failure")
+        return real(*args, **kwargs)
+
+    # The inline executor runs tasks in this process, where the patch applies.
+    monkeypatch.setattr(evaluate_module, "evaluate", pgd_breaks)
+    plan = grid_plan(tmp_path, second_model, models=["mnist-fc-3layer"])
     summary = run_sweep(plan, parse_executor(None, 0), quiet=True)
-    assert len(summary.failed) == 4 and summary.executed == []
-    assert all("no CUDA device" in e for e in summary.failed.values())
-    assert finished_ids(plan.results) == set()
+    assert len(summary.failed) == 2 and len(summary.executed) == 2
+    assert all("RuntimeError: injected failure" in e for e in summary.failed.values())
+    assert all("__pgd__" in tid for tid in summary.failed)
+    assert finished_ids(plan.results) == set(summary.executed)
     assert set(read_failures(plan.results)) == set(summary.failed)
+    assert summary.merge is not None and len(summary.merge.records) == 20  # crown only
+    monkeypatch.undo()
     again = run_sweep(plan, parse_executor(None, 0), quiet=True)
-    assert set(again.failed) == set(summary.failed)  # unfinished tasks are tried again
+    assert sorted(again.executed) == sorted(summary.failed) and not again.failed
+    assert read_failures(plan.results) == {}
+
+
+def test_plan_errors_are_refused_before_any_task_runs(tmp_path: Path, second_model: Path) -> None:
+    plan = grid_plan(tmp_path, second_model, methods=["recurjac"], models=["mnist-cnn-small"])
+    with pytest.raises(UnsupportedError, match=r"mnist-cnn-small.*dense networks only"):
+        run_sweep(plan, parse_executor(None, 0), quiet=True)
+    if not torch.cuda.is_available():
+        plan = grid_plan(tmp_path, second_model, device="cuda")
+        with pytest.raises(InputError, match="CUDA is not available"):
+            run_sweep(plan, parse_executor(None, 2), quiet=True)
+    assert not (tmp_path / "results" / "shards").exists()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from nnbound.errors import InputError
@@ -138,8 +139,31 @@ class _Recorder:
 
 
 def plan_tasks(plan: SweepPlan) -> tuple[list[SweepModel], list[SweepTask]]:
+    """The plan's models (loaded, each method checked against each model) and tasks."""
     models = load_sweep_models(plan.models)
+    check_methods(plan, models)
     return models, split_plan(plan, models)
+
+
+def check_methods(plan: SweepPlan, models: list[SweepModel]) -> None:
+    """Refuse, before any task runs, a method a model cannot take (e.g. ``crown`` on a tanh
+    network, ``recurjac`` on a CNN): that is an error in the plan, not a task failure."""
+    from nnbound.errors import NnboundError
+    from nnbound.tasks.evaluate import parse_methods
+
+    for m in models:
+        for method in plan.methods:
+            try:
+                parse_methods([method.name], m.net)
+            except NnboundError as exc:
+                raise type(exc)(f"{m.entry}: {exc}") from None
+
+
+def check_device(plan: SweepPlan, executor: ExecutorChoice) -> None:
+    """On this machine (not Ray, whose workers may have GPUs the driver lacks) a CUDA device
+    must exist before any task is started."""
+    if executor.kind != "ray" and plan.device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device = {plan.device!r} but CUDA is not available on this machine")
 
 
 def run_sweep(
@@ -165,6 +189,7 @@ def run_sweep(
     """
     if max_tasks is not None and max_tasks < 0:
         raise InputError(f"--max-tasks must be >= 0, got {max_tasks}")
+    check_device(plan, executor)
     t0 = time.perf_counter()
     models, tasks = plan_tasks(plan)
     results = plan.results
@@ -206,4 +231,11 @@ def run_sweep(
     return summary
 
 
-__all__ = ["SweepSummary", "build_payloads", "plan_tasks", "run_sweep"]
+__all__ = [
+    "SweepSummary",
+    "build_payloads",
+    "check_device",
+    "check_methods",
+    "plan_tasks",
+    "run_sweep",
+]
