@@ -69,7 +69,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--targettype",
         default="untargeted",
-        help="untargeted | least | runnerup | random | <class> (default untargeted)",
+        help="untargeted | least | runnerup (= top2) | random | <class> (default untargeted)",
     )
     g.add_argument(
         "--methods",

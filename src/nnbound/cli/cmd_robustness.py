@@ -52,7 +52,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--targettype",
         default="least",
-        help="least | runnerup | random | untargeted | <class> (default least)",
+        help="least | runnerup (= top2) | random | untargeted | <class> (default least)",
     )
     g.add_argument(
         "--bounded-input",
