@@ -32,6 +32,7 @@ from nnbound.cli.common import (
     note,
     print_json,
 )
+from nnbound.cli.memory_args import first_input, gradient_batch
 from nnbound.errors import InputError
 
 HELP = "CLEVER robustness estimate (extreme value theory on sampled gradient norms)"
@@ -113,7 +114,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="all targets of an image share each batch's samples (faster; not the reference)",
     )
     g.add_argument(
-        "--batch-size", type=int, default=1024, help="rows per forward/backward pass (1024)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="rows per forward/backward pass (default 1024, or fewer: what fits in half the "
+        "free memory)",
     )
     g.add_argument("--save-samples", default=None, metavar="FILE.npz", help="write the maxima")
     g.add_argument(
@@ -185,6 +190,16 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         logits = net(inputs.x).cpu()
     jobs, skipped = select_jobs(logits, inputs.labels, kinds, seed=args.seed)
+    # The reference's 1024 rows of a 224 px ResNet-50 need ~100 GB: the default must fit.
+    args.batch_size = gradient_batch(
+        args,
+        net,
+        first_input(inputs.x),
+        requested=args.batch_size,
+        default=1024,
+        option="--batch-size",
+        factor=3.0 if args.order == 2 else 1.0,
+    )
     est = Clever(
         args.nsamp,
         args.niters,

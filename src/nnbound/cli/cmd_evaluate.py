@@ -38,6 +38,7 @@ from nnbound.cli.common import (
     note,
     print_json,
 )
+from nnbound.cli.memory_args import first_input, gradient_batch, measured_row_bytes
 from nnbound.errors import InputError
 from nnbound.network.graph import Graph
 from nnbound.report.provenance import provenance
@@ -109,7 +110,10 @@ def configure(p: argparse.ArgumentParser) -> None:
         help=f"batches = maxima fitted ({d.clever_niters})",
     )
     c.add_argument(
-        "--clever-batch", type=int, default=d.clever_batch, help=f"rows per pass ({d.clever_batch})"
+        "--clever-batch",
+        type=int,
+        default=None,
+        help=f"rows per pass ({d.clever_batch}, or fewer: what fits in half the free memory)",
     )
     a = p.add_argument_group("attacks")
     a.add_argument("--pgd-steps", type=int, default=d.pgd_steps, help=f"({d.pgd_steps})")
@@ -141,8 +145,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     o.add_argument(
         "--batch-size",
         type=int,
-        default=d.batch_size,
-        help="images certified / attacked together (100)",
+        default=None,
+        help=f"images certified / attacked together ({d.batch_size}, or fewer: what fits in "
+        "half the free memory)",
     )
     o.add_argument(
         "--threads",
@@ -155,6 +160,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> EvaluateSettings:
+    d = EvaluateSettings()
     return EvaluateSettings(
         eps0=args.eps,
         steps=args.steps,
@@ -163,7 +169,7 @@ def _settings(args: argparse.Namespace) -> EvaluateSettings:
         jacobian_lipsteps=args.lipsteps,
         clever_nsamp=args.clever_nsamp,
         clever_niters=args.clever_niters,
-        clever_batch=args.clever_batch,
+        clever_batch=d.clever_batch if args.clever_batch is None else args.clever_batch,
         pgd_steps=args.pgd_steps,
         pgd_restarts=args.pgd_restarts,
         pgd_search_steps=args.pgd_search_steps,
@@ -174,7 +180,7 @@ def _settings(args: argparse.Namespace) -> EvaluateSettings:
         ead_steps=args.ead_steps,
         ead_beta=args.ead_beta,
         seed=args.seed,
-        batch_size=args.batch_size,
+        batch_size=d.batch_size if args.batch_size is None else args.batch_size,
     )
 
 
@@ -259,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no correctly classified image among those selected from {inputs.source}")
     x = inputs.x[sel.indices.to(inputs.x.device)]
     indices = inputs.indices[sel.indices]
+    settings = _fit_memory(args, net, x, settings, methods)
     note(
         args,
         f"{len(sel.indices)} correctly classified images from {inputs.source}; L{norm_name(p)}; "
@@ -318,6 +325,44 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _fit_memory(
+    args: argparse.Namespace,
+    net: Any,
+    x: torch.Tensor,
+    settings: EvaluateSettings,
+    methods: list[str],
+) -> EvaluateSettings:
+    """Batch sizes that fit: CLEVER's rows per pass and the attacks' images per batch are
+    gradient passes; at ImageNet size their defaults would need tens of GB."""
+    from dataclasses import replace
+
+    x0 = first_input(x)
+    per_row = measured_row_bytes(net, x0)
+    if per_row is None:
+        return settings
+    batch = gradient_batch(
+        args,
+        net,
+        x0,
+        requested=args.batch_size,
+        default=settings.batch_size,
+        option="--batch-size",
+        per_row=per_row,
+    )
+    clever_batch = settings.clever_batch
+    if "clever" in methods:
+        clever_batch = gradient_batch(
+            args,
+            net,
+            x0,
+            requested=args.clever_batch,
+            default=settings.clever_batch,
+            option="--clever-batch",
+            per_row=per_row,
+        )
+    return replace(settings, batch_size=batch, clever_batch=clever_batch)
 
 
 def _print_text(ev: Evaluation, args: argparse.Namespace) -> None:
