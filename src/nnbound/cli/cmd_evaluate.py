@@ -36,9 +36,10 @@ from nnbound.cli.common import (
     load_inputs,
     load_model_arg,
     note,
-    print_json,
 )
 from nnbound.cli.memory_args import first_input, gradient_batch, measured_row_bytes
+from nnbound.cli.shortfall import shortfall
+from nnbound.cli.stream import ResultStream, add_stream_args, growing_spans
 from nnbound.errors import InputError
 from nnbound.network.graph import Graph
 from nnbound.report.provenance import provenance
@@ -55,6 +56,7 @@ from nnbound.tasks.evaluate import (
     method_kind,
     parse_methods,
 )
+from nnbound.tasks.evaluate_merge import merge_evaluations
 from nnbound.tasks.targets import select_targets
 
 HELP = "the robustness sandwich per image: certified <= CLEVER <= attack, with reports"
@@ -157,6 +159,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "and are many times slower with more when the cores are shared)",
     )
     add_runtime_args(p)
+    add_stream_args(p)
 
 
 def _settings(args: argparse.Namespace) -> EvaluateSettings:
@@ -273,39 +276,68 @@ def run(args: argparse.Namespace) -> int:
         f"{'on' if settings.bounded_input else 'off'}; attacks clipped: "
         f"{'on' if settings.attack_clip else 'off'}",
     )
+    short = shortfall(args, len(sel.indices), inputs.source)
+    prov = provenance(device=net.device, dtype=net.dtype, seed=args.seed)
     bar = _Progress(args, len(sel.indices) * len(methods))
+    stream = ResultStream(args, len(sel.indices), name="evaluate")
+    if not bar.bar.disable:
+        stream.show_progress = False  # the terminal has tqdm's finer bar already
+    parts: list[Evaluation] = []
+    if args.csv:
+        _csv_header(ev_methods=methods)
     try:
-        ev = evaluate(
-            net,
-            x,
-            sel.labels,
-            sel.targets,
-            norm=p,
-            methods=methods,
-            indices=indices,
-            settings=settings,
-            progress=bar,
-        )
+        # Chunks of 1, 2, 4, ... inputs up to --batch-size: the first sandwich shows after one
+        # input's work, later chunks keep the batched passes' speed.
+        for lo, hi in growing_spans(len(sel.indices), settings.batch_size):
+            part = evaluate(
+                net,
+                x[lo:hi],
+                sel.labels[lo:hi],
+                sel.targets[lo:hi],
+                norm=p,
+                methods=methods,
+                indices=indices[lo:hi],
+                settings=settings,
+                progress=bar,
+            )
+            parts.append(part)
+            bar.bar.clear()
+            for r in part.records:
+                if args.csv:
+                    _csv_row(part, r, args, prov)
+                    sys.stdout.flush()
+                else:
+                    stream.emit(r.to_dict(), _record_line(part, r))
+            stream.advance(hi - lo)
+    except KeyboardInterrupt:
+        stream.interrupted = True
     finally:
         bar.close()
-    prov = provenance(device=net.device, dtype=net.dtype, seed=args.seed)
+        stream.close()
+    if not parts:
+        return stream.exit_code
+    ev = merge_evaluations(parts)
     extra = {"weights": weights, "certified": no_certified} if catalogue else {}
-    if args.json:
-        print_json(
+    if args.csv:
+        pass  # every row is out already
+    elif not stream.text:
+        stream.summary(
             {
                 **ev.to_dict(),
                 "model": args.model,
                 "targettype": args.targettype,
+                **short,
+                "interrupted": stream.interrupted,
                 **extra,
                 "provenance": prov,
             }
         )
-    elif args.csv:
-        _print_csv(ev, args, prov)
     else:
         _print_text(ev, args)
         for key, value in extra.items():
             print(f"[sandwich] {key}: {value}")
+        if stream.interrupted:
+            print(f"[sandwich] interrupted: {len(ev.records)} of {len(sel.indices)} inputs")
     if args.report:
         from nnbound.report.html import write_report
 
@@ -324,7 +356,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return stream.exit_code
+
+
+def _record_line(ev: Evaluation, r: Any) -> str:
+    """One input's sandwich as it finishes (the table at the end has them all)."""
+    vals = ", ".join(f"{m} = {ev.values_of(r, m):.4g}" for m in ev.methods)
+    target = "untargeted" if r.target < 0 else r.target
+    return f"[image] #{r.index}: label = {r.label}, target = {target}, {vals}, {r.verdict}"
 
 
 def _fit_memory(
@@ -397,48 +436,51 @@ def _print_text(ev: Evaluation, args: argparse.Namespace) -> None:
                 print(f"[flag] #{r.index}: {f.kind}: {f.message}")
 
 
-def _print_csv(ev: Evaluation, args: argparse.Namespace, prov: dict[str, Any]) -> None:
+_CSV_TAIL = ["model", "norm", "nnbound_version", "torch_version", "device", "dtype", "seed"]
+
+
+def _csv_header(ev_methods: list[str]) -> None:
     w = csv.writer(sys.stdout, lineterminator="\n")
-    cols = ["index", "label", "target", "margin"]
     w.writerow(
         [
-            *cols,
-            *ev.methods,
-            *(f"{m}_seconds" for m in ev.methods),
+            "index",
+            "label",
+            "target",
+            "margin",
+            *ev_methods,
+            *(f"{m}_seconds" for m in ev_methods),
             "best_certified",
             "best_attack",
             "verdict",
-            "model",
-            "norm",
-            "nnbound_version",
-            "torch_version",
-            "device",
-            "dtype",
-            "seed",
+            *_CSV_TAIL,
         ]
     )
-    for r in ev.records:
-        vals = [ev.values_of(r, m) for m in ev.methods]
-        w.writerow(
-            [
-                r.index,
-                r.label,
-                "untargeted" if r.target < 0 else r.target,
-                _num(r.margin),
-                *(_num(v) for v in vals),
-                *(_num(r.seconds.get(m, math.nan)) for m in ev.methods),
-                _num(r.best_certified),
-                _num(r.best_attack),
-                r.verdict,
-                args.model,
-                norm_name(ev.norm),
-                prov["nnbound_version"],
-                prov["torch_version"],
-                prov["device"],
-                prov["dtype"],
-                prov["seed"],
-            ]
-        )
+    sys.stdout.flush()
+
+
+def _csv_row(ev: Evaluation, r: Any, args: argparse.Namespace, prov: dict[str, Any]) -> None:
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    vals = [ev.values_of(r, m) for m in ev.methods]
+    w.writerow(
+        [
+            r.index,
+            r.label,
+            "untargeted" if r.target < 0 else r.target,
+            _num(r.margin),
+            *(_num(v) for v in vals),
+            *(_num(r.seconds.get(m, math.nan)) for m in ev.methods),
+            _num(r.best_certified),
+            _num(r.best_attack),
+            r.verdict,
+            args.model,
+            norm_name(ev.norm),
+            prov["nnbound_version"],
+            prov["torch_version"],
+            prov["device"],
+            prov["dtype"],
+            prov["seed"],
+        ]
+    )
 
 
 def _num(v: float) -> str:
