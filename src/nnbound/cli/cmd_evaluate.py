@@ -317,7 +317,9 @@ def run(args: argparse.Namespace) -> int:
     if not parts:
         return stream.exit_code
     ev = merge_evaluations(parts)
-    extra = {"weights": weights, "certified": no_certified} if catalogue else {}
+    extra: dict[str, Any] = {"weights": weights, "certified": no_certified} if catalogue else {}
+    if catalogue and str(weights).startswith("random"):
+        extra["random_weights"] = True
     if args.csv:
         pass  # every row is out already
     elif not stream.text:
