@@ -58,3 +58,22 @@ def test_integer_pixels_for_a_unit_range_model_are_warned_about(capsys, tmp_path
     np.save(path, x)
     assert main(["predict", MODEL, "--input", str(path)]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_data_export_writes_inputs_that_fit_the_model(capsys, tmp_path: Path) -> None:
+    out, labels = tmp_path / "x.npy", tmp_path / "y.npy"
+    argv = ["data", "export", "mnist100", "--count", "3", "--start", "98", "--out", str(out)]
+    assert main([*argv, "--labels-out", str(labels)]) == 0
+    assert "mnist100 ends at image 99" in capsys.readouterr().err
+    x, y = np.load(out), np.load(labels)
+    assert x.shape == (2, 1, 28, 28) and x.dtype == np.float32 and y.dtype == np.int64
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    # --model: the dataset by input size, the pixels in the model's range
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "8", "--epochs", "1", "--out", str(model), "--quiet"]) == 0
+    assert main(["data", "export", "--model", str(model), "--out", str(out), "--quiet"]) == 0
+    x = np.load(out)
+    assert x.shape == (4, 1, 8, 8) and x.min() >= -0.5 and x.max() <= 0.5 and x.min() < 0
+    assert main(["data", "export", "--out", str(out)]) == 2
+    assert main(["data", "export", "mnist100", "--out", str(tmp_path / "x.txt")]) == 2
+    assert "--out must name a .npy file" in capsys.readouterr().err
