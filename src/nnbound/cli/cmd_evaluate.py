@@ -219,8 +219,8 @@ def _asks_certified(methods: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.check()
-    if args.json and args.csv:
-        raise InputError("choose one of --json and --csv")
+    if sum(map(bool, (args.json, args.csv, args.jsonl))) > 1:
+        raise InputError("choose one of --json, --jsonl and --csv")
     if args.report:
         from nnbound.report.plots import require_matplotlib
 
