@@ -51,3 +51,15 @@ def test_clever_default_batch_fits_a_small_machine(capsys, monkeypatch) -> None:
     assert "memory: --batch-size 20 (not 1024)" in captured.err
     assert main([*argv, "--batch-size", "1024"]) == 2
     assert "use --batch-size 20 or less" in capsys.readouterr().err
+
+
+def test_evaluate_lowers_its_gradient_batches_too(capsys, monkeypatch) -> None:
+    per_row = bytes_per_row(load_model("mnist-fc-3layer"), torch.rand(1, 28, 28))
+    monkeypatch.setattr("nnbound.cli.memory_args.available_bytes", lambda device: 16 * per_row)
+    argv = ["evaluate", "mnist-fc-3layer", "--numimage", "1", "--methods", "clever"]
+    argv += ["--clever-nsamp", "16", "--clever-niters", "5", "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    settings = json.loads(captured.out)["settings"]
+    assert settings["clever_batch"] == 8 and settings["batch_size"] == 8
+    assert "--clever-batch 8 (not 1024)" in captured.err
