@@ -129,6 +129,11 @@ def test_jsonl_is_one_record_per_image_then_a_summary(command: str, capsys) -> N
     lines = [json.loads(v) for v in capsys.readouterr().out.splitlines()]
     assert [r["record"] for r in lines] == ["image", "image", "summary"]
     assert "images" not in lines[-1] and lines[-1]["interrupted"] is False
+    if command == "landscape":
+        # a global bound holds on the R_max ball too: the smaller of the two is reported
+        for r in lines[:-1]:
+            local, glob = r["lipschitz_max_local"], r["opnorm_global_lipschitz"]
+            assert r["lipschitz_max"] == min(local, glob)
 
 
 def test_an_interrupt_inside_a_task_keeps_the_finished_images(capsys, monkeypatch) -> None:
