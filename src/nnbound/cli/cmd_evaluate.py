@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.check()
     if sum(map(bool, (args.json, args.csv, args.jsonl))) > 1:
-        raise InputError("choose one of --json, --jsonl and --csv")
+        raise InputError("choose one of --json and --csv (or --jsonl alone)")
     if args.report:
         from nnbound.report.plots import require_matplotlib
 
