@@ -48,7 +48,9 @@ def test_table_and_summary(capsys) -> None:
         capsys, "evaluate", "mnist-fc-3layer", "--norm", "2", "--methods", "crown,ibp,pgd,cw", *FAST
     )
     assert code == 0, err
-    lines = out.splitlines()
+    streamed = [v for v in out.splitlines() if v.startswith("[image] ")]
+    assert len(streamed) == 2 and streamed[0].startswith("[image] #0: label = ")
+    lines = [v for v in out.splitlines() if not v.startswith("[image] ")]
     header = lines[0].split()
     assert header == ["index", "label", "target", "margin", "crown", "ibp", "pgd", "cw", "verdict"]
     assert lines[2].split()[-1] in ("ok", "clever_below_certified")

@@ -23,14 +23,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from nnbound.errors import InputError
+from nnbound.tasks.targets import canonical_target_word
 
 TARGET_KINDS: tuple[str, ...] = ("least", "top2", "random", "untargeted")
-KIND_ALIASES: dict[str, str] = {
-    "runnerup": "top2",
-    "top-2": "top2",
-    "rand": "random",
-    "all": "untargeted",
-}
 DEFAULT_TARGET_KINDS = ("least", "top2", "random")
 """The reference's default ``--target_type`` (bits 0-2)."""
 
@@ -51,7 +46,9 @@ def parse_target_kinds(value: str | int | Sequence[str | int]) -> tuple[str | in
         if isinstance(item, int):
             kinds.append(item)
             continue
-        v = KIND_ALIASES.get(str(item).lower(), str(item).lower())
+        # the words every command accepts; CLEVER names the runner-up "top2" as its reference
+        v = canonical_target_word(str(item))
+        v = "top2" if v == "runnerup" else v
         if v in TARGET_KINDS:
             kinds.append(v)
         elif v.isdigit():

@@ -79,21 +79,18 @@ def run(args: argparse.Namespace) -> int:
     classes = net.num_outputs
     with torch.no_grad():
         predicted = net(x).argmax(1).cpu()
-    columns: list[str]
+    # rows[i][j]: what output j of input i is (a logit, or "label - target" of a margin).
+    labels: torch.Tensor | None = None
+    targets: torch.Tensor | None = None  # (N, outputs) target class of each margin row
     if args.target is None:
         if args.label is not None:
             raise InputError("--label needs --target (a class or 'all')")
         spec = None
-        columns = [f"logit{j}" for j in range(classes)]
     else:
         labels = _labels(args, x.shape[0], predicted)
         if args.target == "all":
             spec = all_margins_spec(labels, classes, net.dtype)
-            others = other_classes(labels, classes)
-            columns = [
-                f"margin vs {'/'.join(str(int(v)) for v in others[:, j].unique())}"
-                for j in range(classes - 1)
-            ]
+            targets = other_classes(labels, classes)
         else:
             try:
                 t = int(args.target)
@@ -101,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(
                     f"--target must be a class or 'all', got {args.target!r}"
                 ) from None
+            if not 0 <= t < classes:
+                raise InputError(f"--target {t} outside the model's classes [0, {classes})")
             spec = margin_spec(labels, torch.full_like(labels, t), classes, net.dtype)
-            columns = [f"margin {int(labels[0])}-{t}" if x.shape[0] == 1 else f"margin y-{t}"]
+            targets = torch.full((x.shape[0], 1), t, dtype=torch.long)
         spec = spec.to(net.device)
     with torch.no_grad():
         b = bounds(net, ball, args.method, spec, reference=args.reference)
@@ -116,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
                 "bounded_input": bool(args.bounded_input),
                 "lower": lower.tolist(),
                 "upper": upper.tolist(),
+                # what each number is: per input, its prediction, the label the margins are
+                # taken from and the target class of each margin (or the logit's class)
+                "inputs": [
+                    _input_record(i, predicted, labels, targets, classes) for i in range(x.shape[0])
+                ],
                 "provenance": provenance(device=net.device, dtype=net.dtype, seed=args.seed),
             }
         )
@@ -126,9 +130,33 @@ def run(args: argparse.Namespace) -> int:
         f"input clipping to the data range: {'on' if domain else 'off'}",
     )
     for i in range(x.shape[0]):
+        rec = _input_record(i, predicted, labels, targets, classes)
+        if labels is None:
+            names = [f"logit {j}" for j in rec["classes"]]
+            print(f"input {i} (predicted {rec['predicted']})")
+        else:
+            names = [f"margin {rec['label']} - {t}" for t in rec["targets"]]
+            print(f"input {i} (predicted {rec['predicted']}, label {rec['label']})")
         rows = [
-            [c, float(lo), float(hi)] for c, lo, hi in zip(columns, lower[i], upper[i], strict=True)
+            [c, float(lo), float(hi)] for c, lo, hi in zip(names, lower[i], upper[i], strict=True)
         ]
-        print(f"input {i} (predicted {int(predicted[i])})")
         print(render_table(["output", "lower", "upper"], rows))
     return 0
+
+
+def _input_record(
+    i: int,
+    predicted: torch.Tensor,
+    labels: torch.Tensor | None,
+    targets: torch.Tensor | None,
+    classes: int,
+) -> dict[str, object]:
+    """Input ``i``'s labels: ``classes`` (logit j of row j) without a target; else the label
+    and, per row, the target of the margin ``logit[label] - logit[target]``."""
+    rec: dict[str, object] = {"input": i, "predicted": int(predicted[i])}
+    if labels is None or targets is None:
+        rec["classes"] = list(range(classes))
+    else:
+        rec["label"] = int(labels[i])
+        rec["targets"] = [int(t) for t in targets[i]]
+    return rec

@@ -30,8 +30,10 @@ from nnbound.cli.common import (
     load_inputs,
     load_model_arg,
     note,
-    print_json,
 )
+from nnbound.cli.memory_args import first_input, gradient_batch
+from nnbound.cli.shortfall import shortfall
+from nnbound.cli.stream import ResultStream, add_stream_args
 from nnbound.errors import InputError
 
 HELP = "CLEVER robustness estimate (extreme value theory on sampled gradient norms)"
@@ -113,7 +115,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="all targets of an image share each batch's samples (faster; not the reference)",
     )
     g.add_argument(
-        "--batch-size", type=int, default=1024, help="rows per forward/backward pass (1024)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="rows per forward/backward pass (default 1024, or fewer: what fits in half the "
+        "free memory)",
     )
     g.add_argument("--save-samples", default=None, metavar="FILE.npz", help="write the maxima")
     g.add_argument(
@@ -123,6 +129,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="fit the maxima of a --save-samples file instead of sampling",
     )
     add_runtime_args(p)
+    add_stream_args(p)
     for action in p._actions:
         if action.dest == "seed":
             action.default = 1215
@@ -153,10 +160,17 @@ def run(args: argparse.Namespace) -> int:
         # --cap uses the radii recorded in the file (those the samples were drawn with)
         est = Clever(**fit_settings)
         note(args, f"{len(records)} records from {args.from_samples} ({model_name})")
-        results = [(r.index, r.kind, est.evaluate(r.samples)) for r in records]
+        stream = ResultStream(args, len(records), name="clever", unit="jobs")
+        images = []
+        for r in records:
+            res = est.evaluate(r.samples)
+            rec = _image_record(r.index, r.kind, res)
+            images.append(rec)
+            stream.emit(rec, "\n".join(_debug_lines(r.index, r.kind, res, rec)))
         settings = dict(records[0].samples.settings)
         args.targettype = ",".join(dict.fromkeys(r.kind for r in records))
-        return _report(args, results, model_name or str(args.from_samples), settings, skipped=[])
+        _summary(args, stream, images, model_name or str(args.from_samples), settings, skipped=[])
+        return 0
     if args.model is None:
         raise InputError("give a MODEL (or --from-samples FILE.npz)")
     from nnbound.clever.targets import parse_target_kinds, select_jobs
@@ -185,6 +199,16 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         logits = net(inputs.x).cpu()
     jobs, skipped = select_jobs(logits, inputs.labels, kinds, seed=args.seed)
+    # The reference's 1024 rows of a 224 px ResNet-50 need ~100 GB: the default must fit.
+    args.batch_size = gradient_batch(
+        args,
+        net,
+        first_input(inputs.x),
+        requested=args.batch_size,
+        default=1024,
+        option="--batch-size",
+        factor=3.0 if args.order == 2 else 1.0,
+    )
     est = Clever(
         args.nsamp,
         args.niters,
@@ -210,8 +234,11 @@ def run(args: argparse.Namespace) -> int:
         f"L{args.sample_norm}, order {args.order}, transform {args.transform}",
     )
     records: list[SampleRecord] = []
-    results = []
+    images: list[dict[str, Any]] = []
+    stream = ResultStream(args, len(jobs), name="clever", unit="jobs")
     bar = _progress_bar(args, total)
+    if not bar.disable:
+        stream.show_progress = False  # the terminal has tqdm's finer bar already
     try:
         for job in jobs:
             index = int(inputs.indices[job.row])
@@ -220,68 +247,114 @@ def run(args: argparse.Namespace) -> int:
                 net, inputs.x[job.row], job.label, list(job.targets), progress=bar.update
             )
             records.append(SampleRecord(index, job.kind, samples))
-            results.append((index, job.kind, est.evaluate(samples)))
+            res = est.evaluate(samples)
+            rec = _image_record(index, job.kind, res)
+            images.append(rec)
+            bar.clear()
+            stream.emit(rec, "\n".join(_debug_lines(index, job.kind, res, rec)))
+            stream.advance()
+    except KeyboardInterrupt:
+        stream.interrupted = True
     finally:
         bar.close()
-    if args.save_samples:
+        stream.close()
+    if args.save_samples and records:
         save_samples(args.save_samples, records, model=str(args.model))
         note(args, f"samples written to {args.save_samples}")
     settings = dict(records[0].samples.settings) if records else {}
-    extra = {"weights": net.weights} if catalogue else None
-    return _report(
+    extra: dict[str, Any] = {"weights": net.weights} if catalogue else {}
+    extra.update(shortfall(args, len({j.row for j in jobs}) + len(skipped), inputs.source))
+    if catalogue and net.random_weights:
+        extra["random_weights"] = True
+    _summary(
         args,
-        results,
+        stream,
+        images,
         str(args.model),
         settings,
         skipped=[int(inputs.indices[r]) for r in skipped],
         extra=extra,
     )
+    return stream.exit_code
 
 
 def _num(v: float) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
-def _report(
+def _image_record(index: int, kind: str, res: Any) -> dict[str, Any]:
+    """One (image, target kind) result as its JSON record."""
+    from nnbound.clever.sampling import NORM_KEYS
+
+    untargeted = kind == "untargeted"
+    rec: dict[str, Any] = {
+        "index": index,
+        "label": res.label,
+        "target": "untargeted" if untargeted else res.per_target[0].target,
+        "kind": kind,
+        "scores": {k: _num(res.scores[k]) for k in NORM_KEYS},
+        "fits": {
+            k: res.target(res.argmin[k]).fits[k].as_dict()
+            for k in NORM_KEYS
+            if res.argmin[k] >= 0 and k in res.target(res.argmin[k]).fits
+        },
+        "g_x0": (min(t.g_x0 for t in res.per_target) if untargeted else res.per_target[0].g_x0),
+        "time_s": res.seconds,
+    }
+    if untargeted:
+        rec["argmin"] = dict(res.argmin)
+        rec["per_target"] = [
+            {
+                "target": t.target,
+                "g_x0": t.g_x0,
+                "scores": {k: _num(t.scores[k]) for k in NORM_KEYS},
+                "fits": {k: f.as_dict() for k, f in t.fits.items()},
+            }
+            for t in res.per_target
+        ]
+    return rec
+
+
+def _debug_lines(index: int, kind: str, res: Any, rec: dict[str, Any]) -> list[str]:
+    """The reference's ``[DEBUG][L1]`` lines of one result: one per target and norm, then
+    the scores."""
+    from nnbound.clever.sampling import NORM_KEYS
+
+    lines = []
+    for t in res.per_target:
+        for k in NORM_KEYS:
+            if k not in t.fits:
+                continue
+            f = t.fits[k]
+            lines.append(
+                f"[DEBUG][L1] id = {index}, true_label = {res.label}, "
+                f"target_label = {t.target}, info = {kind}, norm = {_LABEL[k]}, "
+                f"bnd = {t.scores[k]:.5g}, ks = {f.ks:.4f}, pVal = {f.p_value:.4g}, "
+                f"shape = {f.shape:.4g}, loc = {f.loc:.5g}, scale = {f.scale:.4g}, "
+                f"fallback = {f.fallback}, g_x0 = {t.g_x0:.5g}"
+            )
+    lines.append(
+        f"[DEBUG][L1] id = {index}, true_label = {res.label}, target_label = "
+        f"{rec['target']}, info = {kind}, "
+        + ", ".join(f"clever_{_LABEL[k]} = {res.scores[k]:.5g}" for k in NORM_KEYS)
+        + f", time = {res.seconds:.2f} s"
+    )
+    return lines
+
+
+def _summary(
     args: argparse.Namespace,
-    results: list[tuple[int, str, Any]],
+    stream: ResultStream,
+    images: list[dict[str, Any]],
     model: str,
     settings: Any,
     *,
     skipped: list[int],
     extra: dict[str, Any] | None = None,
-) -> int:
+) -> None:
+    """The averages per target kind: the ``[STATS][L0]`` lines or the final record."""
     from nnbound.clever.sampling import NORM_KEYS
 
-    images = []
-    for index, kind, res in results:
-        untargeted = kind == "untargeted"
-        rec: dict[str, Any] = {
-            "index": index,
-            "label": res.label,
-            "target": "untargeted" if untargeted else res.per_target[0].target,
-            "kind": kind,
-            "scores": {k: _num(res.scores[k]) for k in NORM_KEYS},
-            "fits": {
-                k: res.target(res.argmin[k]).fits[k].as_dict()
-                for k in NORM_KEYS
-                if res.argmin[k] >= 0 and k in res.target(res.argmin[k]).fits
-            },
-            "g_x0": (min(t.g_x0 for t in res.per_target) if untargeted else res.per_target[0].g_x0),
-            "time_s": res.seconds,
-        }
-        if untargeted:
-            rec["argmin"] = dict(res.argmin)
-            rec["per_target"] = [
-                {
-                    "target": t.target,
-                    "g_x0": t.g_x0,
-                    "scores": {k: _num(t.scores[k]) for k in NORM_KEYS},
-                    "fits": {k: f.as_dict() for k, f in t.fits.items()},
-                }
-                for t in res.per_target
-            ]
-        images.append(rec)
     kinds = list(dict.fromkeys(r["kind"] for r in images))
     avg = {
         kind: {
@@ -300,10 +373,11 @@ def _report(
         }
         for kind in kinds
     }
-    if args.json:
+    extra = extra or {}
+    if not stream.text:
         from nnbound.report.provenance import provenance
 
-        print_json(
+        stream.summary(
             {
                 "model": model,
                 "targettype": args.targettype,
@@ -313,7 +387,8 @@ def _report(
                 "avg": avg,
                 "numimage": len({r["index"] for r in images}),
                 "skipped": skipped,
-                **(extra or {}),
+                "interrupted": stream.interrupted,
+                **extra,
                 "provenance": provenance(
                     device=settings.get("device", "cpu"),
                     dtype=_dtype_of(settings.get("dtype", "float32")),
@@ -321,26 +396,9 @@ def _report(
                 ),
             }
         )
-        return 0
-    for (index, kind, res), rec in zip(results, images, strict=True):
-        for t in res.per_target:
-            for k in NORM_KEYS:
-                if k not in t.fits:
-                    continue
-                f = t.fits[k]
-                print(
-                    f"[DEBUG][L1] id = {index}, true_label = {res.label}, "
-                    f"target_label = {t.target}, info = {kind}, norm = {_LABEL[k]}, "
-                    f"bnd = {t.scores[k]:.5g}, ks = {f.ks:.4f}, pVal = {f.p_value:.4g}, "
-                    f"shape = {f.shape:.4g}, loc = {f.loc:.5g}, scale = {f.scale:.4g}, "
-                    f"fallback = {f.fallback}, g_x0 = {t.g_x0:.5g}"
-                )
-        print(
-            f"[DEBUG][L1] id = {index}, true_label = {res.label}, target_label = "
-            f"{rec['target']}, info = {kind}, "
-            + ", ".join(f"clever_{_LABEL[k]} = {res.scores[k]:.5g}" for k in NORM_KEYS)
-            + f", time = {res.seconds:.2f} s"
-        )
+        return
+    # Random catalogue weights make every score meaningless: say so on the lines people copy.
+    random_note = ", weights = RANDOM (scores meaningless)" if extra.get("random_weights") else ""
     for kind in kinds:
         a = avg[kind]
         print(
@@ -349,10 +407,11 @@ def _report(
                 f"{kind}_clever_{_LABEL[k]} = {(a[k] if a[k] is not None else math.nan):.5g}"
                 for k in NORM_KEYS
             )
+            + random_note
+            + (", interrupted" if stream.interrupted else "")
         )
     if not images:
         print("[STATS][L0] no correctly classified image: nothing to report")
-    return 0
 
 
 def _dtype_of(name: str) -> Any:

@@ -36,8 +36,10 @@ from nnbound.cli.common import (
     load_inputs,
     load_model_arg,
     note,
-    print_json,
 )
+from nnbound.cli.memory_args import first_input, gradient_batch, measured_row_bytes
+from nnbound.cli.shortfall import shortfall
+from nnbound.cli.stream import ResultStream, add_stream_args, growing_spans
 from nnbound.errors import InputError
 from nnbound.network.graph import Graph
 from nnbound.report.provenance import provenance
@@ -54,6 +56,7 @@ from nnbound.tasks.evaluate import (
     method_kind,
     parse_methods,
 )
+from nnbound.tasks.evaluate_merge import merge_evaluations
 from nnbound.tasks.targets import select_targets
 
 HELP = "the robustness sandwich per image: certified <= CLEVER <= attack, with reports"
@@ -69,7 +72,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--targettype",
         default="untargeted",
-        help="untargeted | least | runnerup | random | <class> (default untargeted)",
+        help="untargeted | least | runnerup (= top2) | random | <class> (default untargeted)",
     )
     g.add_argument(
         "--methods",
@@ -109,7 +112,10 @@ def configure(p: argparse.ArgumentParser) -> None:
         help=f"batches = maxima fitted ({d.clever_niters})",
     )
     c.add_argument(
-        "--clever-batch", type=int, default=d.clever_batch, help=f"rows per pass ({d.clever_batch})"
+        "--clever-batch",
+        type=int,
+        default=None,
+        help=f"rows per pass ({d.clever_batch}, or fewer: what fits in half the free memory)",
     )
     a = p.add_argument_group("attacks")
     a.add_argument("--pgd-steps", type=int, default=d.pgd_steps, help=f"({d.pgd_steps})")
@@ -141,8 +147,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     o.add_argument(
         "--batch-size",
         type=int,
-        default=d.batch_size,
-        help="images certified / attacked together (100)",
+        default=None,
+        help=f"images certified / attacked together ({d.batch_size}, or fewer: what fits in "
+        "half the free memory)",
     )
     o.add_argument(
         "--threads",
@@ -152,9 +159,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         "and are many times slower with more when the cores are shared)",
     )
     add_runtime_args(p)
+    add_stream_args(p)
 
 
 def _settings(args: argparse.Namespace) -> EvaluateSettings:
+    d = EvaluateSettings()
     return EvaluateSettings(
         eps0=args.eps,
         steps=args.steps,
@@ -163,7 +172,7 @@ def _settings(args: argparse.Namespace) -> EvaluateSettings:
         jacobian_lipsteps=args.lipsteps,
         clever_nsamp=args.clever_nsamp,
         clever_niters=args.clever_niters,
-        clever_batch=args.clever_batch,
+        clever_batch=d.clever_batch if args.clever_batch is None else args.clever_batch,
         pgd_steps=args.pgd_steps,
         pgd_restarts=args.pgd_restarts,
         pgd_search_steps=args.pgd_search_steps,
@@ -174,7 +183,7 @@ def _settings(args: argparse.Namespace) -> EvaluateSettings:
         ead_steps=args.ead_steps,
         ead_beta=args.ead_beta,
         seed=args.seed,
-        batch_size=args.batch_size,
+        batch_size=d.batch_size if args.batch_size is None else args.batch_size,
     )
 
 
@@ -210,8 +219,8 @@ def _asks_certified(methods: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.check()
-    if args.json and args.csv:
-        raise InputError("choose one of --json and --csv")
+    if sum(map(bool, (args.json, args.csv, args.jsonl))) > 1:
+        raise InputError("choose one of --json and --csv (or --jsonl alone)")
     if args.report:
         from nnbound.report.plots import require_matplotlib
 
@@ -259,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no correctly classified image among those selected from {inputs.source}")
     x = inputs.x[sel.indices.to(inputs.x.device)]
     indices = inputs.indices[sel.indices]
+    settings = _fit_memory(args, net, x, settings, methods)
     note(
         args,
         f"{len(sel.indices)} correctly classified images from {inputs.source}; L{norm_name(p)}; "
@@ -266,39 +276,70 @@ def run(args: argparse.Namespace) -> int:
         f"{'on' if settings.bounded_input else 'off'}; attacks clipped: "
         f"{'on' if settings.attack_clip else 'off'}",
     )
+    short = shortfall(args, len(sel.indices), inputs.source)
+    prov = provenance(device=net.device, dtype=net.dtype, seed=args.seed)
     bar = _Progress(args, len(sel.indices) * len(methods))
+    stream = ResultStream(args, len(sel.indices), name="evaluate")
+    if not bar.bar.disable:
+        stream.show_progress = False  # the terminal has tqdm's finer bar already
+    parts: list[Evaluation] = []
+    if args.csv:
+        _csv_header(ev_methods=methods)
     try:
-        ev = evaluate(
-            net,
-            x,
-            sel.labels,
-            sel.targets,
-            norm=p,
-            methods=methods,
-            indices=indices,
-            settings=settings,
-            progress=bar,
-        )
+        # Chunks of 1, 2, 4, ... inputs up to --batch-size: the first sandwich shows after one
+        # input's work, later chunks keep the batched passes' speed.
+        for lo, hi in growing_spans(len(sel.indices), settings.batch_size):
+            part = evaluate(
+                net,
+                x[lo:hi],
+                sel.labels[lo:hi],
+                sel.targets[lo:hi],
+                norm=p,
+                methods=methods,
+                indices=indices[lo:hi],
+                settings=settings,
+                progress=bar,
+            )
+            parts.append(part)
+            bar.bar.clear()
+            for r in part.records:
+                if args.csv:
+                    _csv_row(part, r, args, prov)
+                    sys.stdout.flush()
+                else:
+                    stream.emit(r.to_dict(), _record_line(part, r))
+            stream.advance(hi - lo)
+    except KeyboardInterrupt:
+        stream.interrupted = True
     finally:
         bar.close()
-    prov = provenance(device=net.device, dtype=net.dtype, seed=args.seed)
-    extra = {"weights": weights, "certified": no_certified} if catalogue else {}
-    if args.json:
-        print_json(
+        stream.close()
+    if not parts:
+        return stream.exit_code
+    ev = merge_evaluations(parts)
+    extra: dict[str, Any] = {"weights": weights, "certified": no_certified} if catalogue else {}
+    if catalogue and str(weights).startswith("random"):
+        extra["random_weights"] = True
+    if args.csv:
+        pass  # every row is out already
+    elif not stream.text:
+        stream.summary(
             {
                 **ev.to_dict(),
                 "model": args.model,
                 "targettype": args.targettype,
+                **short,
+                "interrupted": stream.interrupted,
                 **extra,
                 "provenance": prov,
             }
         )
-    elif args.csv:
-        _print_csv(ev, args, prov)
     else:
         _print_text(ev, args)
         for key, value in extra.items():
             print(f"[sandwich] {key}: {value}")
+        if stream.interrupted:
+            print(f"[sandwich] interrupted: {len(ev.records)} of {len(sel.indices)} inputs")
     if args.report:
         from nnbound.report.html import write_report
 
@@ -317,7 +358,52 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return stream.exit_code
+
+
+def _record_line(ev: Evaluation, r: Any) -> str:
+    """One input's sandwich as it finishes (the table at the end has them all)."""
+    vals = ", ".join(f"{m} = {ev.values_of(r, m):.4g}" for m in ev.methods)
+    target = "untargeted" if r.target < 0 else r.target
+    return f"[image] #{r.index}: label = {r.label}, target = {target}, {vals}, {r.verdict}"
+
+
+def _fit_memory(
+    args: argparse.Namespace,
+    net: Any,
+    x: torch.Tensor,
+    settings: EvaluateSettings,
+    methods: list[str],
+) -> EvaluateSettings:
+    """Batch sizes that fit: CLEVER's rows per pass and the attacks' images per batch are
+    gradient passes; at ImageNet size their defaults would need tens of GB."""
+    from dataclasses import replace
+
+    x0 = first_input(x)
+    per_row = measured_row_bytes(net, x0)
+    if per_row is None:
+        return settings
+    batch = gradient_batch(
+        args,
+        net,
+        x0,
+        requested=args.batch_size,
+        default=settings.batch_size,
+        option="--batch-size",
+        per_row=per_row,
+    )
+    clever_batch = settings.clever_batch
+    if "clever" in methods:
+        clever_batch = gradient_batch(
+            args,
+            net,
+            x0,
+            requested=args.clever_batch,
+            default=settings.clever_batch,
+            option="--clever-batch",
+            per_row=per_row,
+        )
+    return replace(settings, batch_size=batch, clever_batch=clever_batch)
 
 
 def _print_text(ev: Evaluation, args: argparse.Namespace) -> None:
@@ -352,48 +438,51 @@ def _print_text(ev: Evaluation, args: argparse.Namespace) -> None:
                 print(f"[flag] #{r.index}: {f.kind}: {f.message}")
 
 
-def _print_csv(ev: Evaluation, args: argparse.Namespace, prov: dict[str, Any]) -> None:
+_CSV_TAIL = ["model", "norm", "nnbound_version", "torch_version", "device", "dtype", "seed"]
+
+
+def _csv_header(ev_methods: list[str]) -> None:
     w = csv.writer(sys.stdout, lineterminator="\n")
-    cols = ["index", "label", "target", "margin"]
     w.writerow(
         [
-            *cols,
-            *ev.methods,
-            *(f"{m}_seconds" for m in ev.methods),
+            "index",
+            "label",
+            "target",
+            "margin",
+            *ev_methods,
+            *(f"{m}_seconds" for m in ev_methods),
             "best_certified",
             "best_attack",
             "verdict",
-            "model",
-            "norm",
-            "nnbound_version",
-            "torch_version",
-            "device",
-            "dtype",
-            "seed",
+            *_CSV_TAIL,
         ]
     )
-    for r in ev.records:
-        vals = [ev.values_of(r, m) for m in ev.methods]
-        w.writerow(
-            [
-                r.index,
-                r.label,
-                "untargeted" if r.target < 0 else r.target,
-                _num(r.margin),
-                *(_num(v) for v in vals),
-                *(_num(r.seconds.get(m, math.nan)) for m in ev.methods),
-                _num(r.best_certified),
-                _num(r.best_attack),
-                r.verdict,
-                args.model,
-                norm_name(ev.norm),
-                prov["nnbound_version"],
-                prov["torch_version"],
-                prov["device"],
-                prov["dtype"],
-                prov["seed"],
-            ]
-        )
+    sys.stdout.flush()
+
+
+def _csv_row(ev: Evaluation, r: Any, args: argparse.Namespace, prov: dict[str, Any]) -> None:
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    vals = [ev.values_of(r, m) for m in ev.methods]
+    w.writerow(
+        [
+            r.index,
+            r.label,
+            "untargeted" if r.target < 0 else r.target,
+            _num(r.margin),
+            *(_num(v) for v in vals),
+            *(_num(r.seconds.get(m, math.nan)) for m in ev.methods),
+            _num(r.best_certified),
+            _num(r.best_attack),
+            r.verdict,
+            args.model,
+            norm_name(ev.norm),
+            prov["nnbound_version"],
+            prov["torch_version"],
+            prov["device"],
+            prov["dtype"],
+            prov["seed"],
+        ]
+    )
 
 
 def _num(v: float) -> str:

@@ -10,6 +10,7 @@ Lipschitz constant, compared with the operator-norm product ``opnorm_global_lips
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from typing import Any
 
@@ -23,8 +24,9 @@ from nnbound.cli.common import (
     load_inputs,
     load_model_arg,
     note,
-    print_json,
 )
+from nnbound.cli.shortfall import shortfall
+from nnbound.cli.stream import ResultStream, add_stream_args, growing_spans
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.jacobian.api import JACOBIAN_METHODS, sequential_network
 from nnbound.report.provenance import provenance
@@ -87,6 +89,7 @@ def add_common_task_args(p: argparse.ArgumentParser, *, eps_help: str) -> argpar
     )
     g.add_argument("--batch-size", type=int, default=10, help="images bounded together")
     add_runtime_args(p)
+    add_stream_args(p)
     return g
 
 
@@ -171,18 +174,21 @@ def run(args: argparse.Namespace) -> int:
     grid = eps_grid(args.eps, args.lipsteps, args.liplogstart, args.liplogend)
     net = sequential_network(load_model_arg(args))
     x, choice, inputs = selected_inputs(args, net)
+    short = shortfall(args, len(choice.rows), inputs.source)
     note(
         args,
         f"{len(choice.rows)} images from {inputs.source}; L{norm_name(p)}, {args.jacbndalg} on "
         f"{args.layerbndalg} bounds, lipsdir {args.lipsdir}, lipsshift {args.lipsshift}; "
         f"{len(grid)} eps values up to {float(grid[-1]):g}",
     )
-    parts, times = [], []
-    for lo in range(0, x.shape[0], args.batch_size):
-        hi = min(lo + args.batch_size, x.shape[0])
-        t0 = time.perf_counter()
-        parts.append(
-            lipschitz_curve(
+    idx = inputs.indices[choice.rows]
+    rtol = 1e-3 if net.dtype == torch.float32 else 1e-8
+    stream = ResultStream(args, x.shape[0], name="lipschitz")
+    images: list[dict[str, Any]] = []
+    try:
+        for lo, hi in growing_spans(x.shape[0], args.batch_size):
+            t0 = time.perf_counter()
+            c = lipschitz_curve(
                 net,
                 x[lo:hi],
                 choice.classes[lo:hi],
@@ -193,44 +199,49 @@ def run(args: argparse.Namespace) -> int:
                 direction=args.lipsdir,
                 shift=args.lipsshift,
             )
-        )
-        times += [(time.perf_counter() - t0) / (hi - lo)] * (hi - lo)
-    cat = lambda name: torch.cat([getattr(c, name) for c in parts])  # noqa: E731
-    values, unsure, glob = cat("values"), cat("unsure"), cat("global_bound")
-    grad, opnorm = cat("grad_norm"), cat("opnorm")
-    rtol = 1e-3 if net.dtype == torch.float32 else 1e-8
-    matches = torch.cat([c.eps_zero_matches(rtol) for c in parts])
-    if not bool(matches.all()):
+            dt = (time.perf_counter() - t0) / (hi - lo)
+            shown, matches = c.monotone(), c.eps_zero_matches(rtol)
+            for k, i in enumerate(range(lo, hi)):
+                rec = {
+                    "index": int(idx[i]),
+                    "label": int(choice.classes[i]),
+                    "eps": grid.tolist(),
+                    "lipschitz": shown[k].tolist(),
+                    "lipschitz_raw": c.values[k].tolist(),
+                    "unsure": c.unsure[k].tolist(),
+                    "global_bound": c.global_bound[k].tolist(),
+                    "grad_norm": float(c.grad_norm[k]),
+                    "eps0_matches_gradient": bool(matches[k]),
+                    "opnorm_global_lipschitz": float(c.opnorm[k]),
+                    "time_s": dt,
+                }
+                images.append(rec)
+                stream.emit(rec, _line(rec))
+            stream.advance(hi - lo)
+    except KeyboardInterrupt:
+        stream.interrupted = True
+    finally:
+        stream.close()
+    if not all(r["eps0_matches_gradient"] for r in images):
         note(args, "warning: the eps = 0 Lipschitz constant differs from the gradient norm")
-    avg = values.mean(0)
-    sat = saturation_index(avg)
     saturation = None
-    if sat is not None:
-        saturation = {
-            "eps": float(grid[sat]),
-            "avg_lipschitz": float(avg[sat]),
-            "global": bool(glob[:, sat:].all()),
-        }
-    idx = inputs.indices[choice.rows]
-    if args.plot:
-        plot_curve(args.plot, grid, avg, f"{args.model}: L{norm_name(p)}, {args.jacbndalg}")
-    if args.json:
-        images = [
-            {
-                "index": int(idx[i]),
-                "label": int(choice.classes[i]),
-                "eps": grid.tolist(),
-                "lipschitz": values[i].tolist(),
-                "unsure": unsure[i].tolist(),
-                "global_bound": glob[i].tolist(),
-                "grad_norm": float(grad[i]),
-                "eps0_matches_gradient": bool(matches[i]),
-                "opnorm_global_lipschitz": float(opnorm[i]),
-                "time_s": times[i],
+    avg = torch.zeros(len(grid), dtype=torch.float64)
+    opnorm = math.nan
+    if images:
+        avg = torch.tensor([r["lipschitz"] for r in images], dtype=torch.float64).mean(0)
+        opnorm = sum(r["opnorm_global_lipschitz"] for r in images) / len(images)
+        glob = torch.tensor([r["global_bound"] for r in images])
+        sat = saturation_index(avg)
+        if sat is not None:
+            saturation = {
+                "eps": float(grid[sat]),
+                "avg_lipschitz": float(avg[sat]),
+                "global": bool(glob[:, sat:].all()),
             }
-            for i in range(len(idx))
-        ]
-        print_json(
+        if args.plot:
+            plot_curve(args.plot, grid, avg, f"{args.model}: L{norm_name(p)}, {args.jacbndalg}")
+    if not stream.text:
+        stream.summary(
             {
                 "model": args.model,
                 "method": args.jacbndalg,
@@ -243,21 +254,14 @@ def run(args: argparse.Namespace) -> int:
                 "images": images,
                 "avg_lipschitz": avg.tolist(),
                 "saturation": saturation,
-                "opnorm_global_lipschitz": float(opnorm.mean()),
+                "opnorm_global_lipschitz": opnorm,
                 "numimage": len(images),
+                **short,
+                "interrupted": stream.interrupted,
                 "provenance": provenance(device=net.device, dtype=net.dtype, seed=args.seed),
             }
         )
-        return 0
-    for i in range(len(idx)):
-        curve = ", ".join(
-            f"lipschitz[{float(e):.5f}] = {float(v):.5f}"
-            for e, v in zip(grid, values[i], strict=True)
-        )
-        print(
-            f"[L1] id = {int(idx[i])}, label = {int(choice.classes[i])}, grad_norm = "
-            f"{float(grad[i]):.5f}, {curve}, time = {times[i]:.4f} s"
-        )
+        return stream.exit_code
     if saturation is None:
         print(f"[L1] not saturated: avg_lipschitz still grows at eps = {float(grid[-1]):.5f}")
     else:
@@ -274,7 +278,19 @@ def run(args: argparse.Namespace) -> int:
         f"avg_lipschitz[{float(e):.5f}] = {float(v):.5f}" for e, v in zip(grid, avg, strict=True)
     )
     print(
-        f"[L0] model = {args.model}, numimage = {len(idx)}, {curve}, "
-        f"opnorm_global_lipschitz = {float(opnorm.mean()):.4f}"
+        f"[L0] model = {args.model}, numimage = {len(images)}, {curve}, "
+        f"opnorm_global_lipschitz = {opnorm:.4f}" + (", interrupted" if stream.interrupted else "")
     )
-    return 0
+    return stream.exit_code
+
+
+def _line(r: dict[str, Any]) -> str:
+    """The per-image ``[L1]`` line: the reported (monotone) constants."""
+    curve = ", ".join(
+        f"lipschitz[{float(e):.5f}] = {float(v):.5f}"
+        for e, v in zip(r["eps"], r["lipschitz"], strict=True)
+    )
+    return (
+        f"[L1] id = {r['index']}, label = {r['label']}, grad_norm = {r['grad_norm']:.5f}, "
+        f"{curve}, time = {r['time_s']:.4f} s"
+    )

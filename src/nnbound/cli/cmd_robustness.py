@@ -22,8 +22,9 @@ from nnbound.cli.common import (
     load_inputs,
     load_model_arg,
     note,
-    print_json,
 )
+from nnbound.cli.shortfall import shortfall
+from nnbound.cli.stream import ResultStream, add_stream_args, growing_spans
 from nnbound.errors import InputError
 from nnbound.jacobian.api import sequential_network
 from nnbound.report.provenance import provenance
@@ -52,7 +53,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--targettype",
         default="least",
-        help="least | runnerup | random | untargeted | <class> (default least)",
+        help="least | runnerup (= top2) | random | untargeted | <class> (default least)",
     )
     g.add_argument(
         "--bounded-input",
@@ -67,6 +68,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", action="store_true", help="one untimed run first")
     g.add_argument("--batch-size", type=int, default=100, help="images certified together")
     add_runtime_args(p)
+    add_stream_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     sel = select_targets(
         logits, inputs.labels, args.targettype, num_images=args.numimage, start=0, seed=args.seed
     )
+    short = shortfall(args, len(sel.indices), inputs.source)
     domain = net.input_range if args.bounded_input else None
     x = inputs.x[sel.indices.to(inputs.x.device)]
     note(
@@ -138,84 +141,100 @@ def run(args: argparse.Namespace) -> int:
         certify(0, 1)
         if jac:
             certify_jacobian(0, 1)
-    radii, jradii, times, jtimes = [], [], [], []
-    for lo in range(0, len(sel.indices), max(1, args.batch_size)):
-        hi = min(lo + args.batch_size, len(sel.indices))
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            r = certify(lo, hi)
-        dt = (time.perf_counter() - t0) / (hi - lo)
-        radii.extend(r.tolist())
-        times.extend([dt] * (hi - lo))
-        if jac:
-            t0 = time.perf_counter()
-            jr = certify_jacobian(lo, hi)
-            jradii.extend(jr.tolist())
-            jtimes.extend([(time.perf_counter() - t0) / (hi - lo)] * (hi - lo))
-    margins = []
-    for i in range(len(sel.indices)):
+
+    def margin_of(i: int) -> float:
         lg, y, t = sel.logits[i], int(sel.labels[i]), int(sel.targets[i])
         other = lg.clone()
         other[y] = -float("inf")
-        margins.append(float(lg[y] - (other.max() if t == UNTARGETED else lg[t])))
-    records = [
-        {
-            "index": int(inputs.indices[sel.indices[i]]),
-            "label": int(sel.labels[i]),
-            "target": "untargeted" if int(sel.targets[i]) == UNTARGETED else int(sel.targets[i]),
-            "radius": radii[i],
-            "margin": margins[i],
-            "time_s": times[i],
-            **({"radius_jacobian": jradii[i], "time_jacobian_s": jtimes[i]} if jac else {}),
-        }
-        for i in range(len(sel.indices))
-    ]
-    avg = sum(radii) / len(radii) if radii else 0.0
-    avg_jac = sum(jradii) / len(jradii) if jradii else 0.0
-    if args.json:
-        print_json(
-            {
-                "model": args.model,
-                "method": args.layerbndalg,
-                "jacbndalg": args.jacbndalg,
-                **(
-                    {
-                        "lipsdir": args.lipsdir,
-                        "lipsshift": args.lipsshift,
-                        "lipsteps": args.lipsteps,
-                        "avg_radius_jacobian": avg_jac,
-                    }
-                    if jac
-                    else {}
-                ),
-                "norm": norm_name(p),
-                "targettype": args.targettype,
-                "eps_start": args.eps,
-                "steps": args.steps,
-                "bounded_input": bool(args.bounded_input),
-                "images": records,
-                "avg_radius": avg,
-                "numimage": len(records),
-                "provenance": provenance(device=net.device, dtype=net.dtype, seed=args.seed),
-            }
-        )
-        return 0
-    for r in records:
+        return float(lg[y] - (other.max() if t == UNTARGETED else lg[t]))
+
+    stream = ResultStream(args, len(sel.indices), name="robustness")
+    records: list[dict] = []
+    try:
+        for lo, hi in growing_spans(len(sel.indices), args.batch_size):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                radii = certify(lo, hi).tolist()
+            dt = (time.perf_counter() - t0) / (hi - lo)
+            if jac:
+                t0 = time.perf_counter()
+                jradii = certify_jacobian(lo, hi).tolist()
+                jdt = (time.perf_counter() - t0) / (hi - lo)
+            for k, i in enumerate(range(lo, hi)):
+                rec = {
+                    "index": int(inputs.indices[sel.indices[i]]),
+                    "label": int(sel.labels[i]),
+                    "target": "untargeted"
+                    if int(sel.targets[i]) == UNTARGETED
+                    else int(sel.targets[i]),
+                    "radius": radii[k],
+                    "margin": margin_of(i),
+                    "time_s": dt,
+                    **({"radius_jacobian": jradii[k], "time_jacobian_s": jdt} if jac else {}),
+                }
+                records.append(rec)
+                stream.emit(rec, _line(rec, args))
+            stream.advance(hi - lo)
+    except KeyboardInterrupt:
+        stream.interrupted = True
+    finally:
+        stream.close()
+    radii_all = [r["radius"] for r in records]
+    jradii_all = [r["radius_jacobian"] for r in records] if jac else []
+    avg = sum(radii_all) / len(radii_all) if radii_all else 0.0
+    avg_jac = sum(jradii_all) / len(jradii_all) if jradii_all else 0.0
+    if stream.text:
         if jac:
-            print(
-                f"[L1] id = {r['index']}, true_label = {r['label']}, target_label = "
-                f"{r['target']}, robustness_lb = {r['radius_jacobian']:.5f} ({args.jacbndalg}), "
-                f"{args.layerbndalg} robustness_lb = {r['radius']:.5f}, margin = "
-                f"{r['margin']:.5f}, time = {r['time_jacobian_s']:.4f} s"
-            )
-            continue
+            print(f"[L1] {args.layerbndalg} avg robustness_lb = {avg:.5f}")
+        shown = avg_jac if jac else avg
         print(
-            f"[L1] id = {r['index']}, true_label = {r['label']}, target_label = {r['target']}, "
-            f"robustness_lb = {r['radius']:.5f}, margin = {r['margin']:.5f}, "
-            f"time = {r['time_s']:.4f} s"
+            f"[L0] model = {args.model}, avg robustness_lb = {shown:.5f}, numimage = "
+            f"{len(records)}" + (", interrupted" if stream.interrupted else ""),
+            flush=True,
         )
-    if jac:
-        print(f"[L1] {args.layerbndalg} avg robustness_lb = {avg:.5f}")
-        avg = avg_jac
-    print(f"[L0] model = {args.model}, avg robustness_lb = {avg:.5f}, numimage = {len(records)}")
-    return 0
+        return stream.exit_code
+    stream.summary(
+        {
+            "model": args.model,
+            "method": args.layerbndalg,
+            "jacbndalg": args.jacbndalg,
+            **(
+                {
+                    "lipsdir": args.lipsdir,
+                    "lipsshift": args.lipsshift,
+                    "lipsteps": args.lipsteps,
+                    "avg_radius_jacobian": avg_jac,
+                }
+                if jac
+                else {}
+            ),
+            "norm": norm_name(p),
+            "targettype": args.targettype,
+            "eps_start": args.eps,
+            "steps": args.steps,
+            "bounded_input": bool(args.bounded_input),
+            "images": records,
+            "avg_radius": avg,
+            "numimage": len(records),
+            **short,
+            "interrupted": stream.interrupted,
+            "provenance": provenance(device=net.device, dtype=net.dtype, seed=args.seed),
+        }
+    )
+    return stream.exit_code
+
+
+def _line(r: dict, args: argparse.Namespace) -> str:
+    """The reference's per-image ``[L1]`` line."""
+    if "radius_jacobian" in r:
+        return (
+            f"[L1] id = {r['index']}, true_label = {r['label']}, target_label = "
+            f"{r['target']}, robustness_lb = {r['radius_jacobian']:.5f} ({args.jacbndalg}), "
+            f"{args.layerbndalg} robustness_lb = {r['radius']:.5f}, margin = "
+            f"{r['margin']:.5f}, time = {r['time_jacobian_s']:.4f} s"
+        )
+    return (
+        f"[L1] id = {r['index']}, true_label = {r['label']}, target_label = {r['target']}, "
+        f"robustness_lb = {r['radius']:.5f}, margin = {r['margin']:.5f}, "
+        f"time = {r['time_s']:.4f} s"
+    )

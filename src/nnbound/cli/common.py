@@ -148,6 +148,7 @@ def load_inputs(args: argparse.Namespace, net: Network, *, all_rows: bool = Fals
         from nnbound.data.arrays import load_array
 
         arr = load_array(args.input)
+        warn_unusual_input(args, np.asarray(arr), net.input_range)
         x = net.check_input(torch.from_numpy(np.ascontiguousarray(arr)).to(net.dtype))
         if args.labels:
             labels = torch.from_numpy(np.asarray(load_array(args.labels))).reshape(-1).long()
@@ -177,6 +178,31 @@ def load_inputs(args: argparse.Namespace, net: Network, *, all_rows: bool = Fals
     stop = len(ds.labels) if all_rows else min(len(ds.labels), args.startimage + args.numimage)
     x = net.check_input(ds.images[args.startimage : stop])
     return Inputs(x, ds.labels[args.startimage : stop], torch.arange(args.startimage, stop), name)
+
+
+def warn_unusual_input(
+    args: argparse.Namespace, arr: np.ndarray, input_range: tuple[float, float] | None
+) -> None:
+    """A warning (not an error: the user may mean it) for an integer array or values outside
+    the model's data range -- typically 0..255 pixels given to a [0, 1] model, whose every
+    result would silently be about a different input."""
+    if arr.dtype.kind in "iub":
+        note(
+            args,
+            f"warning: {args.input} holds integers ({arr.dtype}); they are used as floats "
+            "unchanged (pixels 0..255 need scaling to the model's data range)",
+        )
+    if input_range is None or arr.size == 0 or arr.dtype.kind not in "iubf":
+        return
+    lo, hi = float(arr.min()), float(arr.max())
+    r_lo, r_hi = input_range
+    slack = 1e-3 * (r_hi - r_lo)
+    if lo < r_lo - slack or hi > r_hi + slack:
+        note(
+            args,
+            f"warning: {args.input} has values in [{lo:g}, {hi:g}], outside the model's data "
+            f"range [{r_lo:g}, {r_hi:g}]; eps and the results refer to these values as given",
+        )
 
 
 def print_json(obj: Any) -> None:

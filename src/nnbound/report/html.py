@@ -89,6 +89,7 @@ def render_html(
         f"<title>{html.escape(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        *_random_weights_banner(provenance),
         '<p class="sub">The robustness sandwich per input: certified lower bounds '
         "&le; CLEVER estimate &le; smallest adversarial perturbation found by an attack. "
         f"All numbers are {norm} distances in the model's input space"
@@ -204,6 +205,20 @@ def render_html(
         "</body></html>",
     ]
     return "\n".join(out)
+
+
+def _random_weights_banner(provenance: Mapping[str, Any] | None) -> list[str]:
+    """A warning at the top when the model ran with random weights (a catalogue architecture
+    without --weights): every score below describes an untrained network."""
+    if not provenance or not provenance.get("random_weights"):
+        return []
+    weights = html.escape(str(provenance.get("weights", "random")))
+    return [
+        '<p class="warnbox" style="background:#fff3cd;border:1px solid #e0b000;padding:8px;'
+        'font-weight:bold">WARNING: this model has RANDOM weights '
+        f"({weights}): the scores are meaningless for a trained model; pass --weights PATH."
+        "</p>"
+    ]
 
 
 def _card(label: str, n: int, cls: str) -> str:

@@ -188,10 +188,36 @@ def distribution_figure(ev: Evaluation) -> Figure:
     return fig
 
 
+THUMBNAIL_MAX_PX = 96
+"""Longest side of a thumbnail: three per row (input, example, perturbation) must fit a page;
+full-size 224 px ImageNet inputs made 700 px rows."""
+
+
+def _fit_thumbnail(a: Tensor, signed: bool, scale: int) -> tuple[Tensor, int]:
+    """``(image, upscale)``: small inputs are enlarged ``scale`` times (pixels stay sharp),
+    large ones shrunk to :data:`THUMBNAIL_MAX_PX`. A perturbation keeps, per block, its
+    value of largest magnitude: an average of a +-eps sign pattern would read as none."""
+    h, w = a.shape[1:]
+    if max(h, w) * scale <= THUMBNAIL_MAX_PX:
+        return a, scale
+    if max(h, w) <= THUMBNAIL_MAX_PX:
+        return a, 1
+    f = THUMBNAIL_MAX_PX / max(h, w)
+    size = (max(1, round(h * f)), max(1, round(w * f)))
+    if not signed:
+        return torch.nn.functional.adaptive_avg_pool2d(a.unsqueeze(0), size)[0], 1
+    _, idx = torch.nn.functional.adaptive_max_pool2d(
+        a.abs().unsqueeze(0), size, return_indices=True
+    )
+    flat = a.flatten(1)
+    return flat.gather(1, idx[0].flatten(1)).reshape(a.shape[0], *size), 1
+
+
 def thumbnail_png(
     img: Tensor, domain: tuple[float, float] | None, *, signed: bool = False, scale: int = 2
 ) -> bytes | None:
-    """A small PNG of one input ``(C, H, W)`` with C in {1, 3} (None for other shapes).
+    """A small PNG of one input ``(C, H, W)`` with C in {1, 3} (None for other shapes), at
+    most :data:`THUMBNAIL_MAX_PX` pixels on its longest side.
 
     ``signed`` draws a perturbation: grey = 0, white/black = +-max |value|.
     """
@@ -203,7 +229,7 @@ def thumbnail_png(
         img = img.unsqueeze(0)
     if img.dim() != 3 or img.shape[0] not in (1, 3) or min(img.shape[1:]) < 4:
         return None
-    a = img.detach().to(torch.float64).cpu()
+    a, scale = _fit_thumbnail(img.detach().to(torch.float64).cpu(), signed, scale)
     if signed:
         m = float(a.abs().max())
         a = a / (2 * m) + 0.5 if m > 0 else torch.full_like(a, 0.5)

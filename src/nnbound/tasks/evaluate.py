@@ -98,8 +98,8 @@ def jacobian_available(net: Network | Graph) -> str | None:
         return f"the Jacobian bounds are not importable ({exc})"
     if isinstance(net, Graph):
         return "Jacobian bounds (Fast-Lip, RecurJac) are defined for sequential networks"
-    if not net.is_mlp:
-        return "Jacobian bounds are computed for dense networks only"
+    # Any sequential network: dense and conv layers alike (the same Jacobian bounds `lipschitz`
+    # and `robustness --jacbndalg` run on CNNs).
     return None
 
 

@@ -99,6 +99,19 @@ class LipschitzCurve:
     grad_norm: Tensor
     opnorm: Tensor
 
+    def monotone(self) -> Tensor:
+        """``(B, K)`` the reported constants: at each eps the smallest bound of any ball at
+        least as large, and of the global operator-norm bound.
+
+        A Lipschitz constant over a ball holds on every ball inside it, so each of those is a
+        bound for eps too; the raw curve can dip and rise again (a looser relaxation at a
+        smaller eps), which reads as nonsense although each value is sound."""
+        eps, vals = self.eps.to(torch.float64), self.values
+        larger = eps.unsqueeze(1) >= eps.unsqueeze(2)  # [b, k, j]: eps_j >= eps_k
+        inf = torch.full_like(vals, math.inf)
+        over = torch.where(larger, vals.unsqueeze(1), inf.unsqueeze(1)).amin(-1)
+        return torch.minimum(over, self.opnorm.unsqueeze(1).to(vals.dtype))
+
     def eps_zero_matches(self, rtol: float) -> Tensor:
         """``(B,)`` whether the eps = 0 value equals the gradient norm (where eps = 0)."""
         zero = self.eps[:, 0] == 0

@@ -12,6 +12,20 @@ from nnbound.errors import InputError
 
 TARGET_TYPES = ("least", "runnerup", "random", "untargeted")
 UNTARGETED = -1
+TARGET_ALIASES: dict[str, str] = {
+    "top2": "runnerup",  # CLEVER's (and its reference's) name for the runner-up
+    "top-2": "runnerup",
+    "rand": "random",
+    "all": "untargeted",
+}
+"""Other words for the target types, accepted by every command (robustness, evaluate,
+lipschitz, landscape and clever read target words through :func:`canonical_target_word`)."""
+
+
+def canonical_target_word(word: str) -> str:
+    """``word`` lower-cased with its alias resolved (``top2`` -> ``runnerup``)."""
+    v = word.strip().lower()
+    return TARGET_ALIASES.get(v, v)
 
 
 @dataclass(frozen=True)
@@ -26,16 +40,17 @@ class Selection:
 
 
 def parse_target_type(value: str | int) -> str | int:
-    """``least|runnerup|random|untargeted`` or a class number."""
+    """``least|runnerup|random|untargeted`` (or an alias: ``top2``...) or a class number."""
     if isinstance(value, int):
         return value
-    v = value.strip().lower()
+    v = canonical_target_word(value)
     if v in TARGET_TYPES:
         return v
     if v.lstrip("-").isdigit():
         return int(v)
     raise InputError(
-        f"unknown target type {value!r}; use {', '.join(TARGET_TYPES)} or a class number"
+        f"unknown target type {value!r}; use {', '.join(TARGET_TYPES)} (or top2 for "
+        "runnerup) or a class number"
     )
 
 
