@@ -10,9 +10,9 @@ The graph holds the forward nodes up to the last pre-activation (``z_i``, shared
 network so bound methods see one ``x``), a :mod:`~nnbound.ops.derivative` node per
 activation, a transposed linear node per linear layer (dense with ``W^T``, conv_transpose2d
 for a convolution, reshape for flatten / reshape, a scale by ``1 / std`` for normalize), and
-a ``grad_mul`` (:mod:`nnbound.ops.gradient_product`) of each derivative with the gradient above it. Everything after the
-last activation is the constant ``v = L_K^T ... c``, so the first product is exact: a
-``scale`` of the derivative by ``v``.
+a ``grad_mul`` (:mod:`nnbound.ops.gradient_product`) of each derivative with the gradient
+above it. Everything after the last activation is the constant ``v = L_K^T ... c``, so the
+first product is exact: a ``scale`` of the derivative by ``v``.
 """
 
 from __future__ import annotations
