@@ -11,8 +11,8 @@ interval of ``act'`` over ``[l, u]`` and two lines sandwiching it there. Node: a
   ``alpha``; the one-sided limit is 1), so an interval that touches 0 is "unstable" and its
   lines hold for every value in ``[alpha, 1]`` at 0. Of the two valid upper lines (the
   constant 1, the line from ``(l, alpha)`` to ``(0, 1)``) and the two lower ones (the constant
-  ``alpha``, the line from ``(0, alpha)`` to ``(u, 1)``) we take the one with the smaller area
-  between it and the step, as CROWN's adaptive ReLU lower line does.
+  ``alpha``, the line from ``(0, alpha)`` to ``(u, 1)``) we take the line only where the
+  interval is lopsided (see ``StepDerivativeRelaxation.linear``).
 * tanh, sigmoid, arctan, softplus, GELU: ``act'`` is smooth with known inflection points.
   Inside one convex piece the chord lies above and the tangent at the midpoint below (the
   other way round in a concave piece), both exact. An interval across an inflection point
@@ -302,10 +302,15 @@ class StepDerivativeRelaxation:
         i_lo, i_up = (t.to(torch.float64) for t in self.interval(l, u))
         unstable = (l <= 0) & (u >= 0)
         jump = 1.0 - a
-        # upper: the line from (l, alpha) to (0, 1) when its area (-l/2 + u^2 / (-2 l)) is
-        # below the constant's (-l), i.e. u < -l; lower: from (0, alpha) to (u, 1) when u > -l
-        use_up = unstable & (u < -l)
-        use_lo = unstable & (u > -l)
+        # upper: the line from (l, alpha) to (0, 1) has less area than the constant 1 when
+        # u < -l, lower: the line from (0, alpha) to (u, 1) less than alpha when u > -l; we
+        # take a line only when the interval is lopsided 2:1. The constants are the interval
+        # itself, which a backward pass concretizes exactly, while a line's excess over the
+        # step on the far side adds up over neurons: measured (bench_jacobian_propagation),
+        # the 2:1 rule is as tight as constants on mnist-fc-3layer and as tight as the area
+        # rule on wide random ReLU MLPs, where the lines gain up to 15%.
+        use_up = unstable & (2.0 * u < -l)
+        use_lo = unstable & (u > -2.0 * l)
         up_s = torch.where(use_up, jump / torch.where(use_up, -l, 1.0), 0.0)
         up_b = torch.where(use_up, torch.ones_like(l), i_up)
         lo_s = torch.where(use_lo, jump / torch.where(use_lo, u, 1.0), 0.0)
