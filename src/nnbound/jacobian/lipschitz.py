@@ -51,8 +51,9 @@ def lipschitz_from_jacobian(jac: JacobianBounds, p: float | str, *, refine: bool
         # summed in float64 and nudged up: a float32 sum of hundreds of terms can round down
         value64 = dual_norm_rows(lo.double(), up.double(), q)
         value = (value64 * (1.0 + 8.0 * torch.finfo(lo.dtype).eps)).to(lo.dtype)
-        joint = jac._state.abs_sum if jac._state is not None and q == 1.0 else None
-        if joint is not None:  # the L1 norm bounded as one functional (where tighter)
+        st = jac._state
+        joint = st.joint_norm if st is not None and st.joint_q == q else None
+        if joint is not None:  # the dual norm bounded as one functional (where tighter)
             value = torch.minimum(value, joint.to(value.dtype).reshape(value.shape))
     else:
         value = dual_norm_rows(lo, up, q)

@@ -53,12 +53,33 @@ class PropagationState:
         input_dims: rank of one input sample.
         spectral: ``(N, S)`` the spectral (global) Lipschitz bound of each spec row in the
             ball's norm; a local constant never needs to exceed it.
-        abs_sum: ``(N, S)`` a joint upper bound of ``||grad||_1`` (Linf balls), else ``None``.
+        joint_norm: ``(N, S)`` an upper bound of the gradient's dual norm bounded as one
+            functional (``||g||_1`` for Linf balls, ``||g||_2`` for L2 balls), else ``None``.
+        joint_q: the norm ``joint_norm`` bounds.
     """
 
     input_dims: int
     spectral: Tensor
-    abs_sum: Tensor | None = None
+    joint_norm: Tensor | None = None
+    joint_q: float | None = None
+
+
+def _chord_functional(
+    state: BoundState, lower: Tensor, upper: Tensor, slope: Tensor, bias: Tensor
+) -> Tensor:
+    """An upper bound ``(N,)`` of ``sum_j slope_j g_j + bias_j`` (float64 ``(N, *shape)``
+    coefficients) over the ball, ``g`` the gradient graph's output, by one backward pass."""
+    l, u = lower.double(), torch.maximum(upper, lower).double()
+    n = l.shape[0]
+    graph = state.graph
+    a = slope.to(lower.dtype).reshape(n, 1, *graph.output_shape)
+    # the intercepts' float64 sum, moved up by the rounding of the slopes to the working dtype
+    slack = (slope - a.double().reshape(slope.shape)).abs() * torch.maximum(l.abs(), u.abs())
+    const = (bias + slack).reshape(n, -1).sum(-1, keepdim=True)
+    const = const + const.abs() * torch.finfo(lower.dtype).eps  # its rounding to the dtype
+    _, up, _ = backward(state, graph.output, a, const.to(lower.dtype), lower=False)
+    assert up is not None
+    return up[:, 0] + up[:, 0].abs() * (8.0 * torch.finfo(up.dtype).eps)
 
 
 def abs_sum_bound(state: BoundState, lower: Tensor, upper: Tensor) -> Tensor:
@@ -69,20 +90,19 @@ def abs_sum_bound(state: BoundState, lower: Tensor, upper: Tensor) -> Tensor:
     elsewhere, and ``sum_j s_j g_j + b_j`` is bounded by one backward pass, which keeps the
     cancellations between coordinates that summing ``max(|l_j|, |u_j|)`` loses."""
     l, u = lower.double(), torch.maximum(upper, lower).double()
-    width = u - l
     across = (l < 0) & (u > 0)
-    safe = torch.where(across, width, torch.ones_like(width))
+    safe = torch.where(across, u - l, torch.ones_like(l))
     slope = torch.where(across, (u + l) / safe, torch.where(u <= 0, -1.0, 1.0))
     bias = torch.where(across, -2.0 * l * u / safe, torch.zeros_like(l))
-    n = l.shape[0]
-    graph = state.graph
-    a = slope.to(lower.dtype).reshape(n, 1, *graph.output_shape)
-    # the intercepts' float64 sum, moved up by the rounding of the slopes to the working dtype
-    slack = (slope - a.double().reshape(slope.shape)).abs() * torch.maximum(l.abs(), u.abs())
-    const = (bias + slack).reshape(n, -1).sum(-1, keepdim=True)
-    _, up, _ = backward(state, graph.output, a, const.to(lower.dtype), lower=False)
-    assert up is not None
-    return up[:, 0]
+    return _chord_functional(state, lower, upper, slope, bias)
+
+
+def square_sum_bound(state: BoundState, lower: Tensor, upper: Tensor) -> Tensor:
+    """An upper bound ``(N,)`` of ``||g||_2``: ``g_j^2`` lies below its chord ``(l_j + u_j) g_j
+    - l_j u_j`` over ``[l_j, u_j]`` (convexity), whose sum one backward pass bounds."""
+    l, u = lower.double(), torch.maximum(upper, lower).double()
+    total = _chord_functional(state, lower, upper, l + u, -l * u)
+    return total.clamp_min(0.0).sqrt() * (1.0 + 4.0 * torch.finfo(lower.dtype).eps)
 
 
 def gradient_graph_bounds(
@@ -135,8 +155,10 @@ def propagation_bounds(
     lower = torch.empty(n, s_rows, n0, dtype=net.dtype, device=net.device)
     upper = torch.empty_like(lower)
     pre = lb.intermediate.pre
-    joint = ball.p == math.inf
-    abs_sum = torch.full((n, s_rows), math.inf, dtype=net.dtype, device=net.device)
+    # the dual norm as one functional: L1 (Linf balls), L2 (L2 balls); max |g_j| (L1 balls)
+    # is already exact from the element-wise bounds
+    joint = {math.inf: abs_sum_bound, 2.0: square_sum_bound}.get(ball.p)
+    joint_norm = torch.full((n, s_rows), math.inf, dtype=net.dtype, device=net.device)
     for s in range(s_rows):
         rows_c, which = torch.unique(spec[:, s], dim=0, return_inverse=True)
         for k in range(rows_c.shape[0]):
@@ -153,10 +175,15 @@ def propagation_bounds(
             lo, up, state = gradient_graph_bounds(gg.graph, ball.rows(idx), prior)
             lower[idx, s] = lo.reshape(len(idx), -1)
             upper[idx, s] = up.reshape(len(idx), -1)
-            if joint:
-                abs_sum[idx, s] = abs_sum_bound(state, lo, up)
+            if joint is not None:
+                joint_norm[idx, s] = joint(state, lo, up)
     spectral = spectral_lipschitz(net, spec, ball.p)
-    state_out = PropagationState(len(net.input_shape), spectral, abs_sum if joint else None)
+    state_out = PropagationState(
+        len(net.input_shape),
+        spectral,
+        joint_norm if joint is not None else None,
+        ball.q if joint is not None else None,
+    )
     return lower, upper, lb, state_out
 
 
