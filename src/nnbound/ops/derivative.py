@@ -4,15 +4,16 @@ Jacobian bounds by bound propagation (:mod:`nnbound.jacobian.propagation`) build
 graph of a network, in which each activation contributes the product of its derivative with
 the upstream gradient. This operator is that derivative, relaxed like any activation: an
 interval of ``act'`` over ``[l, u]`` and two lines sandwiching it there. Node: attrs ``of``
-(the activation's registry name) and ``alpha`` (its parameter).
+(the activation's registry name), ``alpha`` (its parameter) and optionally ``step_lines``.
 
 * ReLU / leaky ReLU: ``act'(z) = alpha + (1 - alpha) H(z)`` with the Heaviside step ``H``.
   At ``z = 0`` it is the whole Clarke interval ``[alpha, 1]`` (torch's gradient there is
   ``alpha``; the one-sided limit is 1), so an interval that touches 0 is "unstable" and its
   lines hold for every value in ``[alpha, 1]`` at 0. Of the two valid upper lines (the
   constant 1, the line from ``(l, alpha)`` to ``(0, 1)``) and the two lower ones (the constant
-  ``alpha``, the line from ``(0, alpha)`` to ``(u, 1)``) we take the line only where the
-  interval is lopsided (see ``StepDerivativeRelaxation.linear``).
+  ``alpha``, the line from ``(0, alpha)`` to ``(u, 1)``) the constants are the default; attr
+  ``step_lines`` takes the line where the interval is lopsided (see
+  ``StepDerivativeRelaxation.linear``).
 * tanh, sigmoid, arctan, softplus, GELU: ``act'`` is smooth with known inflection points.
   Inside one convex piece the chord lies above and the tangent at the midpoint below (the
   other way round in a concave piece), both exact. An interval across an inflection point
@@ -275,9 +276,11 @@ def _at_inflection(fn: SmoothDerivative, z: Tensor) -> Tensor:
 # -- ReLU family: a step -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StepDerivativeRelaxation:
-    """``alpha + (1 - alpha) H(z)`` (ReLU, leaky ReLU), ``[alpha, 1]`` at 0."""
+    """``alpha + (1 - alpha) H(z)`` (ReLU, leaky ReLU), ``[alpha, 1]`` at 0; ``lines``: lines
+    in ``z`` on lopsided unstable intervals, else the interval's constants."""
 
     alpha: float
+    lines: bool = False
 
     @property
     def is_piecewise_linear(self) -> bool:
@@ -303,14 +306,15 @@ class StepDerivativeRelaxation:
         unstable = (l <= 0) & (u >= 0)
         jump = 1.0 - a
         # upper: the line from (l, alpha) to (0, 1) has less area than the constant 1 when
-        # u < -l, lower: the line from (0, alpha) to (u, 1) less than alpha when u > -l; we
-        # take a line only when the interval is lopsided 2:1. The constants are the interval
-        # itself, which a backward pass concretizes exactly, while a line's excess over the
-        # step on the far side adds up over neurons: measured (bench_jacobian_propagation),
-        # the 2:1 rule is as tight as constants on mnist-fc-3layer and as tight as the area
-        # rule on wide random ReLU MLPs, where the lines gain up to 15%.
-        use_up = unstable & (2.0 * u < -l)
-        use_lo = unstable & (u > -2.0 * l)
+        # u < -l, lower: the line from (0, alpha) to (u, 1) less than alpha when u > -l. The
+        # constants are the interval itself, which a backward pass concretizes exactly, while
+        # a line's excess over the step on the far side adds up over neurons. Measured on the
+        # gradient graphs of crown-jacobian: constants give RecurJac's element-wise bounds on
+        # ReLU MLPs (lines up to 3% wider) and the tighter Lipschitz bound on mnist-fc-3layer;
+        # lines on 2:1 lopsided intervals gain up to 15% on wide random ReLU MLPs at Linf eps
+        # 0.002-0.005. Hence constants by default, lines on request.
+        use_up = unstable & (2.0 * u < -l) & self.lines
+        use_lo = unstable & (u > -2.0 * l) & self.lines
         up_s = torch.where(use_up, jump / torch.where(use_up, -l, 1.0), 0.0)
         up_b = torch.where(use_up, torch.ones_like(l), i_up)
         lo_s = torch.where(use_lo, jump / torch.where(use_lo, u, 1.0), 0.0)
@@ -356,15 +360,18 @@ class IntervalDerivativeRelaxation:
 
 
 # -- the operator --------------------------------------------------------------------------------
-def derivative_relaxation(of: str, alpha: float, options: RelaxOptions) -> Relaxation:
-    """The relaxation of ``act'`` for activation ``of`` with parameter ``alpha``."""
+def derivative_relaxation(
+    of: str, alpha: float, options: RelaxOptions, *, step_lines: bool = False
+) -> Relaxation:
+    """The relaxation of ``act'`` for activation ``of`` with parameter ``alpha``
+    (``step_lines``: see :class:`StepDerivativeRelaxation`)."""
     from nnbound.ops.activation import ActivationOp
     from nnbound.ops.registry import get_op
 
     if of in STEP_DERIVATIVES:
         if not 0.0 <= alpha <= 1.0:
             raise UnsupportedError(f"{of} with slope {alpha} outside [0, 1] has no relaxation")
-        return StepDerivativeRelaxation(alpha)
+        return StepDerivativeRelaxation(alpha, step_lines)
     if of in SMOOTH_DERIVATIVES:
         return SmoothDerivativeRelaxation(SMOOTH_DERIVATIVES[of])
     op = get_op(of)
@@ -412,7 +419,8 @@ class DerivativeOp(Op):
     def relaxation(self, node: Node, options: RelaxOptions) -> Relaxation:
         of, alpha = self._of(node)
         try:
-            return derivative_relaxation(of, alpha, options)
+            lines = bool(node.attrs.get("step_lines", False))
+            return derivative_relaxation(of, alpha, options, step_lines=lines)
         except (InputError, UnsupportedError) as exc:
             raise type(exc)(f"{node.where}: {exc}") from None
 
