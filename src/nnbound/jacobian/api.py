@@ -1,5 +1,8 @@
 """``jacobian_bounds()``: element-wise Jacobian bounds of ``C @ net(x)`` over an input set.
 
+``method="crown-jacobian"`` runs CROWN on the gradient graph instead
+(:mod:`nnbound.jacobian.propagation`); the rest of this docstring is about Fast-Lip / RecurJac.
+
 The layer-wise method gives pre-activation bounds, hence derivative intervals; the network is
 folded into a chain of matrices (:mod:`nnbound.jacobian.chain`) and bounded by Fast-Lip
 (:mod:`~nnbound.jacobian.fastlip`) or RecurJac (:mod:`~nnbound.jacobian.recurjac`), batched
