@@ -34,7 +34,9 @@ T = TypeVar("T")
 
 # Element-wise operators whose domain is not all reals (or that need attrs a random graph
 # cannot guess): never drawn as activations.
-NOT_ACTIVATIONS = frozenset({"log", "sqrt", "rsqrt", "reciprocal", "pow", "exp", "identity"})
+NOT_ACTIVATIONS = frozenset(
+    {"log", "sqrt", "rsqrt", "reciprocal", "pow", "exp", "identity", "derivative"}
+)
 # The parameter of an activation family, per name (the rest take none).
 ALPHAS: dict[str, tuple[float, ...]] = {
     "leaky_relu": (0.01, 0.3),

@@ -1,4 +1,5 @@
-"""Jacobian bounds (Fast-Lip, RecurJac) and the local Lipschitz constants they give.
+"""Jacobian bounds (Fast-Lip, RecurJac, crown-jacobian) and the local Lipschitz constants they
+give.
 
 * :func:`jacobian_bounds`: element-wise lower / upper bounds of ``d(C f)/dx`` over an Lp ball.
 * :func:`local_lipschitz`: Lipschitz constants of each spec row over the ball (dual norm).

@@ -1,5 +1,8 @@
 """``jacobian_bounds()``: element-wise Jacobian bounds of ``C @ net(x)`` over an input set.
 
+``method="crown-jacobian"`` runs CROWN on the gradient graph instead
+(:mod:`nnbound.jacobian.propagation`); the rest of this docstring is about Fast-Lip / RecurJac.
+
 The layer-wise method gives pre-activation bounds, hence derivative intervals; the network is
 folded into a chain of matrices (:mod:`nnbound.jacobian.chain`) and bounded by Fast-Lip
 (:mod:`~nnbound.jacobian.fastlip`) or RecurJac (:mod:`~nnbound.jacobian.recurjac`), batched
@@ -36,7 +39,9 @@ from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 
-JACOBIAN_METHODS = ("recurjac", "fastlip")
+JACOBIAN_METHODS = ("recurjac", "fastlip", "crown-jacobian")
+"""``crown-jacobian``: bound propagation through the gradient graph
+(:mod:`nnbound.jacobian.propagation`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,8 +56,9 @@ class _State:
 
 def check_options(method: str, layer_method: str, direction: int, shift: int) -> str:
     """Validate the options; returns the canonical method name."""
-    m = method.strip().lower().replace("-", "")
-    if m not in JACOBIAN_METHODS:
+    canonical = {name.replace("-", ""): name for name in JACOBIAN_METHODS}
+    m = canonical.get(method.strip().lower().replace("-", "").replace("_", ""), "")
+    if not m:
         raise InputError(
             f"unknown Jacobian method {method!r}; choose from {', '.join(JACOBIAN_METHODS)}"
         )
@@ -130,7 +136,9 @@ def jacobian_bounds(
             Normalize, average pooling) and any activation that has a derivative interval.
         ball: the input set (N rows, ``batch_shape`` ``(B,)`` or ``(B, K)``).
         C: spec ``(S, outputs)`` or ``(B, S, outputs)``; ``None`` = the logits (S = outputs).
-        method: ``recurjac`` (any activation) or ``fastlip`` (ReLU / leaky ReLU).
+        method: ``recurjac`` (any activation), ``fastlip`` (ReLU / leaky ReLU) or
+            ``crown-jacobian`` (bound propagation through the gradient graph; any activation
+            with a derivative interval; ``direction`` / ``shift`` do not apply).
         layer_method: layer-wise method for the pre-activation bounds (default crown-general).
         direction: RecurJac order, -1 backward (default) or +1 forward.
         shift: with ``direction=+1``, start the forward recursion at the first hidden layer.
@@ -146,6 +154,8 @@ def jacobian_bounds(
     net = sequential_network(net)
     if method == "fastlip":
         _check_fastlip(net)
+    if method == "crown-jacobian":
+        return _propagation_jacobian(net, ball, C, layer_method, reference)
     lb = layerwise_bounds(net, ball, layer_method, C, reference=reference)
     n = ball.center.shape[0]
     spec = _spec_tensor(C, n, ball.batch_shape, net)
@@ -164,5 +174,29 @@ def jacobian_bounds(
         shift,
         lb,
         is_global(chain).reshape(lead),
+        state,
+    )
+
+
+def _propagation_jacobian(
+    net: Network, ball: LpBall, C: Tensor | None, layer_method: str, reference: bool
+) -> JacobianBounds:
+    from nnbound.jacobian.propagation import propagation_bounds
+
+    lo, up, lb, state = propagation_bounds(net, ball, C, layer_method, reference=reference)
+    n = ball.center.shape[0]
+    lead = tuple(ball.batch_shape) if ball.batch_shape else (n,)
+    shape = (*lead, lo.shape[1], *net.input_shape)
+    # never claimed global: the bounds hold on the ball (its derivative lines are local)
+    global_bound = torch.zeros(lead, dtype=torch.bool, device=lo.device)
+    return JacobianBounds(
+        lo.reshape(shape),
+        up.reshape(shape),
+        "crown-jacobian",
+        layer_method,
+        -1,
+        0,
+        lb,
+        global_bound,
         state,
     )

@@ -22,9 +22,11 @@ from nnbound.ops import (
     conv_transpose,
     convex,
     dense,
+    derivative,
     exp,
     gather,
     gelu,
+    gradient_product,
     hardswish,
     maxpool,
     normalize,
@@ -81,6 +83,9 @@ _FAMILIES: tuple[tuple[Op, ...], ...] = (
     softmax.OPS,
     step.OPS,
     argmax.OPS,
+    # activation derivatives (gradient graphs of Jacobian bounds)
+    derivative.OPS,
+    gradient_product.OPS,
 )
 
 DEFAULT_OPTIONS = RelaxOptions(LowerSlope.ADAPTIVE, TangentRule.EXACT)
