@@ -75,6 +75,8 @@ _EMPTY_TOL = 1e-8
 # Row groups of the first (CROWN) pass: rows and coefficients bounded together.
 _GROUP_ROWS = 256
 _GROUP_ELEMENTS = 1 << 23
+# Coefficients of one first-pass backward pass at most (entries of a row group are sliced).
+_PASS_ELEMENTS = 1 << 21
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,8 +116,10 @@ class _Run:
         options: RelaxOptions,
         prior: Pre | None,
         splits: dict[str, Tensor] | None,
+        checkpoint: Callable[[], None] | None = None,
     ) -> None:
         self.graph, self.input_set, self.options = graph, input_set, options
+        self.checkpoint = checkpoint
         self.n = input_set.center.shape[0]
         self.device = input_set.center.device
         self.prior = prior or {}
@@ -165,7 +169,7 @@ class _Run:
         Returns the state and the ``(N,)`` rows proven empty.
         """
         graph = self.graph
-        state = BoundState(graph, self.input_set, self.options)
+        state = BoundState(graph, self.input_set, self.options, checkpoint=self.checkpoint)
         state.bounds[graph.input_name] = self.input_set.box()
         empty = torch.zeros(self.n, dtype=torch.bool, device=self.device)
         first = tables is None and base is None
@@ -213,22 +217,28 @@ class _Run:
             width = max(math.prod(self.graph.shapes[k.output]) for k in self.graph.ancestors(name))
             width = max(width, self.graph.num_inputs)
             flat_lo, flat_up = lo.reshape(self.n, -1).clone(), up.reshape(self.n, -1).clone()
-            for rows, idx in _row_groups(candidates, width):
+            for rows, group_idx in _row_groups(candidates, width):
                 sub = state if rows is None else state.rows(rows)
-                target, a, const = self.start(name, idx)
-                c_lo, c_up, _ = backward(sub, target, a, const)
-                assert c_lo is not None and c_up is not None
-                for flat, new, take in (
-                    (flat_lo, c_lo, torch.maximum),
-                    (flat_up, c_up, torch.minimum),
-                ):
-                    block = flat if rows is None else flat[rows]
-                    # Padding repeats a real index: every write is that entry's own bound.
-                    block = block.scatter(1, idx, take(block.gather(1, idx), new))
-                    if rows is None:
-                        flat.copy_(block)
-                    else:
-                        flat[rows] = block
+                # Entries in slices of at most _PASS_ELEMENTS coefficients per pass: each
+                # entry's bound is its own, and a wide layer's thousands of entries would
+                # otherwise be one pass of GBs that no time limit can interrupt.
+                cols = max(1, _PASS_ELEMENTS // (group_idx.shape[0] * width))
+                for c0 in range(0, group_idx.shape[1], cols):
+                    idx = group_idx[:, c0 : c0 + cols]
+                    target, a, const = self.start(name, idx)
+                    c_lo, c_up, _ = backward(sub, target, a, const)
+                    assert c_lo is not None and c_up is not None
+                    for flat, new, take in (
+                        (flat_lo, c_lo, torch.maximum),
+                        (flat_up, c_up, torch.minimum),
+                    ):
+                        block = flat if rows is None else flat[rows]
+                        # Padding repeats a real index: every write is that entry's own bound.
+                        block = block.scatter(1, idx, take(block.gather(1, idx), new))
+                        if rows is None:
+                            flat.copy_(block)
+                        else:
+                            flat[rows] = block
             lo, up = flat_lo.reshape(lo.shape), flat_up.reshape(up.shape)
         if name not in self.affine:
             left = _candidates(self.need[name], lo, up, True, self.options)
@@ -401,6 +411,7 @@ def linear_bounds(
     keep: tuple[str, ...] = (),
     warm: Params | None = None,
     options: RelaxOptions = DEFAULT_OPTIONS,
+    checkpoint: Callable[[], None] | None = None,
 ) -> LinearBoundResult:
     """CROWN (``steps = 0``) or alpha-CROWN lower bounds of ``spec @ graph(x) + const``.
 
@@ -427,6 +438,8 @@ def linear_bounds(
             start from the default).
         options: the relaxation choices of the first (CROWN) pass, which the parameters
             start from.
+        checkpoint: run before every node of every backward pass and every optimisation
+            step; it may raise to abandon the call (a verifier's time limit).
 
     Returns:
         :class:`LinearBoundResult`; ``lower`` is never below the first pass's (the first
@@ -435,7 +448,7 @@ def linear_bounds(
     n = input_set.center.shape[0]
     if const is None:
         const = torch.zeros(n, spec.shape[1], dtype=spec.dtype, device=spec.device)
-    run = _Run(graph, input_set, options, prior, splits)
+    run = _Run(graph, input_set, options, prior, splits, checkpoint)
     keep_set = frozenset(keep)
     with torch.no_grad():
         state0, empty = run.hidden(None, None)
@@ -519,6 +532,8 @@ def linear_bounds(
     taken = 0
     with torch.enable_grad():
         for _ in range(steps):
+            if checkpoint is not None:
+                checkpoint()
             taken += 1
             if optimize_intermediate:
                 state, emp = run.hidden(tables, state0.bounds)
