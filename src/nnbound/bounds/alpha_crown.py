@@ -75,8 +75,11 @@ _EMPTY_TOL = 1e-8
 # Row groups of the first (CROWN) pass: rows and coefficients bounded together.
 _GROUP_ROWS = 256
 _GROUP_ELEMENTS = 1 << 23
-# Coefficients of one first-pass backward pass at most (entries of a row group are sliced).
-_PASS_ELEMENTS = 1 << 21
+# Coefficients of one first-pass backward pass at most: row groups already fit, except a
+# single row whose entries alone exceed it (a wide conv layer), which is sliced. Smaller
+# slices cost branch and bound time (measured: 1 << 21 took an MNIST 256x4 instance from
+# 13 s to 19 s); this size keeps a time limit within ~0.5 s on a 32-channel CNN.
+_PASS_ELEMENTS = _GROUP_ELEMENTS
 
 
 @dataclass(frozen=True, eq=False)

@@ -152,7 +152,8 @@ def _pgd(
     rows = batch.select(k_row)  # one disjunct per PGD run (repeats allowed)
     lo, hi = rows.lower, rows.upper
     width = hi - lo
-    in_group = rows.group == g_row.unsqueeze(1)  # (R, S): rows of each run's group
+    # (R, S): the real rows of each run's group.
+    in_group = (rows.group == g_row.unsqueeze(1)) & rows.real
     for t in range(steps):
         if deadline.passed():
             return None

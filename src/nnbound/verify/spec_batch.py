@@ -3,9 +3,9 @@ run serves all of them (VNN-COMP properties carry up to thousands of disjuncts).
 
 Row ``k`` of the batch is disjunct ``k``: its own input box and its own stacked output rows.
 Disjuncts with fewer rows than the widest are padded with the neutral row ``0 . y <= 1``
-in group 0: its bound ``-1`` never refutes, it always holds in a counterexample check, and
-it never raises a group's violation above 0 -- so padding changes no answer. Groups a
-disjunct does not have are masked out (``exists``).
+in group 0: its bound ``-1`` never refutes and it always holds in a counterexample check;
+the attack's objective leaves it out (``real``) -- so padding changes no answer and no
+number. Groups a disjunct does not have are masked out (``exists``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class SpecBatch:
         strict: ``(D, S)`` rows that must hold strictly.
         group: ``(D, S)`` long, the group of each row.
         exists: ``(D, G)`` groups each disjunct has.
+        real: ``(D, S)`` rows that are not padding.
     """
 
     specs: tuple[StackedSpec, ...]
@@ -41,6 +42,7 @@ class SpecBatch:
     strict: Tensor
     group: Tensor
     exists: Tensor
+    real: Tensor
 
     @staticmethod
     def make(specs: list[StackedSpec] | tuple[StackedSpec, ...]) -> SpecBatch:
@@ -57,11 +59,13 @@ class SpecBatch:
         strict = torch.zeros(n_d, s, dtype=torch.bool, device=first.C.device)
         group = torch.zeros(n_d, s, dtype=torch.long, device=first.C.device)
         exists = torch.zeros(n_d, g, dtype=torch.bool, device=first.C.device)
+        real = torch.zeros(n_d, s, dtype=torch.bool, device=first.C.device)
         for k, sp in enumerate(specs):
             r = sp.num_rows
             c[k, :r], d[k, :r] = sp.C, sp.d
             strict[k, :r], group[k, :r] = sp.strict, sp.group
             exists[k, : sp.num_groups] = True
+            real[k, :r] = True
         return SpecBatch(
             tuple(specs),
             torch.stack([sp.lower for sp in specs]),
@@ -71,6 +75,7 @@ class SpecBatch:
             strict,
             group,
             exists,
+            real,
         )
 
     @property
@@ -98,6 +103,7 @@ class SpecBatch:
             self.strict[idx],
             self.group[idx],
             self.exists[idx],
+            self.real[idx],
         )
 
     def group_max(self, values: Tensor) -> Tensor:
@@ -118,7 +124,9 @@ class SpecBatch:
     def violation(self, y: Tensor) -> Tensor:
         """``(D, P, G)`` for outputs ``y`` ``(D, P, m)``: per group ``max_s (C_s y - d_s)``,
         ``+inf`` for groups a disjunct lacks (they can never be met)."""
-        v = self.group_max(torch.einsum("dpm,dsm->dps", y, self.C) - self.d.unsqueeze(1))
+        vals = torch.einsum("dpm,dsm->dps", y, self.C) - self.d.unsqueeze(1)
+        vals = torch.where(self.real.unsqueeze(1), vals, torch.full_like(vals, -torch.inf))
+        v = self.group_max(vals)
         return torch.where(self.exists.unsqueeze(1), v, torch.full_like(v, torch.inf))
 
     def satisfied(self, y: Tensor) -> Tensor:
