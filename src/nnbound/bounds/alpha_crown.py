@@ -120,6 +120,7 @@ class _Run:
         prior: Pre | None,
         splits: dict[str, Tensor] | None,
         checkpoint: Callable[[], None] | None = None,
+        split_points: dict[str, Tensor] | None = None,
     ) -> None:
         self.graph, self.input_set, self.options = graph, input_set, options
         self.checkpoint = checkpoint
@@ -127,6 +128,7 @@ class _Run:
         self.device = input_set.center.device
         self.prior = prior or {}
         self.splits = splits or {}
+        self.split_points = split_points or {}
         self.nodes = graph.ancestors(graph.output)
         self.need = needs_bounds(graph, self.nodes)
         # Tensors affine in the input: the first pass bounds them exactly, no parameter can
@@ -155,8 +157,13 @@ class _Run:
             lo, up = lo.maximum(self.prior[name][0]), up.minimum(self.prior[name][1])
         if name in self.splits:
             s = self.splits[name].reshape(lo.shape)
-            lo = torch.where(s > 0, lo.clamp_min(0), lo)
-            up = torch.where(s < 0, up.clamp_max(0), up)
+            if name in self.split_points:
+                t = self.split_points[name].reshape(lo.shape)
+                lo = torch.where(s > 0, lo.maximum(t), lo)
+                up = torch.where(s < 0, up.minimum(t), up)
+            else:
+                lo = torch.where(s > 0, lo.clamp_min(0), lo)
+                up = torch.where(s < 0, up.clamp_max(0), up)
         return lo, up
 
     def hidden(
@@ -321,6 +328,14 @@ class _Run:
             state, graph.output, spec, const, upper=False, keep=keep | {graph.input_name}
         )
         assert lower is not None
+        for name, beta in (betas or {}).items():
+            if name in self.split_points:
+                # A split at t: the multiplier's term -beta s (z - t) brings the constant
+                # +beta s t (the coefficient part went through the hook).
+                n_rows = beta.shape[0]
+                point = self.split_points[name].to(spec.dtype).reshape(n_rows, 1, -1)
+                st = signs[name].reshape(n_rows, 1, -1) * point
+                lower = lower + (beta.reshape(*beta.shape[:2], -1) * st).sum(-1)
         coef = {k: v[0] for k, v in kept.items() if v[0] is not None}
         if graph.input_name not in coef:
             shape = (*spec.shape[:2], *graph.input_shape)
@@ -415,6 +430,7 @@ def linear_bounds(
     warm: Params | None = None,
     options: RelaxOptions = DEFAULT_OPTIONS,
     checkpoint: Callable[[], None] | None = None,
+    split_points: dict[str, Tensor] | None = None,
 ) -> LinearBoundResult:
     """CROWN (``steps = 0``) or alpha-CROWN lower bounds of ``spec @ graph(x) + const``.
 
@@ -443,6 +459,9 @@ def linear_bounds(
             start from.
         checkpoint: run before every node of every backward pass and every optimisation
             step; it may raise to abandon the call (a verifier's time limit).
+        split_points: ``{tensor: (N, *shape)}`` where the ``splits`` of that tensor cut
+            (default 0): ``+1`` then means ``z >= t``, ``-1`` ``z <= t`` (interval splits of
+            smooth activations); the beta multipliers carry the matching constant.
 
     Returns:
         :class:`LinearBoundResult`; ``lower`` is never below the first pass's (the first
@@ -451,7 +470,7 @@ def linear_bounds(
     n = input_set.center.shape[0]
     if const is None:
         const = torch.zeros(n, spec.shape[1], dtype=spec.dtype, device=spec.device)
-    run = _Run(graph, input_set, options, prior, splits, checkpoint)
+    run = _Run(graph, input_set, options, prior, splits, checkpoint, split_points)
     keep_set = frozenset(keep)
     with torch.no_grad():
         state0, empty = run.hidden(None, None)

@@ -103,6 +103,7 @@ def _bound(
     keep: tuple[str, ...] = (),
     warm: Params | None = None,
     deadline: float = math.inf,
+    split_points: dict[str, Tensor] | None = None,
 ) -> tuple[LinearBoundResult, Tensor]:
     """Bounds of every row over the boxes ``lo``/``hi`` ``(M, n)``; returns the engine result
     and ``(M, G)`` groups refuted (an empty domain refutes everything)."""
@@ -128,6 +129,7 @@ def _bound(
         keep=keep,
         warm=warm,
         checkpoint=Deadline(deadline).checkpoint,
+        split_points=split_points,
     )
     refuted = (spec.group_max(res.lower) > 0) | res.empty.unsqueeze(1)
     return res, refuted

@@ -3,13 +3,19 @@
 
 The stages, cheapest first, share one deadline:
 
-1. attack every disjunct (random points, then PGD on the counterexample objective);
+1. attack every disjunct (random points, then PGD on the counterexample objective), all
+   disjuncts in one batch (:mod:`nnbound.verify.attack`);
 2. bound every disjunct's box with CROWN, then alpha-CROWN (intermediate parameters
-   optimised too when they fit; :mod:`nnbound.bounds.alpha_crown`);
+   optimised too when they fit; :mod:`nnbound.bounds.alpha_crown`), many disjuncts per pass
+   (:mod:`nnbound.verify.root_bounds`);
 3. branch and bound on what is left: input splitting for low-dimensional inputs, ReLU
-   splitting otherwise where every activation is a (leaky) ReLU (:mod:`nnbound.verify.bab`);
+   splitting otherwise where every activation is a (leaky) ReLU (:mod:`nnbound.verify.bab`),
+   activation-interval splitting for other activations
+   (:mod:`nnbound.verify.activation_split`);
 4. with time left after an undecided search, a longer attack (at most a quarter of the
    timeout).
+
+One deadline (:mod:`nnbound.verify.deadline`) is checked inside every stage.
 
 ``sat`` is reported only with a counterexample re-checked by running the network (in float64)
 on an input inside the box; ``unsat`` only when sound bounds refute every output group on
@@ -36,6 +42,7 @@ from nnbound.bounds.alpha_crown import Pre
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.graph import Graph
 from nnbound.network.network import Network
+from nnbound.verify.activation_split import activation_split
 from nnbound.verify.attack import attack_batch
 from nnbound.verify.bab import (
     SAT,
@@ -68,7 +75,9 @@ class VerifyOptions:
         root_alpha_steps: alpha-CROWN steps on each disjunct's whole box.
         input_split_max_dims: inputs up to this many coordinates use input splitting.
         input_batch / relu_batch: sub-domains bounded together in each search.
-        input_alpha_steps / relu_alpha_steps: alpha-CROWN steps per batch in each search.
+        input_alpha_steps / relu_alpha_steps / activation_alpha_steps: alpha-CROWN steps per
+            batch in each search (input splitting, ReLU splitting, activation-interval
+            splitting for other activations).
         bab: run branch and bound at all (off: attack + bounds only).
         disjunct_batch: disjuncts attacked and bounded together (1: one by one).
     """
@@ -82,6 +91,7 @@ class VerifyOptions:
     relu_batch: int = 64
     input_alpha_steps: int = 0
     relu_alpha_steps: int = 8
+    activation_alpha_steps: int = 8
     bab: bool = True
     disjunct_batch: int = 256
 
@@ -254,9 +264,17 @@ def _decide(
                 alpha_steps=opts.input_alpha_steps,
             )
         elif not piecewise:
-            # ReLU splitting decides its leaves as affine maps: (leaky) ReLU graphs only.
-            undecided.append((spec, pre))
-            continue
+            # ReLU splitting decides its leaves as affine maps: (leaky) ReLU graphs only;
+            # other activations get their input intervals split.
+            stage = "bab-activation"
+            res = activation_split(
+                net,
+                spec,
+                deadline.end,
+                root_pre=pre,
+                batch=opts.relu_batch,
+                alpha_steps=opts.activation_alpha_steps,
+            )
         else:
             stage = "bab-relu"
             res = relu_split(
