@@ -286,3 +286,15 @@ def test_layers_helper_matches_network() -> None:
     W2, b2 = _dense(net)[1]
     ref = W2 @ np.maximum(W1 @ x + b1, 0) + b2
     np.testing.assert_allclose(net(torch.as_tensor(x)[None])[0].detach().numpy(), ref)
+
+
+def test_a_counterexample_onnxruntime_rejects_is_no_answer(monkeypatch) -> None:
+    """sat needs both re-checks: the float64 run and onnxruntime on the file itself."""
+    import nnbound.verify.verifier as verifier
+
+    sat_net = DATA.parent / "onnx" / "test_sat.onnx"
+    prop = DATA / "test_prop.vnnlib"
+    assert verify_files(sat_net, prop, timeout=20).status == "sat"
+    monkeypatch.setattr(verifier, "onnxruntime_check", lambda *a: False)
+    res = verify_files(sat_net, prop, timeout=20)
+    assert (res.status, res.counterexample, res.stage) == ("unknown", None, "onnxruntime-rejected")

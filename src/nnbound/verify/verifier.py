@@ -361,7 +361,8 @@ def verify_files(
     options: VerifyOptions | None = None,
 ) -> VerificationResult:
     """Load an ONNX (or any supported) model and a VNN-LIB file and :func:`verify` them; a
-    ``sat`` result also records whether onnxruntime agrees (``stats["onnxruntime_agrees"]``).
+    ``sat`` result also records whether onnxruntime agrees (``stats["onnxruntime_agrees"]``)
+    and becomes ``unknown`` when it does not.
     The timeout counts from the call (loading included)."""
     from nnbound.network.load import load_model
 
@@ -376,7 +377,13 @@ def verify_files(
     res = verify(net, prop, timeout=left, options=options)
     res.time = time.monotonic() - start
     if res.status == SAT and res.counterexample is not None and str(model).endswith(".onnx"):
-        res.stats["onnxruntime_agrees"] = onnxruntime_check(model, prop, res.counterexample[0])
+        agrees = onnxruntime_check(model, prop, res.counterexample[0])
+        res.stats["onnxruntime_agrees"] = agrees
+        if agrees is False:
+            # The float64 run says counterexample, the file's own runtime (float32) says no:
+            # the point sits on the boundary to within rounding. A checker running the file
+            # would reject it, so it is no answer.
+            res.status, res.counterexample, res.stage = UNKNOWN, None, "onnxruntime-rejected"
     return res
 
 
