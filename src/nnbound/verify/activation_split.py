@@ -114,7 +114,9 @@ def _search(
     all_open = torch.ones(1, spec.num_groups, dtype=torch.bool, device=dev)
     res0, _ = _bound(graph, spec, root_lo, root_hi, all_open, prior=root_pre, deadline=deadline)
     names = list(res0.pre)
-    acts = [t for t in readers if t in res0.pre]
+    # Not the graph input: the box is the domain there (that is input splitting), and the
+    # engine's coefficient hook never sees the input, so a multiplier on it would be unsound.
+    acts = [t for t in readers if t in res0.pre and t != graph.input_name]
     if not acts:
         return _stop(UNKNOWN, 0, 0, reason="no activation to split")
     outputs = tuple(out for t in acts for out in readers[t])
