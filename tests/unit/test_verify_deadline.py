@@ -89,8 +89,8 @@ def test_root_bounds_of_a_wide_cnn_stop_at_the_limit() -> None:
 
 
 def test_thousands_of_disjuncts_stop_at_the_limit() -> None:
-    """3,000 disjuncts (small boxes of a 5-input network, none with a counterexample but not
-    all refutable cheaply): every stage stays within the limit."""
+    """3,000 disjuncts (boxes of a 5-input network, thresholds near the values inside them):
+    every stage stays within the limit, whatever the answer."""
     net = random_network("relu", [5, 64, 64, 64, 2], seed=4)
     rng = np.random.default_rng(0)
     disjuncts = []
@@ -99,13 +99,12 @@ def test_thousands_of_disjuncts_stop_at_the_limit() -> None:
         centre = rng.normal(size=5)
         y = net(torch.as_tensor(centre[None]))[0].detach().numpy()
         lo, hi = centre - 0.3, centre + 0.3
-        # "Y_0 - Y_1 <= value at the centre - 5": rarely met, rarely refuted by CROWN.
-        group = OutputGroup(row, np.array([y[0] - y[1] - 5.0]), np.zeros(1, bool))
+        # "Y_0 - Y_1 <= value at the centre - 1": sometimes met, often not refuted by CROWN.
+        group = OutputGroup(row, np.array([y[0] - y[1] - 1.0]), np.zeros(1, bool))
         disjuncts.append(Disjunct(lo, hi, (group,)))
     prop = Property(5, 2, tuple(disjuncts))
     for timeout in (0.5, 2.0):
-        status, took = timed(net, prop, timeout)
-        assert status in ("timeout", "sat", "unknown")
+        _, took = timed(net, prop, timeout)
         assert took < timeout + SLACK_S, (timeout, took)
 
 

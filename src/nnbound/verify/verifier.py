@@ -208,11 +208,12 @@ def _decide(
 
     # 1. A cheap attack on every disjunct at once.
     run.stage = "attack"
-    budget = min(opts.attack_max_s, opts.attack_share * timeout)
+    # One budget for all chunks of disjuncts (thousands of them must not multiply it).
+    attack_until = deadline.sooner(min(opts.attack_max_s, opts.attack_share * timeout))
     for group in _chunks(specs, opts.disjunct_batch):
-        found = attack_batch(
-            net, SpecBatch.make(group), deadline=deadline.sooner(budget), generator=gen
-        )
+        if attack_until.passed():
+            break
+        found = attack_batch(net, SpecBatch.make(group), deadline=attack_until, generator=gen)
         if found is not None:
             return run.done(SAT, "attack", (found[1], found[2]))
     deadline.check()
