@@ -1,31 +1,22 @@
-"""Verification benchmark: ``nnbound verify`` on real VNN-COMP 2021 instances and on instances
-generated here in the competition format, with a per-instance time cap.
+"""Verification benchmark: ``verify`` on every instance in ``/work/shared/benchmarks/vnncomp``
+(VNN-COMP 2021 chains: test, acasxu, mnist_fc; answers = the competition's majority) and
+``/work/shared/benchmarks/vnncomp_graphs`` (VNN-COMP 2022-2024 graphs; no answers shipped),
+each at the competition's timeout capped by ``--cap``; optionally instances generated here
+(``--generated``).
 
-Real instances (``/work/shared/benchmarks/vnncomp``, answers = the competition's majority):
+Prints one line per instance as it finishes, then a table per family: instances, solved
+(unsat + sat), unsat / sat / unknown / timeout / error (an instance nnbound refuses: an
+operator without a rule...), wrong answers against the expected ones (must be 0; a sat whose
+counterexample onnxruntime rejects also counts as wrong), the median time of the solved
+ones, and the largest overshoot of the time limit (the deadline's slack).
 
-* ``test``: all five;
-* ``acasxu``: an evenly spaced sample of the 186 instances (``--acas``) plus every instance of
-  properties 5-10 (one each);
-* ``mnist_fc``: an evenly spaced sample of the 256x2 network's 30 instances (``--mnist``) and
-  of the 256x4 / 256x6 ones (``--mnist-deep``).
+Generated instances (``--generated``; ONNX + VNN-LIB written to a temporary folder, no
+reference answers): ``gen-acas``, a random 5-input ReLU network with 6 hidden layers of 50
+and ACAS-Xu-like properties; ``gen-mnist``, the competition's 2x256 MNIST MLP with Linf boxes
+around MNIST test images.
 
-Generated instances (ONNX + VNN-LIB files written to a temporary folder, run through the same
-CLI code path; no reference answers, so only sat/unsat/unknown/timeout are counted, and every
-sat answer's counterexample is re-checked by the verifier itself):
-
-* ``gen-acas``: a random 5-input ReLU network with 6 hidden layers of 50 (He-initialised,
-  seeded), ACAS-Xu-like properties: a random box, counterexample "the output minimal at the
-  centre is not minimal somewhere in the box";
-* ``gen-mnist``: the competition's 2x256 MNIST MLP with Linf boxes (clipped to [0, 1]) around
-  correctly classified MNIST test images (the copy bundled with nnbound) at a few radii,
-  counterexample "some other class scores at least the label's".
-
-Prints one row per instance (``--verbose``; ``ort``: whether onnxruntime, run on a sat
-answer's counterexample, agrees it is one) and a table per group: solved (unsat / sat), wrong
-answers (must be 0), unknown / timeout, total time.
-
-Usage: python bench/bench_verify.py [--cap 15] [--acas 30] [--mnist 10] [--mnist-deep 4]
-                                   [--no-generated] [--verbose]
+Usage: python bench/bench_verify.py [--cap 20] [--families acasxu,nn4sys] [--per-family N]
+                                   [--generated] [--verbose]
 """
 
 from __future__ import annotations
@@ -40,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnbound.cli.cmd_verify import summarize, verdict
+from nnbound.cli.cmd_verify import verdict
+from nnbound.errors import NnboundError
 from nnbound.network.layers import Activation, Dense
 from nnbound.network.network import Network
 from nnbound.network.to_onnx import save_onnx
@@ -48,45 +40,42 @@ from nnbound.report.tables import render_table
 from nnbound.verify.verifier import verify_files
 
 VNNCOMP = Path("/work/shared/benchmarks/vnncomp")
+GRAPHS = Path("/work/shared/benchmarks/vnncomp_graphs")
+RESULT_WORDS = ("unsat", "sat", "unknown", "timeout", "error")
 MNIST_NET = VNNCOMP / "mnist_fc" / "onnx" / "mnist-net_256x2.onnx"
 
 
-def real_instances(acas: int, mnist: int, mnist_deep: int) -> list[dict]:
-    with open(VNNCOMP / "instances.csv") as fh:
-        rows = list(csv.DictReader(fh))
+def shared_instances(families: set[str] | None, per_family: int) -> list[dict]:
+    """Every instance of both shared folders (duplicates once), optionally only some families
+    and an evenly spaced sample of at most ``per_family`` of each (0: all)."""
+    out: list[dict] = []
     seen: set[tuple[str, str]] = set()
-    unique = []
-    for r in rows:
-        key = (r["onnx"], r["vnnlib"])
-        if key not in seen:
+    for folder in (VNNCOMP, GRAPHS):
+        csv_path = folder / "instances.csv"
+        if not csv_path.exists():
+            continue
+        with open(csv_path) as fh:
+            rows = list(csv.DictReader(fh))
+        by_family: dict[str, list[dict]] = {}
+        for r in rows:
+            key = (r["onnx"], r["vnnlib"])
+            if key in seen or (families and r["benchmark"] not in families):
+                continue
             seen.add(key)
-            unique.append(r)
-    test = [r for r in unique if r["benchmark"] == "test"]
-    acas_rows = [r for r in unique if r["benchmark"] == "acasxu"]
-    common = [
-        r
-        for r in acas_rows
-        if r["vnnlib"].split("_")[-1] in {"1.vnnlib", "2.vnnlib", "3.vnnlib", "4.vnnlib"}
-    ]
-    special = [r for r in acas_rows if r not in common]
-    picked = [common[int(i)] for i in np.linspace(0, len(common) - 1, acas)] if acas else []
-    mnist_rows = [r for r in unique if r["benchmark"] == "mnist_fc" and "256x2" in r["onnx"]]
-    mn = [mnist_rows[int(i)] for i in np.linspace(0, len(mnist_rows) - 1, mnist)] if mnist else []
-    deep_rows = [r for r in unique if r["benchmark"] == "mnist_fc" and "256x2" not in r["onnx"]]
-    if mnist_deep:
-        mn += [deep_rows[int(i)] for i in np.linspace(0, len(deep_rows) - 1, mnist_deep)]
-    out = []
-    for group, chosen in (("test", test), ("acasxu", picked + special), ("mnist_fc", mn)):
-        for r in chosen:
-            out.append(
-                {
-                    "group": group,
-                    "onnx": VNNCOMP / r["onnx"],
-                    "vnnlib": VNNCOMP / r["vnnlib"],
-                    "timeout": float(r["timeout_s"]),
-                    "expected": r["expected"],
-                }
-            )
+            by_family.setdefault(r["benchmark"], []).append(r)
+        for family, chosen in by_family.items():
+            if per_family and len(chosen) > per_family:
+                chosen = [chosen[int(i)] for i in np.linspace(0, len(chosen) - 1, per_family)]
+            for r in chosen:
+                out.append(
+                    {
+                        "group": family,
+                        "onnx": folder / r["onnx"],
+                        "vnnlib": folder / r["vnnlib"],
+                        "timeout": float(r["timeout_s"]),
+                        "expected": r.get("expected", ""),
+                    }
+                )
     return out
 
 
@@ -155,41 +144,81 @@ def generated_instances(folder: Path, seed: int) -> list[dict]:
     return out
 
 
+def run_one(inst: dict, cap: float) -> dict:
+    """Verify one instance; refusals (InputError / UnsupportedError...) become ``error``."""
+    timeout = min(cap, inst.get("timeout", cap))
+    start = time.perf_counter()
+    stage, agrees = "-", None
+    try:
+        res = verify_files(inst["onnx"], inst["vnnlib"], timeout=timeout)
+        result, stage = res.status, res.stage
+        agrees = res.stats.get("onnxruntime_agrees")
+    except NnboundError as exc:
+        result, stage = "error", str(exc).splitlines()[0][:60]
+    took = time.perf_counter() - start
+    check = verdict(result, inst["expected"])
+    if result == "sat" and agrees is False:
+        check = "WRONG"  # the counterexample is not one for onnxruntime
+    return {
+        "group": inst["group"],
+        "network": Path(inst["onnx"]).name,
+        "property": Path(inst["vnnlib"]).name,
+        "expected": inst["expected"],
+        "result": result,
+        "time": took,
+        "limit": timeout,
+        "stage": stage,
+        "check": check,
+        "ort": {True: "yes", False: "NO", None: "-"}[agrees],
+    }
+
+
+def family_rows(records: list[dict]) -> list[list]:
+    groups = list(dict.fromkeys(r["group"] for r in records))
+    rows = []
+    for g in [*groups, "all"]:
+        sub = [r for r in records if g in ("all", r["group"])]
+        count = {w: sum(r["result"] == w for r in sub) for w in RESULT_WORDS}
+        solved = [r["time"] for r in sub if r["result"] in ("sat", "unsat")]
+        decided = sum(r["expected"] in ("sat", "unsat") for r in sub)
+        correct = sum(r["check"] == "ok" for r in sub)
+        rows.append(
+            [
+                g,
+                len(sub),
+                len(solved),
+                *(count[w] for w in RESULT_WORDS),
+                f"{correct}/{decided}" if decided else "-",
+                sum(r["check"] == "WRONG" for r in sub),
+                float(np.median(solved)) if solved else "-",
+                max(r["time"] - r["limit"] for r in sub),
+            ]
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cap", type=float, default=15.0, help="time cap per instance, seconds")
-    ap.add_argument("--acas", type=int, default=30, help="ACAS Xu props 1-4 instances sampled")
-    ap.add_argument("--mnist", type=int, default=10, help="mnist_fc 256x2 instances sampled")
-    ap.add_argument(
-        "--mnist-deep", type=int, default=4, help="mnist_fc 256x4 / 256x6 instances sampled"
-    )
-    ap.add_argument("--no-generated", action="store_true", help="skip the generated instances")
+    ap.add_argument("--cap", type=float, default=20.0, help="time cap per instance, seconds")
+    ap.add_argument("--families", default="", help="comma-separated families (default: all)")
+    ap.add_argument("--per-family", type=int, default=0, help="sample at most N per family")
+    ap.add_argument("--generated", action="store_true", help="add the generated instances")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--verbose", action="store_true", help="print one row per instance")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    instances = real_instances(args.acas, args.mnist, args.mnist_deep)
+    families = {f.strip() for f in args.families.split(",") if f.strip()} or None
+    instances = shared_instances(families, args.per_family)
     with tempfile.TemporaryDirectory() as tmp:
-        if not args.no_generated:
+        if args.generated:
             instances += generated_instances(Path(tmp), args.seed)
+        if not instances:
+            raise SystemExit("no instances (is /work/shared/benchmarks there?)")
         records = []
         start = time.perf_counter()
         for k, inst in enumerate(instances, 1):
-            timeout = min(args.cap, inst.get("timeout", args.cap))
-            res = verify_files(inst["onnx"], inst["vnnlib"], timeout=timeout)
-            rec = {
-                "group": inst["group"],
-                "network": Path(inst["onnx"]).name,
-                "property": Path(inst["vnnlib"]).name,
-                "expected": inst["expected"],
-                "result": res.status,
-                "time": res.time,
-                "stage": res.stage,
-                "check": verdict(res.status, inst["expected"]),
-                # For sat: does onnxruntime, run on the counterexample, agree it is one?
-                "ort": {True: "yes", False: "NO", None: "-"}[res.stats.get("onnxruntime_agrees")],
-            }
+            rec = run_one(inst, args.cap)
             records.append(rec)
             print(
                 f"[{k}/{len(instances)}] {rec['group']:9s} {rec['network']} {rec['property']}: "
@@ -200,72 +229,24 @@ def main() -> None:
         wall = time.perf_counter() - start
     if args.verbose:
         print()
-        print(
-            render_table(
-                [
-                    "group",
-                    "network",
-                    "property",
-                    "expected",
-                    "result",
-                    "time_s",
-                    "stage",
-                    "check",
-                    "ort",
-                ],
-                [
-                    [
-                        r["group"],
-                        r["network"],
-                        r["property"],
-                        r["expected"] or "-",
-                        r["result"],
-                        float(r["time"]),
-                        r["stage"],
-                        r["check"],
-                        r["ort"],
-                    ]
-                    for r in records
-                ],
-                digits=2,
-            )
-        )
-    groups = list(dict.fromkeys(r["group"] for r in records))
-    rows = []
-    for g in [*groups, "all"]:
-        sub = [r for r in records if g in ("all", r["group"])]
-        s = summarize(sub)
-        decided = sum(r["expected"] in ("sat", "unsat") for r in sub)
-        rows.append(
-            [
-                g,
-                s["instances"],
-                s["unsat"],
-                s["sat"],
-                s["unknown"],
-                s["timeout"],
-                f"{s['correct']}/{decided}" if decided else "-",
-                s["wrong"],
-                s["total_time_s"],
-            ]
-        )
+        keys = ["group", "network", "property", "expected", "result", "time", "stage", "check"]
+        print(render_table([*keys, "ort"], [[r[k] for k in [*keys, "ort"]] for r in records]))
     print()
     print(f"per-instance cap {args.cap:g} s, torch threads {args.threads}, wall {wall:.1f} s")
     print(
         render_table(
             [
-                "group",
+                "family",
                 "instances",
-                "unsat",
-                "sat",
-                "unknown",
-                "timeout",
+                "solved",
+                *RESULT_WORDS,
                 "correct/expected",
                 "wrong",
-                "time_s",
+                "median_solved_s",
+                "max_over_limit_s",
             ],
-            rows,
-            digits=1,
+            family_rows(records),
+            digits=2,
         )
     )
 

@@ -106,6 +106,10 @@ def test_batch_headerless_csv_and_wrong_expectations_exit_1(capsys, tmp_path: Pa
         (["verify", str(SAT_NET), "missing.vnnlib"], "not found"),
         (["verify", str(SAT_NET), str(VNN / "test_nano.vnnlib")], "declares 1 inputs"),
         (["verify", str(SAT_NET), str(PROP), "--timeout", "0"], "--timeout"),
+        (["verify", str(SAT_NET), str(PROP), "--timeout", "-3"], "--timeout"),
+        (["verify", str(SAT_NET), str(PROP), "--timeout", "nan"], "--timeout"),
+        (["verify", str(SAT_NET), str(PROP), "--timeout", "inf"], "--timeout"),
+        (["verify", "--batch", "x.csv", "--timeout", "nan"], "--timeout"),
         (["verify", "--batch", "missing.csv"], "cannot read"),
     ],
 )
@@ -122,3 +126,12 @@ def test_malformed_property_names_its_line(capsys, tmp_path: Path) -> None:
     )
     code, _, err = run(capsys, "verify", str(DATA / "onnx" / "test_nano.onnx"), str(bad))
     assert code == 2 and f"{bad}:3:" in err and "non-linear" in err
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "soon"])
+def test_batch_rows_with_bad_timeouts_name_their_line(capsys, tmp_path: Path, bad: str) -> None:
+    csv_path = tmp_path / "instances.csv"
+    csv_path.write_text(f"{SAT_NET},{PROP},60\n{SAT_NET},{PROP},{bad}\n")
+    code, out, err = run(capsys, "verify", "--batch", str(csv_path))
+    assert code == 2 and out == ""
+    assert f"{csv_path}:2:" in err and "timeout" in err and err.count("\n") == 1

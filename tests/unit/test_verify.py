@@ -311,3 +311,15 @@ def test_candidate_outputs_in_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPa
         torch.testing.assert_close(spec_module.evaluate(model, x), whole, rtol=0, atol=0)
         monkeypatch.undo()
         torch.testing.assert_close(whole, net(x), rtol=0, atol=0)
+
+
+def test_a_counterexample_onnxruntime_rejects_is_no_answer(monkeypatch) -> None:
+    """sat needs both re-checks: the float64 run and onnxruntime on the file itself."""
+    import nnbound.verify.verifier as verifier
+
+    sat_net = DATA.parent / "onnx" / "test_sat.onnx"
+    prop = DATA / "test_prop.vnnlib"
+    assert verify_files(sat_net, prop, timeout=20).status == "sat"
+    monkeypatch.setattr(verifier, "onnxruntime_check", lambda *a: False)
+    res = verify_files(sat_net, prop, timeout=20)
+    assert (res.status, res.counterexample, res.stage) == ("unknown", None, "onnxruntime-rejected")

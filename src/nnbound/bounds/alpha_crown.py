@@ -75,6 +75,11 @@ _EMPTY_TOL = 1e-8
 # Row groups of the first (CROWN) pass: rows and coefficients bounded together.
 _GROUP_ROWS = 256
 _GROUP_ELEMENTS = 1 << 23
+# Coefficients of one first-pass backward pass at most: row groups already fit, except a
+# single row whose entries alone exceed it (a wide conv layer), which is sliced. Smaller
+# slices cost branch and bound time (measured: 1 << 21 took an MNIST 256x4 instance from
+# 13 s to 19 s); this size keeps a time limit within ~0.5 s on a 32-channel CNN.
+_PASS_ELEMENTS = _GROUP_ELEMENTS
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,12 +119,16 @@ class _Run:
         options: RelaxOptions,
         prior: Pre | None,
         splits: dict[str, Tensor] | None,
+        checkpoint: Callable[[], None] | None = None,
+        split_points: dict[str, Tensor] | None = None,
     ) -> None:
         self.graph, self.input_set, self.options = graph, input_set, options
+        self.checkpoint = checkpoint
         self.n = input_set.center.shape[0]
         self.device = input_set.center.device
         self.prior = prior or {}
         self.splits = splits or {}
+        self.split_points = split_points or {}
         self.nodes = graph.ancestors(graph.output)
         self.need = needs_bounds(graph, self.nodes)
         # Tensors affine in the input: the first pass bounds them exactly, no parameter can
@@ -148,8 +157,13 @@ class _Run:
             lo, up = lo.maximum(self.prior[name][0]), up.minimum(self.prior[name][1])
         if name in self.splits:
             s = self.splits[name].reshape(lo.shape)
-            lo = torch.where(s > 0, lo.clamp_min(0), lo)
-            up = torch.where(s < 0, up.clamp_max(0), up)
+            if name in self.split_points:
+                t = self.split_points[name].reshape(lo.shape)
+                lo = torch.where(s > 0, lo.maximum(t), lo)
+                up = torch.where(s < 0, up.minimum(t), up)
+            else:
+                lo = torch.where(s > 0, lo.clamp_min(0), lo)
+                up = torch.where(s < 0, up.clamp_max(0), up)
         return lo, up
 
     def hidden(
@@ -165,7 +179,7 @@ class _Run:
         Returns the state and the ``(N,)`` rows proven empty.
         """
         graph = self.graph
-        state = BoundState(graph, self.input_set, self.options)
+        state = BoundState(graph, self.input_set, self.options, checkpoint=self.checkpoint)
         state.bounds[graph.input_name] = self.input_set.box()
         empty = torch.zeros(self.n, dtype=torch.bool, device=self.device)
         first = tables is None and base is None
@@ -213,42 +227,34 @@ class _Run:
             width = max(math.prod(self.graph.shapes[k.output]) for k in self.graph.ancestors(name))
             width = max(width, self.graph.num_inputs)
             flat_lo, flat_up = lo.reshape(self.n, -1).clone(), up.reshape(self.n, -1).clone()
-            for rows, idx in _row_groups(candidates, width):
+            for rows, group_idx in _row_groups(candidates, width):
                 sub = state if rows is None else state.rows(rows)
-                c_lo, c_up = self._bound_entries(sub, name, idx, width)
-                for flat, new, take in (
-                    (flat_lo, c_lo, torch.maximum),
-                    (flat_up, c_up, torch.minimum),
-                ):
-                    block = flat if rows is None else flat[rows]
-                    # Padding repeats a real index: every write is that entry's own bound.
-                    block = block.scatter(1, idx, take(block.gather(1, idx), new))
-                    if rows is None:
-                        flat.copy_(block)
-                    else:
-                        flat[rows] = block
+                # Entries in slices of at most _PASS_ELEMENTS coefficients per pass: each
+                # entry's bound is its own, and a wide layer's thousands of entries would
+                # otherwise be one pass of GBs that no time limit can interrupt.
+                cols = max(1, _PASS_ELEMENTS // (group_idx.shape[0] * width))
+                for c0 in range(0, group_idx.shape[1], cols):
+                    idx = group_idx[:, c0 : c0 + cols]
+                    target, a, const = self.start(name, idx)
+                    c_lo, c_up, _ = backward(sub, target, a, const)
+                    assert c_lo is not None and c_up is not None
+                    for flat, new, take in (
+                        (flat_lo, c_lo, torch.maximum),
+                        (flat_up, c_up, torch.minimum),
+                    ):
+                        block = flat if rows is None else flat[rows]
+                        # Padding repeats a real index: every write is that entry's own bound.
+                        block = block.scatter(1, idx, take(block.gather(1, idx), new))
+                        if rows is None:
+                            flat.copy_(block)
+                        else:
+                            flat[rows] = block
             lo, up = flat_lo.reshape(lo.shape), flat_up.reshape(up.shape)
         if name not in self.affine:
             left = _candidates(self.need[name], lo, up, True, self.options)
             if bool(left.any()):
                 self.idx[name] = padded_indices(left)
         return lo, up
-
-    def _bound_entries(
-        self, state: BoundState, name: str, idx: Tensor, width: int
-    ) -> tuple[Tensor, Tensor]:
-        """CROWN bounds ``(R, U)`` of entries ``idx`` of ``name``, in slices of entries:
-        every tensor a pass holds is ``(R, slice, width)``, so a row with thousands of
-        unstable entries of a wide tensor (a generator's last deconvolution) stays within
-        about :data:`_GROUP_ELEMENTS` coefficients per tensor."""
-        per_pass = max(1, _GROUP_ELEMENTS // (idx.shape[0] * width))
-        parts = []
-        for k in range(0, idx.shape[1], per_pass):
-            target, a, const = self.start(name, idx[:, k : k + per_pass])
-            c_lo, c_up, _ = backward(state, target, a, const)
-            assert c_lo is not None and c_up is not None
-            parts.append((c_lo, c_up))
-        return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
 
     def start(self, name: str, idx: Tensor) -> tuple[str, Tensor, Tensor]:
         """Rows selecting entries ``idx`` ``(N, U)`` of tensor ``name``: ``(tensor the rows
@@ -322,6 +328,14 @@ class _Run:
             state, graph.output, spec, const, upper=False, keep=keep | {graph.input_name}
         )
         assert lower is not None
+        for name, beta in (betas or {}).items():
+            if name in self.split_points:
+                # A split at t: the multiplier's term -beta s (z - t) brings the constant
+                # +beta s t (the coefficient part went through the hook).
+                n_rows = beta.shape[0]
+                point = self.split_points[name].to(spec.dtype).reshape(n_rows, 1, -1)
+                st = signs[name].reshape(n_rows, 1, -1) * point
+                lower = lower + (beta.reshape(*beta.shape[:2], -1) * st).sum(-1)
         coef = {k: v[0] for k, v in kept.items() if v[0] is not None}
         if graph.input_name not in coef:
             shape = (*spec.shape[:2], *graph.input_shape)
@@ -415,6 +429,8 @@ def linear_bounds(
     keep: tuple[str, ...] = (),
     warm: Params | None = None,
     options: RelaxOptions = DEFAULT_OPTIONS,
+    checkpoint: Callable[[], None] | None = None,
+    split_points: dict[str, Tensor] | None = None,
 ) -> LinearBoundResult:
     """CROWN (``steps = 0``) or alpha-CROWN lower bounds of ``spec @ graph(x) + const``.
 
@@ -441,6 +457,11 @@ def linear_bounds(
             start from the default).
         options: the relaxation choices of the first (CROWN) pass, which the parameters
             start from.
+        checkpoint: run before every node of every backward pass and every optimisation
+            step; it may raise to abandon the call (a verifier's time limit).
+        split_points: ``{tensor: (N, *shape)}`` where the ``splits`` of that tensor cut
+            (default 0): ``+1`` then means ``z >= t``, ``-1`` ``z <= t`` (interval splits of
+            smooth activations); the beta multipliers carry the matching constant.
 
     Returns:
         :class:`LinearBoundResult`; ``lower`` is never below the first pass's (the first
@@ -449,7 +470,7 @@ def linear_bounds(
     n = input_set.center.shape[0]
     if const is None:
         const = torch.zeros(n, spec.shape[1], dtype=spec.dtype, device=spec.device)
-    run = _Run(graph, input_set, options, prior, splits)
+    run = _Run(graph, input_set, options, prior, splits, checkpoint, split_points)
     keep_set = frozenset(keep)
     with torch.no_grad():
         state0, empty = run.hidden(None, None)
@@ -533,6 +554,8 @@ def linear_bounds(
     taken = 0
     with torch.enable_grad():
         for _ in range(steps):
+            if checkpoint is not None:
+                checkpoint()
             taken += 1
             if optimize_intermediate:
                 state, emp = run.hidden(tables, state0.bounds)

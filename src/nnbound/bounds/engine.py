@@ -57,6 +57,8 @@ class BoundState:
         line_hook: optional override of element-wise relaxation lines (see :data:`LineHook`).
         coef_hook: optional rewrite of each computed tensor's coefficients (see
             :data:`CoefHook`).
+        checkpoint: optional callable run before each node of a backward pass; it may raise
+            to abandon the pass (a verifier's time limit), nothing is left half-updated.
     """
 
     graph: Graph
@@ -65,6 +67,7 @@ class BoundState:
     bounds: dict[str, Interval] = field(default_factory=dict)
     line_hook: LineHook | None = None
     coef_hook: CoefHook | None = None
+    checkpoint: Callable[[], None] | None = None
     _lines: dict[str, LinearRelaxation] = field(default_factory=dict)
 
     def lines(self, node: Node) -> LinearRelaxation:
@@ -87,6 +90,7 @@ class BoundState:
             {k: (lo[rows], up[rows]) for k, (lo, up) in self.bounds.items()},
             self.line_hook,
             self.coef_hook,
+            self.checkpoint,
         )
         for k, rl in self._lines.items():
             sub._lines[k] = LinearRelaxation(
@@ -182,6 +186,8 @@ def backward(
         pair = acc.pop(node.output)
         if pair is None:
             continue
+        if state.checkpoint is not None:
+            state.checkpoint()
         if state.coef_hook is not None:
             pair = state.coef_hook(node.output, *pair)
         if node.output in keep:

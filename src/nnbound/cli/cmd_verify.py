@@ -87,11 +87,9 @@ def run(args: argparse.Namespace) -> int:
         return _run_batch(args)
     if not args.model or not args.property:
         raise InputError("verify needs MODEL and PROPERTY (or --batch CSV)")
-    if args.timeout is not None and args.timeout <= 0:
-        raise InputError(f"--timeout must be > 0, got {args.timeout}")
     from nnbound.verify.verifier import verify_files
 
-    timeout = 60.0 if args.timeout is None else args.timeout
+    timeout = 60.0 if args.timeout is None else _timeout(args.timeout)
     res = verify_files(args.model, args.property, timeout=timeout, options=_options(args))
     if args.result:
         _write(args.result, res.result_text())
@@ -105,6 +103,14 @@ def run(args: argparse.Namespace) -> int:
     extra = "" if agrees is None else f", onnxruntime agrees: {'yes' if agrees else 'NO'}"
     note(args, f"{res.status} in {res.time:.2f} s (decided by: {res.stage}{extra})")
     return 0
+
+
+def _timeout(value: float, what: str = "--timeout") -> float:
+    """A finite number of seconds > 0 (0, negative, NaN and inf are refused: the verifier
+    must answer within it)."""
+    from nnbound.verify.deadline import checked_timeout
+
+    return checked_timeout(value, what)
 
 
 def _f64():
@@ -156,6 +162,7 @@ def read_instances(path: str | Path) -> list[dict[str, Any]]:
             t = float(r[col["timeout"]]) if col["timeout"] is not None else 60.0
         except (ValueError, IndexError):
             raise InputError(f"{p}:{lineno}: bad timeout in {r}") from None
+        t = _timeout(t, f"{p}:{lineno}: the timeout")
         try:
             onnx_path, prop = r[col["onnx"]].strip(), r[col["vnnlib"]].strip()
         except IndexError:
@@ -184,12 +191,11 @@ def verdict(result: str, expected: str) -> str:
 def _run_batch(args: argparse.Namespace) -> int:
     from nnbound.verify.verifier import verify_files
 
-    if args.timeout is not None and args.timeout <= 0:
-        raise InputError(f"--timeout must be > 0, got {args.timeout}")
+    cap = None if args.timeout is None else _timeout(args.timeout)
     instances = read_instances(args.batch)
     records = []
     for k, inst in enumerate(instances, start=1):
-        timeout = inst["timeout"] if args.timeout is None else min(inst["timeout"], args.timeout)
+        timeout = inst["timeout"] if cap is None else min(inst["timeout"], cap)
         res = verify_files(inst["onnx"], inst["vnnlib"], timeout=timeout, options=_options(args))
         rec = _record(
             res,

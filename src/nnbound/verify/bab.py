@@ -49,6 +49,7 @@ from nnbound.network.network import Network
 from nnbound.ops.base import OpKind
 from nnbound.ops.registry import DEFAULT_OPTIONS, get_op
 from nnbound.sets.box import Box
+from nnbound.verify.deadline import Deadline, DeadlineReached
 from nnbound.verify.spec import StackedSpec, find_counterexample
 
 UNSAT, SAT, UNKNOWN, TIMEOUT = "unsat", "sat", "unknown", "timeout"
@@ -102,6 +103,7 @@ def _bound(
     keep: tuple[str, ...] = (),
     warm: Params | None = None,
     deadline: float = math.inf,
+    split_points: dict[str, Tensor] | None = None,
 ) -> tuple[LinearBoundResult, Tensor]:
     """Bounds of every row over the boxes ``lo``/``hi`` ``(M, n)``; returns the engine result
     and ``(M, G)`` groups refuted (an empty domain refutes everything)."""
@@ -112,9 +114,6 @@ def _bound(
     const = (-spec.d).unsqueeze(0).expand(m, -1)
 
     def done(lower: Tensor, empty: Tensor) -> bool:
-        # Out of time: the best bounds so far are as sound as any.
-        if time.monotonic() > deadline:
-            return True
         return bool(((spec.group_max(lower) > 0) | ~open_groups | empty.unsqueeze(1)).all())
 
     res = linear_bounds(
@@ -129,6 +128,8 @@ def _bound(
         stop=done,
         keep=keep,
         warm=warm,
+        checkpoint=Deadline(deadline).checkpoint,
+        split_points=split_points,
     )
     refuted = (spec.group_max(res.lower) > 0) | res.empty.unsqueeze(1)
     return res, refuted
@@ -220,12 +221,34 @@ def input_split(
     Args:
         net: the network or graph (float64 recommended).
         spec: the disjunct (its box is the root domain).
-        deadline: ``time.monotonic()`` value at which to stop with ``timeout``.
+        deadline: ``time.monotonic()`` value at which to stop with ``timeout`` (also checked
+            inside every bound pass).
         root_pre: bounds valid on the whole box, by tensor name (each ``(1, *shape)``).
         batch: sub-domains bounded together.
         alpha_steps: alpha-CROWN steps per batch (0: CROWN only).
         max_domains: open sub-domains allowed before giving up with ``unknown``.
     """
+    counters = {"domains": 0, "rounds": 0}
+    try:
+        return _input_split(
+            net, spec, deadline, root_pre, batch, alpha_steps, max_domains, counters
+        )
+    except DeadlineReached:
+        return _stop(TIMEOUT, counters["domains"], counters["rounds"])
+
+
+def _input_split(
+    net: Network | Graph,
+    spec: StackedSpec,
+    deadline: float,
+    root_pre: Pre | None,
+    batch: int,
+    alpha_steps: int,
+    max_domains: int,
+    counters: dict[str, int],
+) -> BabResult:
+    """:func:`input_split`'s search; ``counters`` (domains, rounds) stay readable when a
+    bound pass raises :class:`DeadlineReached`."""
     dev = spec.lower.device
     first = {
         "lo": spec.lower.unsqueeze(0),
@@ -247,6 +270,7 @@ def input_split(
         lo, hi, open_groups = block["lo"], block["hi"], block["open"]
         rounds += 1
         visited += lo.shape[0]
+        counters["rounds"], counters["domains"] = rounds, visited
         # Children inherit the parent's pre-activation bounds: valid on any sub-box, and
         # they leave far fewer neurons needing a backward pass.
         prior = _fields_pre(block, acts) if acts else None
@@ -322,19 +346,38 @@ def relu_split(
     Args:
         net: a network or graph of linear operators and ReLU / leaky-ReLU activations.
         spec: the disjunct.
-        deadline: ``time.monotonic()`` value at which to stop with ``timeout``.
+        deadline: ``time.monotonic()`` value at which to stop with ``timeout`` (also checked
+            inside every bound pass).
         root_pre: bounds valid on the whole box (e.g. from alpha-CROWN), by tensor name, each
             ``(1, *shape)``: the root's prior.
         batch: sub-domains bounded together.
         alpha_steps: alpha-CROWN steps per batch (final-bound parameters).
         max_domains: open sub-domains allowed before giving up with ``unknown``.
     """
+    counters = {"domains": 0, "rounds": 0}
+    try:
+        return _relu_split(net, spec, deadline, root_pre, batch, alpha_steps, max_domains, counters)
+    except DeadlineReached:
+        return _stop(TIMEOUT, counters["domains"], counters["rounds"])
+
+
+def _relu_split(
+    net: Network | Graph,
+    spec: StackedSpec,
+    deadline: float,
+    root_pre: Pre | None,
+    batch: int,
+    alpha_steps: int,
+    max_domains: int,
+    counters: dict[str, int],
+) -> BabResult:
+    """:func:`relu_split`'s search; ``counters`` as in :func:`_input_split`."""
     graph = as_graph(net)
     relus = relu_tensors(graph)
     dev = spec.lower.device
     root_lo, root_hi = spec.lower.unsqueeze(0), spec.upper.unsqueeze(0)
     all_open = torch.ones(1, spec.num_groups, dtype=torch.bool, device=dev)
-    res0, _ = _bound(graph, spec, root_lo, root_hi, all_open, prior=root_pre)
+    res0, _ = _bound(graph, spec, root_lo, root_hi, all_open, prior=root_pre, deadline=deadline)
     # The tensors split on (ReLU inputs), and every tensor whose bounds children inherit.
     acts = [t for t in relus if t in res0.pre]
     names = list(res0.pre)
@@ -364,6 +407,7 @@ def relu_split(
         m = open_groups.shape[0]
         rounds += 1
         visited += m
+        counters["rounds"], counters["domains"] = rounds, visited
         splits = {t: block[f"s{i}"] for i, t in enumerate(acts)}
         lo = root_lo.expand(m, -1)
         hi = root_hi.expand(m, -1)

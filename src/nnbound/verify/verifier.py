@@ -3,13 +3,19 @@
 
 The stages, cheapest first, share one deadline:
 
-1. attack every disjunct (random points, then PGD on the counterexample objective);
+1. attack every disjunct (random points, then PGD on the counterexample objective), all
+   disjuncts in one batch (:mod:`nnbound.verify.attack`);
 2. bound every disjunct's box with CROWN, then alpha-CROWN (intermediate parameters
-   optimised too when they fit; :mod:`nnbound.bounds.alpha_crown`);
+   optimised too when they fit; :mod:`nnbound.bounds.alpha_crown`), many disjuncts per pass
+   (:mod:`nnbound.verify.root_bounds`);
 3. branch and bound on what is left: input splitting for low-dimensional inputs, ReLU
-   splitting otherwise where every activation is a (leaky) ReLU (:mod:`nnbound.verify.bab`);
+   splitting otherwise where every activation is a (leaky) ReLU (:mod:`nnbound.verify.bab`),
+   activation-interval splitting for other activations
+   (:mod:`nnbound.verify.activation_split`);
 4. with time left after an undecided search, a longer attack (at most a quarter of the
    timeout).
+
+One deadline (:mod:`nnbound.verify.deadline`) is checked inside every stage.
 
 ``sat`` is reported only with a counterexample re-checked by running the network (in float64)
 on an input inside the box; ``unsat`` only when sound bounds refute every output group on
@@ -24,9 +30,7 @@ bounds always run on the graph engine.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from nnbound.bounds.alpha_crown import LinearBoundResult, Pre, linear_bounds
+from nnbound.bounds.alpha_crown import Pre
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.graph import Graph
 from nnbound.network.network import Network
-from nnbound.sets.box import Box
-from nnbound.verify.attack import attack
+from nnbound.verify.activation_split import activation_split
+from nnbound.verify.attack import attack_batch
 from nnbound.verify.bab import (
     SAT,
     TIMEOUT,
@@ -50,7 +54,10 @@ from nnbound.verify.bab import (
     relu_split,
     relu_tensors,
 )
+from nnbound.verify.deadline import Deadline, DeadlineReached, checked_timeout
+from nnbound.verify.root_bounds import disjuncts_per_pass, root_bounds
 from nnbound.verify.spec import StackedSpec
+from nnbound.verify.spec_batch import SpecBatch
 from nnbound.verify.vnnlib import Property, read_vnnlib
 
 RESULTS = (UNSAT, SAT, UNKNOWN, TIMEOUT)
@@ -68,8 +75,11 @@ class VerifyOptions:
         root_alpha_steps: alpha-CROWN steps on each disjunct's whole box.
         input_split_max_dims: inputs up to this many coordinates use input splitting.
         input_batch / relu_batch: sub-domains bounded together in each search.
-        input_alpha_steps / relu_alpha_steps: alpha-CROWN steps per batch in each search.
+        input_alpha_steps / relu_alpha_steps / activation_alpha_steps: alpha-CROWN steps per
+            batch in each search (input splitting, ReLU splitting, activation-interval
+            splitting for other activations).
         bab: run branch and bound at all (off: attack + bounds only).
+        disjunct_batch: disjuncts attacked and bounded together (1: one by one).
     """
 
     seed: int = 0
@@ -81,7 +91,9 @@ class VerifyOptions:
     relu_batch: int = 64
     input_alpha_steps: int = 0
     relu_alpha_steps: int = 8
+    activation_alpha_steps: int = 8
     bab: bool = True
+    disjunct_batch: int = 256
 
 
 @dataclass
@@ -131,8 +143,27 @@ def _check_sizes(net: Network | Graph, prop: Property) -> None:
         )
 
 
-def _refuted_all(spec: StackedSpec, lower: torch.Tensor) -> bool:
-    return bool((spec.group_max(lower.reshape(1, -1)) > 0).all())
+class _Run:
+    """One :func:`verify` call: the clock, the stage reached and the counters."""
+
+    def __init__(self, stats: dict[str, Any]) -> None:
+        self.start = time.monotonic()
+        self.stage = "-"
+        self.stats = stats
+
+    def done(
+        self, status: str, stage: str, cex: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> VerificationResult:
+        pair = None if cex is None else (cex[0].cpu().numpy(), cex[1].cpu().numpy())
+        return VerificationResult(status, pair, time.monotonic() - self.start, stage, self.stats)
+
+    def add_stats(self, stage: str, stats: dict[str, float | str]) -> None:
+        for k, v in stats.items():
+            key = f"{stage}:{k}"
+            # Several disjuncts: counters add up, other entries keep the last value.
+            old = self.stats.get(key)
+            both = isinstance(v, (int, float)) and isinstance(old, (int, float))
+            self.stats[key] = old + v if both else v  # type: ignore[operator]
 
 
 def verify(
@@ -142,168 +173,159 @@ def verify(
     timeout: float = 60.0,
     options: VerifyOptions | None = None,
 ) -> VerificationResult:
-    """Decide ``prop`` on ``net`` within ``timeout`` seconds (see the module docstring)."""
+    """Decide ``prop`` on ``net`` within ``timeout`` seconds (see the module docstring).
+
+    The answer comes within ``timeout`` plus one engine node's backward step, one PGD step
+    or one leaf LP (the checks' granularity; see :mod:`nnbound.verify.deadline`). A timeout
+    that is not a finite number > 0 raises InputError.
+    """
+    timeout = checked_timeout(timeout)
     opts = options or VerifyOptions()
-    start = time.monotonic()
-    deadline = start + max(0.0, float(timeout))
+    run = _Run({"disjuncts": len(prop.disjuncts)})
+    deadline = Deadline(run.start + timeout)
     _check_sizes(net, prop)
+    if not prop.disjuncts:
+        return run.done(UNSAT, "empty")
+    try:
+        return _decide(net, prop, timeout, deadline, opts, run)
+    except DeadlineReached:
+        return run.done(TIMEOUT, run.stage)
+
+
+def _decide(
+    net: Network | Graph,
+    prop: Property,
+    timeout: float,
+    deadline: Deadline,
+    opts: VerifyOptions,
+    run: _Run,
+) -> VerificationResult:
     net = net.to(dtype=torch.float64)
     graph = as_graph(net)
     dev = net.device
     gen = torch.Generator(device=dev).manual_seed(int(opts.seed))
-    stats: dict[str, Any] = {"disjuncts": len(prop.disjuncts)}
-
-    def done(status: str, stage: str, cex=None) -> VerificationResult:
-        if cex is not None:
-            cex = (cex[0].cpu().numpy(), cex[1].cpu().numpy())
-        return VerificationResult(status, cex, time.monotonic() - start, stage, stats)
-
-    if not prop.disjuncts:
-        return done(UNSAT, "empty")
     specs = [StackedSpec.make(d, torch.float64, dev) for d in prop.disjuncts]
 
-    # 1. A cheap attack on every disjunct.
-    budget = min(opts.attack_max_s, opts.attack_share * timeout) / len(specs)
-    for spec in specs:
-        found = attack(net, spec, deadline=min(deadline, time.monotonic() + budget), generator=gen)
+    # 1. A cheap attack on every disjunct at once.
+    run.stage = "attack"
+    # One budget for all chunks of disjuncts (thousands of them must not multiply it).
+    attack_until = deadline.sooner(min(opts.attack_max_s, opts.attack_share * timeout))
+    for group in _chunks(specs, opts.disjunct_batch):
+        if attack_until.passed():
+            break
+        found = attack_batch(net, SpecBatch.make(group), deadline=attack_until, generator=gen)
         if found is not None:
-            return done(SAT, "attack", found)
-    if time.monotonic() > deadline:
-        return done(TIMEOUT, "attack")
+            return run.done(SAT, "attack", (found[1], found[2]))
+    deadline.check()
 
-    # 2. CROWN then alpha-CROWN on each whole box.
+    # 2. CROWN then alpha-CROWN on each whole box, many disjuncts per pass.
+    run.stage = "crown"
+    low_dim = specs[0].lower.numel() <= opts.input_split_max_dims and opts.bab
+    # Input splitting closes small boxes faster than parameter optimisation tightens them:
+    # there, only a few steps on the final bound's parameters (cheap), no intermediate ones.
+    steps = min(opts.root_alpha_steps, 5) if low_dim else opts.root_alpha_steps
+    batch = SpecBatch.make(specs)
+    roots = root_bounds(
+        graph,
+        batch,
+        deadline,
+        alpha_steps=steps,
+        optimize_intermediate=False if low_dim else None,
+        per_pass=disjuncts_per_pass(graph, batch, opts.disjunct_batch),
+    )
+    run.stats.update({f"refuted:{k}": v for k, v in roots.refuted_by.items()})
+    if not roots.open:
+        return run.done(UNSAT, "alpha-crown" if roots.refuted_by["alpha-crown"] else "crown")
+    remaining = roots.open
+    # An undecided search leaves time: a longer attack may still find a counterexample, but
+    # not for the whole remaining budget (a verifier that cannot decide should say so).
+    final_cap = max(2.0, 0.25 * timeout)
+    if not opts.bab:
+        return _final_attack(net, remaining, deadline.sooner(final_cap), gen, run)
+
+    # 3. Branch and bound, disjunct by disjunct.
     try:
         relu_tensors(graph)
         piecewise = True
     except UnsupportedError:
         piecewise = False
-    remaining: list[tuple[StackedSpec, Pre | None]] = []
-    stage = "crown"
-    for spec in specs:
-        res = _root_bounds(graph, spec, 0)
-        if _refuted_all(spec, res.lower) or bool(res.empty.all()):
-            continue
-        if time.monotonic() > deadline:
-            return done(TIMEOUT, "crown")
-        low_dim = spec.lower.numel() <= opts.input_split_max_dims and opts.bab
-        # Input splitting closes small boxes faster than parameter optimisation tightens
-        # them: there, only a few steps on the final bound's parameters (cheap), no
-        # intermediate ones.
-        steps = min(opts.root_alpha_steps, 5) if low_dim else opts.root_alpha_steps
-        res = _root_bounds(graph, spec, steps, False if low_dim else None, deadline=deadline)
-        if _refuted_all(spec, res.lower) or bool(res.empty.all()):
-            stage = "alpha-crown"
-            continue
-        remaining.append((spec, res.pre))
-    if not remaining:
-        return done(UNSAT, stage)
-    # An undecided search leaves time: a longer attack may still find a counterexample, but
-    # not for the whole remaining budget (a verifier that cannot decide should say so).
-    final_cap = max(2.0, 0.25 * timeout)
-    if not opts.bab:
-        return _final_attack(
-            net, remaining, min(deadline, time.monotonic() + final_cap), gen, done, UNKNOWN
-        )
-
-    # 3. Branch and bound, disjunct by disjunct.
     undecided = []
+    stage = "bab"
     for spec, pre in remaining:
-        if time.monotonic() > deadline:
-            return done(TIMEOUT, "bab")
+        run.stage = stage
+        deadline.check()
         if spec.lower.numel() <= opts.input_split_max_dims:
             stage = "bab-input"
             res = input_split(
                 net,
                 spec,
-                deadline,
+                deadline.end,
                 root_pre=pre,
                 batch=opts.input_batch,
                 alpha_steps=opts.input_alpha_steps,
             )
         elif not piecewise:
-            # ReLU splitting decides its leaves as affine maps: (leaky) ReLU graphs only.
-            undecided.append((spec, pre))
-            continue
+            # ReLU splitting decides its leaves as affine maps: (leaky) ReLU graphs only;
+            # other activations get their input intervals split.
+            stage = "bab-activation"
+            res = activation_split(
+                net,
+                spec,
+                deadline.end,
+                root_pre=pre,
+                batch=opts.relu_batch,
+                alpha_steps=opts.activation_alpha_steps,
+            )
         else:
             stage = "bab-relu"
             res = relu_split(
                 net,
                 spec,
-                deadline,
+                deadline.end,
                 root_pre=pre,
                 batch=opts.relu_batch,
                 alpha_steps=opts.relu_alpha_steps,
             )
-        for k, v in res.stats.items():
-            key = f"{stage}:{k}"
-            # Several disjuncts: counters add up, other entries keep the last value.
-            both_numbers = isinstance(v, (int, float)) and isinstance(stats.get(key), (int, float))
-            stats[key] = stats[key] + v if both_numbers else v
+        run.add_stats(stage, res.stats)
         if res.status == SAT:
-            return done(SAT, stage, res.counterexample)
+            return run.done(SAT, stage, res.counterexample)
         if res.status == TIMEOUT:
-            return done(TIMEOUT, stage)
+            return run.done(TIMEOUT, stage)
         if res.status == UNKNOWN:
             undecided.append((spec, pre))
     if not undecided:
-        return done(UNSAT, stage)
-    return _final_attack(
-        net, undecided, min(deadline, time.monotonic() + final_cap), gen, done, UNKNOWN
-    )
+        return run.done(UNSAT, stage)
+    return _final_attack(net, undecided, deadline.sooner(final_cap), gen, run)
 
 
-def _root_bounds(
-    graph: Graph,
-    spec: StackedSpec,
-    steps: int,
-    optimize_intermediate: bool | None = None,
-    deadline: float = math.inf,
-) -> LinearBoundResult:
-    box = Box(
-        spec.lower.reshape(1, *graph.input_shape), spec.upper.reshape(1, *graph.input_shape), (1,)
-    )
-    rows = spec.C.reshape(1, spec.num_rows, *graph.output_shape)
-
-    def proven(lower: torch.Tensor, empty: torch.Tensor) -> bool:
-        return _refuted_all(spec, lower) or bool(empty.all()) or time.monotonic() > deadline
-
-    return linear_bounds(
-        graph,
-        box,
-        rows,
-        -spec.d.unsqueeze(0),
-        steps=steps,
-        stop=proven,
-        optimize_intermediate=optimize_intermediate,
-    )
+def _chunks(items: list[StackedSpec], size: int) -> list[list[StackedSpec]]:
+    size = max(1, size)
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _final_attack(
     net: Network | Graph,
-    pending: list[tuple[StackedSpec, Pre | None]],
-    deadline: float,
+    pending: list[tuple[StackedSpec, Pre]],
+    deadline: Deadline,
     gen: torch.Generator,
-    done: Callable[..., VerificationResult],
-    stage_if_none: str,
+    run: _Run,
 ) -> VerificationResult:
-    """Spend the time left on longer attacks (more restarts and steps) of the pending
-    disjuncts; ``stage_if_none`` is the answer when none succeeds."""
-    for spec, _ in pending:
-        if time.monotonic() > deadline - 0.5:
-            break
-        share = (deadline - time.monotonic()) / len(pending)
-        found = attack(
+    """Spend the time left on a longer attack (more samples, restarts and steps) of the
+    pending disjuncts, all at once; ``unknown`` when none succeeds."""
+    run.stage = "attack"
+    if deadline.left() > 0.5:
+        found = attack_batch(
             net,
-            spec,
-            deadline=time.monotonic() + share,
+            SpecBatch.make([spec for spec, _ in pending]),
+            deadline=deadline,
             samples=2048,
             restarts=32,
             steps=200,
             generator=gen,
         )
         if found is not None:
-            return done(SAT, "attack", found)
-    return done(stage_if_none, "-")
+            return run.done(SAT, "attack", (found[1], found[2]))
+    return run.done(UNKNOWN, "-")
 
 
 def onnxruntime_check(model_path: str | Path, prop: Property, x: np.ndarray) -> bool | None:
@@ -340,18 +362,29 @@ def verify_files(
     options: VerifyOptions | None = None,
 ) -> VerificationResult:
     """Load an ONNX (or any supported) model and a VNN-LIB file and :func:`verify` them; a
-    ``sat`` result also records whether onnxruntime agrees (``stats["onnxruntime_agrees"]``).
+    ``sat`` result also records whether onnxruntime agrees (``stats["onnxruntime_agrees"]``)
+    and becomes ``unknown`` when it does not.
     The timeout counts from the call (loading included)."""
     from nnbound.network.load import load_model
 
+    timeout = checked_timeout(timeout)
     start = time.monotonic()
     net = load_model(model)
     prop = read_vnnlib(prop_path)
     left = timeout - (time.monotonic() - start)
-    res = verify(net, prop, timeout=max(0.0, left), options=options)
+    if left <= 0:
+        # Loading alone used the whole limit.
+        return VerificationResult(TIMEOUT, None, time.monotonic() - start, "load")
+    res = verify(net, prop, timeout=left, options=options)
     res.time = time.monotonic() - start
     if res.status == SAT and res.counterexample is not None and str(model).endswith(".onnx"):
-        res.stats["onnxruntime_agrees"] = onnxruntime_check(model, prop, res.counterexample[0])
+        agrees = onnxruntime_check(model, prop, res.counterexample[0])
+        res.stats["onnxruntime_agrees"] = agrees
+        if agrees is False:
+            # The float64 run says counterexample, the file's own runtime (float32) says no:
+            # the point sits on the boundary to within rounding. A checker running the file
+            # would reject it, so it is no answer.
+            res.status, res.counterexample, res.stage = UNKNOWN, None, "onnxruntime-rejected"
     return res
 
 
