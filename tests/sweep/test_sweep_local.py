@@ -140,8 +140,25 @@ def test_failed_tasks_are_listed_not_written_and_retried_by_a_rerun(
 
 
 def test_plan_errors_are_refused_before_any_task_runs(tmp_path: Path, second_model: Path) -> None:
-    plan = grid_plan(tmp_path, second_model, methods=["recurjac"], models=["mnist-cnn-small"])
-    with pytest.raises(UnsupportedError, match=r"mnist-cnn-small.*dense networks only"):
+    from nnbound.network.layers import Activation, Dense, Flatten
+    from nnbound.network.native import save_network
+    from nnbound.network.network import Network
+
+    gen = torch.Generator().manual_seed(0)
+    tanh_net = Network(
+        (
+            Flatten(),
+            Dense(0.03 * torch.randn(16, 784, generator=gen), torch.zeros(16)),
+            Activation("tanh"),
+            Dense(torch.randn(10, 16, generator=gen), torch.zeros(10)),
+        ),
+        (1, 28, 28),
+        input_range=(0.0, 1.0),
+    )
+    tanh_file = save_network(tanh_net, tmp_path / "tanh.safetensors")
+    # CROWN-adaptive is defined for piecewise-linear activations only
+    plan = grid_plan(tmp_path, second_model, methods=["crown"], models=[str(tanh_file)])
+    with pytest.raises(UnsupportedError, match=r"tanh\.safetensors.*tanh"):
         run_sweep(plan, parse_executor(None, 0), quiet=True)
     if not torch.cuda.is_available():
         plan = grid_plan(tmp_path, second_model, device="cuda")
