@@ -19,6 +19,9 @@ from nnbound.sweep.execute import TaskResult
 from nnbound.sweep.executors import parse_executor
 from nnbound.sweep.run import run_sweep
 
+# Without this, Ray's progress bars replace builtins.print in the whole test process (a later
+# test that pickles print would record Ray's function); nnbound's executor sets it too.
+os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
 ray = pytest.importorskip("ray")
 
 
