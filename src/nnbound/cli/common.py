@@ -147,8 +147,11 @@ def load_inputs(args: argparse.Namespace, net: Network, *, all_rows: bool = Fals
     if args.input:
         from nnbound.data.arrays import load_array
 
+        from nnbound.cli.validate import check_batch_not_empty
+
         arr = load_array(args.input)
         x = net.check_input(torch.from_numpy(np.ascontiguousarray(arr)).to(net.dtype))
+        check_batch_not_empty(x.shape[0], args.input)
         if args.labels:
             labels = torch.from_numpy(np.asarray(load_array(args.labels))).reshape(-1).long()
             if labels.shape[0] != x.shape[0]:
