@@ -145,9 +145,8 @@ def load_inputs(args: argparse.Namespace, net: Network, *, all_rows: bool = Fals
     With ``all_rows`` the dataset is returned from ``--startimage`` on without truncation (the
     caller selects correctly classified images itself)."""
     if args.input:
-        from nnbound.data.arrays import load_array
-
         from nnbound.cli.validate import check_batch_not_empty
+        from nnbound.data.arrays import load_array
 
         arr = load_array(args.input)
         x = net.check_input(torch.from_numpy(np.ascontiguousarray(arr)).to(net.dtype))
