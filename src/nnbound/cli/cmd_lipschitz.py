@@ -27,6 +27,7 @@ from nnbound.cli.common import (
 )
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.jacobian.api import JACOBIAN_METHODS
+from nnbound.report.atomic import atomic_path
 from nnbound.report.provenance import provenance
 from nnbound.sets.norms import norm_name, parse_norm
 
@@ -154,7 +155,8 @@ def plot_curve(path: str, grid: torch.Tensor, values: torch.Tensor, title: str) 
     ax.legend()
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=120)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
     except OSError as exc:
         raise InputError(f"cannot write the plot to {path}: {exc}") from None
     finally:
