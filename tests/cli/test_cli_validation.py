@@ -146,3 +146,10 @@ def test_a_weight_free_network_is_bounded_in_float64(capsys, tmp_path) -> None:
         assert rec["provenance"]["dtype"] == "float64"
         assert rec["upper"][0][0] == pytest.approx(1.0) and rec["lower"][0][1] <= 0.0
     assert net.to(dtype=torch.float64).dtype == torch.float64
+
+
+@pytest.mark.parametrize("timeout", ["nan", "0", "-1", "inf"])
+def test_batch_csv_timeouts_must_be_finite_and_positive(capsys, tmp_path, timeout: str) -> None:
+    batch = tmp_path / "b.csv"
+    batch.write_text(f"{NET},{PROP},{timeout}\n")
+    _fails(capsys, ["verify", "--batch", str(batch)], "b.csv:1: the timeout must be")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,8 @@ def read_instances(path: str | Path) -> list[dict[str, Any]]:
             t = float(r[col["timeout"]]) if col["timeout"] is not None else 60.0
         except (ValueError, IndexError):
             raise InputError(f"{p}:{lineno}: bad timeout in {r}") from None
+        if not (math.isfinite(t) and t > 0):  # nan, inf and 0 parse as floats
+            raise InputError(f"{p}:{lineno}: the timeout must be a finite number > 0, got {t}")
         try:
             onnx_path, prop = r[col["onnx"]].strip(), r[col["vnnlib"]].strip()
         except IndexError:
