@@ -161,9 +161,12 @@ def test_toy_bounds_are_sound(toy: ActivationOp, dtype: torch.dtype, p: float, m
     b = bounds(net, ball, method)
     assert bool((b.lower <= b.upper).all())
     _assert_inside(net, ball, b.lower, b.upper)
-    if method == "crown-general":  # tighter than interval arithmetic somewhere
+    if method == "crown-general":
+        # never looser than interval arithmetic (the toy's constant lines make them equal in
+        # real arithmetic: "tighter somewhere" held only by float32 rounding noise, which the
+        # outward-rounded float32 bounds no longer have)
         ibp = bounds(net, ball, "ibp")
-        assert bool((b.upper - b.lower < ibp.upper - ibp.lower).any())
+        assert bool((b.upper - b.lower <= ibp.upper - ibp.lower + 1e-5).all())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -68,6 +68,10 @@ def _dense(name: str, units: int, activation: str = "linear", **extra: Any) -> d
     return {"class_name": "Dense", "config": cfg}
 
 
+# The reference MLP's Lambda layer, declared as its arctan (the code is never run).
+ARCTAN = {"arctan_1": "arctan"}
+
+
 def _kernel(rng: np.random.Generator, n_in: int, n_out: int) -> np.ndarray:
     return (rng.standard_normal((n_in, n_out)) * 0.2).astype(np.float32)
 
@@ -128,7 +132,7 @@ def _numpy_forward(x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
 @pytest.mark.parametrize(("style", "version"), [("list", "2.1.6"), ("dict", "2.2.4")])
 def test_reference_mlp_logits_match_numpy(tmp_path: Path, style: str, version: str) -> None:
     path, w = _mlp_file(tmp_path / f"mlp_{style}.h5", style, keras_version=version)
-    net = from_keras_h5(path)
+    net = from_keras_h5(path, lambda_activations=ARCTAN)
     assert net.input_shape == (28, 28, 1)
     assert net.input_range == (-0.5, 0.5)
     assert net.dtype == torch.float32
@@ -216,7 +220,9 @@ def test_dense_activation_attribute_and_activation_layers(
 def test_chunked_layer_names_and_extensionless_file(tmp_path: Path) -> None:
     path, w = _mlp_file(tmp_path / "model_without_extension", "dict", chunk_layer_names=True)
     assert is_hdf5(path)
-    net = load_model(path)  # recognised by the HDF5 signature
+    with pytest.raises(UnsupportedError, match="Lambda layer runs Python code"):
+        load_model(path)  # recognised by the HDF5 signature (a Keras layer is named)
+    net = from_keras_h5(path, lambda_activations=ARCTAN)
     x = np.random.default_rng(4).uniform(-0.5, 0.5, (2, 28, 28, 1))
     np.testing.assert_allclose(
         net.to(dtype=torch.float64)(torch.tensor(x)).numpy(), _numpy_forward(x, w), rtol=1e-6
@@ -226,7 +232,10 @@ def test_chunked_layer_names_and_extensionless_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("layer", "pattern"),
     [
-        ({"class_name": "Lambda", "config": {"name": "lambda_1"}}, r"Lambda.*'lambda_1'.*arctan"),
+        (
+            {"class_name": "Lambda", "config": {"name": "lambda_1"}},
+            r"Lambda 'lambda_1'.*lambda_activations=\{'lambda_1': 'arctan'\}",
+        ),
         (
             {"class_name": "Conv2D", "config": {"name": "conv2d_1"}},
             r"unsupported Keras layer Conv2D",
@@ -312,3 +321,15 @@ def test_bounded_relu_layers(tmp_path: Path) -> None:
     }
     net = from_keras_h5(write_keras_h5(tmp_path / "b.h5", layers, weights))
     assert [(a.name, a.alpha) for a in net.activations] == [("brelu", 6.0), ("brelu", 1.0)]
+
+
+def test_a_lambda_is_never_identified_by_its_name(tmp_path: Path) -> None:
+    # issue 19 #4: a Lambda named arctan_1 whose code computes x * 100 was imported as arctan
+    # (the bounded model was not the model in the file)
+    path, _ = _mlp_file(tmp_path / "named.h5", "dict")
+    with pytest.raises(UnsupportedError, match=r"layer 5 \(Lambda 'arctan_1'\)"):
+        from_keras_h5(path)
+    with pytest.raises(UnsupportedError, match="Lambda 'arctan_1'"):
+        from_keras_h5(path, lambda_activations={"arctan_2": "arctan"})  # another layer's
+    net = from_keras_h5(path, lambda_activations={"arctan_1": "tanh"})  # declared, taken
+    assert [a.name for a in net.layers if isinstance(a, Activation)][-1] == "tanh"

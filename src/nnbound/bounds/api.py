@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from nnbound.bounds.centre_split import CentreProducts
 from nnbound.bounds.methods import ALL_METHODS, _spec_tensor, layerwise_bounds
+from nnbound.bounds.outward import (
+    nan_to_trivial,
+    needs_float64_pass,
+    round_outward,
+    set_in_float64,
+)
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.bounds.spectral import spectral_bounds
 from nnbound.errors import InputError, UnsupportedError
@@ -27,6 +34,7 @@ def bounds(
     tangent: TangentRule = TangentRule.EXACT,
     prior: dict[int, tuple[Tensor, Tensor]] | None = None,
     centre_cache: CentreProducts | None = None,
+    outward: bool = True,
 ) -> Bounds:
     """Certified lower/upper bounds of ``C @ net(x)`` for all ``x`` in ``ball``.
 
@@ -49,10 +57,53 @@ def bounds(
             :func:`nnbound.bounds.methods.layerwise_bounds`).
         centre_cache: products reused across calls with the same centres (see
             :func:`nnbound.bounds.methods.layerwise_bounds`; layer-wise methods only).
+        outward: bounds of a float32 (or narrower) network hold for the real network: they
+            are computed in float64 and rounded outward (:mod:`nnbound.bounds.outward`).
+            ``False`` keeps the network's dtype and its rounding (a radius search, which
+            re-certifies in float64 itself).
 
     Returns:
-        :class:`Bounds` with ``lower``/``upper`` shaped ``(*ball.batch_shape, S)``.
+        :class:`Bounds` with ``lower``/``upper`` shaped ``(*ball.batch_shape, S)`` in the
+        network's dtype; a bound that overflowed is ``-inf`` / ``inf``, never NaN.
     """
+    if method not in ALL_METHODS:
+        raise InputError(f"unknown bound method {method!r}; choose from {', '.join(ALL_METHODS)}")
+    dtype = net.dtype
+    if not (outward and needs_float64_pass(dtype)):
+        return nan_to_trivial(
+            _bounds_in_dtype(net, ball, method, C, reference, tangent, prior, centre_cache)
+        )
+    if ball.center.dtype != dtype:
+        raise InputError(f"input dtype {ball.center.dtype} differs from the network's {dtype}")
+    prior64 = (
+        None
+        if prior is None
+        else {k: (lo.to(torch.float64), up.to(torch.float64)) for k, (lo, up) in prior.items()}
+    )
+    b64 = _bounds_in_dtype(
+        net.to(dtype=torch.float64),
+        set_in_float64(ball),
+        method,
+        None if C is None else torch.as_tensor(C).to(torch.float64),
+        reference,
+        tangent,
+        prior64,
+        None,  # the cache holds products in the network's dtype
+    )
+    return round_outward(b64, dtype)
+
+
+def _bounds_in_dtype(
+    net: Network | Graph,
+    ball: InputSet,
+    method: str,
+    C: Tensor | None,
+    reference: bool,
+    tangent: TangentRule,
+    prior: dict | None,
+    centre_cache: CentreProducts | None,
+) -> Bounds:
+    """:func:`bounds` computed in the network's dtype, with its rounding."""
     if method not in ALL_METHODS:
         raise InputError(f"unknown bound method {method!r}; choose from {', '.join(ALL_METHODS)}")
     if isinstance(net, Graph):

@@ -114,13 +114,13 @@ def quadratic_bounds(net: Network, ball: LpBall, C: Tensor | None = None) -> Bou
     spec = _spec_tensor(C, n, ball.batch_shape, net)
     spec = spec.reshape(n, spec.shape[1], -1)
     shapes = net.shapes
-    big_m = block_matrix(net.layers, shapes, 0, j)  # (H, D)
+    big_m = block_matrix(net.layers, shapes, 0, j, dtype=net.dtype)  # (H, D)
     mid = ball.center
     for layer in net.layers[:j]:
         mid = layer.forward(mid)
     offset_m = mid.reshape(n, -1) - ball.center.reshape(n, -1) @ big_m.T  # the first block's bias
     l, u = (t.reshape(n, -1) for t in _first_block_bounds(net, j, ball))
-    w2 = block_matrix(net.layers, shapes, j + 1, len(net.layers))  # (outputs, H)
+    w2 = block_matrix(net.layers, shapes, j + 1, len(net.layers), dtype=net.dtype)  # (outputs, H)
     # The second block's bias: its output at a zero hidden vector.
     h0 = torch.zeros(1, *shapes[j + 1], dtype=w2.dtype, device=w2.device)
     for layer in net.layers[j + 1 :]:

@@ -33,8 +33,18 @@ def activation_lipschitz(act: Activation) -> float:
     return k
 
 
-def block_matrix(layers: tuple[Layer, ...], shapes: list[Shape], start: int, end: int) -> Tensor:
+def block_matrix(
+    layers: tuple[Layer, ...],
+    shapes: list[Shape],
+    start: int,
+    end: int,
+    *,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     """The matrix (out, in) of the purely linear layers ``layers[start:end]`` (biases dropped).
+
+    ``dtype`` is the matrix's dtype when no layer has a tensor to take it from (the network's
+    :attr:`~nnbound.network.network.Network.dtype`); otherwise the weights' dtype.
 
     Average pools fold like any linear layer; a max pool (or an activation) in the range is
     refused with UnsupportedError, since it has no matrix.
@@ -52,7 +62,9 @@ def block_matrix(layers: tuple[Layer, ...], shapes: list[Shape], start: int, end
     if n_out * n_in > _MAX_DENSE_ELEMENTS:
         raise InputError(f"linear block {n_out}x{n_in} too large for the spectral bound")
     # dtype/device of the weights (a network of pools and reshapes only has none)
-    ref = next((t for layer in layers for t in layer.tensors().values()), torch.empty(0))
+    ref = next(
+        (t for layer in layers for t in layer.tensors().values()), torch.empty(0, dtype=dtype)
+    )
     a = torch.eye(n_out, dtype=ref.dtype, device=ref.device).reshape(1, n_out, *shapes[end])
     for i in range(end - 1, start - 1, -1):
         a = layers[i].transpose(a, shapes[i])
@@ -81,14 +93,14 @@ def spectral_lipschitz(net: Network, C: Tensor, p: float) -> Tensor:
     start = 0
     for j in acts:
         if start < j:  # an empty block (two non-linear layers in a row) is the identity
-            k = k * induced_norm(block_matrix(layers, shapes, start, j), p)
+            k = k * induced_norm(block_matrix(layers, shapes, start, j, dtype=net.dtype), p)
         layer = layers[j]
         if isinstance(layer, MaxPool2d):
             k = k * maxpool_lipschitz(layer, shapes[j], p)
         else:
             k = k * activation_lipschitz(layer)
         start = j + 1
-    last = block_matrix(layers, shapes, start, len(layers))  # (outputs, n)
+    last = block_matrix(layers, shapes, start, len(layers), dtype=net.dtype)  # (outputs, n)
     rows = C.reshape(C.shape[0], C.shape[1], -1) @ last  # (N, S, n)
     q = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}[p]
     return torch.linalg.vector_norm(rows, q, dim=-1) * k

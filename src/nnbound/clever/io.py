@@ -36,6 +36,7 @@ import numpy as np
 
 from nnbound.clever.estimator import CleverSamples
 from nnbound.errors import InputError
+from nnbound.report.atomic import atomic_path
 
 FORMAT = "nnbound-clever-samples/1"
 
@@ -61,8 +62,22 @@ def save_samples(path: str | Path, records: Sequence[SampleRecord], model: str =
     pair_record = np.concatenate(
         [np.full(len(r.samples.targets), i, dtype=np.int64) for i, r in enumerate(records)]
     )
+    target = Path(path)
+    if target.suffix != ".npz":  # np.savez's own rule, applied before the temporary name
+        target = target.with_name(target.name + ".npz")
+    with atomic_path(target) as tmp:
+        _savez(tmp, records, model, first, pair_record)
+
+
+def _savez(
+    path: Path,
+    records: Sequence[SampleRecord],
+    model: str,
+    first: CleverSamples,
+    pair_record: np.ndarray,
+) -> None:
     np.savez(
-        Path(path),
+        path,
         format=np.array(FORMAT),
         settings=np.array(json.dumps(dict(first.settings))),
         model=np.array(str(model)),

@@ -6,7 +6,6 @@ import argparse
 
 import torch
 
-from nnbound.bounds.api import bounds
 from nnbound.bounds.methods import ALL_METHODS
 from nnbound.cli.common import (
     add_model_args,
@@ -22,6 +21,7 @@ from nnbound.report.tables import render_table
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import norm_name, parse_norm
 from nnbound.sets.spec import all_margins_spec, margin_spec, other_classes
+from nnbound.tasks.batch_bounds import chunked_bounds
 
 HELP = "certified output bounds over an Lp ball"
 
@@ -104,8 +104,14 @@ def run(args: argparse.Namespace) -> int:
             targets = torch.full((x.shape[0], 1), t, dtype=torch.long)
         spec = spec.to(net.device)
     with torch.no_grad():
-        b = bounds(net, ball, args.method, spec, reference=args.reference)
+        b = chunked_bounds(net, ball, args.method, spec, reference=args.reference)
     lower, upper = b.lower.cpu(), b.upper.cpu()
+    if not bool(torch.isfinite(lower).all() and torch.isfinite(upper).all()):
+        # an overflow (eps far beyond the data range): no bound to report, and JSON has no inf
+        raise InputError(
+            f"--eps {args.eps:g} is too large: the {args.method} bounds overflow "
+            f"{str(net.dtype).removeprefix('torch.')} (inf); use a smaller eps"
+        )
     if args.json:
         print_json(
             {

@@ -19,6 +19,7 @@ import argparse
 import csv
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ from nnbound.cli.shortfall import shortfall
 from nnbound.cli.stream import ResultStream, add_stream_args, growing_spans
 from nnbound.errors import InputError
 from nnbound.network.graph import Graph
+from nnbound.report.atomic import mark_run_started, replacing_folder
 from nnbound.report.provenance import provenance
 from nnbound.report.tables import render_table
 from nnbound.sets.norms import norm_name, parse_norm
@@ -225,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         from nnbound.report.plots import require_matplotlib
 
         require_matplotlib()  # fail before the work, not after it
+        mark_run_started(args.report)  # the old report says it is old until this run ends
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
@@ -343,12 +346,14 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from nnbound.report.html import write_report
 
-        path = write_report(
-            ev,
-            args.report,
-            provenance={"model": args.model, "targettype": args.targettype, **extra, **prov},
-        )
-        note(args, f"report: {path}")
+        # built in a staging folder that replaces the old report whole (issue 19)
+        with replacing_folder(args.report) as staging:
+            write_report(
+                ev,
+                staging,
+                provenance={"model": args.model, "targettype": args.targettype, **extra, **prov},
+            )
+        note(args, f"report: {Path(args.report) / 'index.html'}")
     bugs = ev.count("bug")
     if bugs:
         # Printed even with --quiet: an unsound certificate must never pass unnoticed.

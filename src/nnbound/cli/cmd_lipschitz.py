@@ -29,6 +29,7 @@ from nnbound.cli.shortfall import shortfall
 from nnbound.cli.stream import ResultStream, add_stream_args, growing_spans
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.jacobian.api import JACOBIAN_METHODS, sequential_network
+from nnbound.report.atomic import atomic_path
 from nnbound.report.provenance import provenance
 from nnbound.sets.norms import norm_name, parse_norm
 
@@ -157,7 +158,8 @@ def plot_curve(path: str, grid: torch.Tensor, values: torch.Tensor, title: str) 
     ax.legend()
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=120)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
     except OSError as exc:
         raise InputError(f"cannot write the plot to {path}: {exc}") from None
     finally:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 from typing import Any
 
 from nnbound.cli.common import note, print_json
-from nnbound.errors import InputError
+from nnbound.errors import InputError, NnboundError
+from nnbound.report.atomic import write_text_atomic
 from nnbound.report.provenance import provenance
 from nnbound.report.tables import render_table
 
@@ -90,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     from nnbound.verify.verifier import verify_files
 
     timeout = 60.0 if args.timeout is None else _timeout(args.timeout)
+    if args.result:
+        # a previous run's answer must not outlive this run: if it is interrupted, no file
+        discard_stale(args.result)
     res = verify_files(args.model, args.property, timeout=timeout, options=_options(args))
     if args.result:
         _write(args.result, res.result_text())
@@ -120,10 +125,35 @@ def _f64():
 
 
 def _write(path: str, text: str) -> None:
+    write_text_atomic(path, text)  # concurrent writers: one whole file wins, never a mix
+
+
+def discard_stale(path: str | Path) -> None:
+    """Remove a previous run's result file before the work starts."""
     try:
-        Path(path).write_text(text, encoding="utf-8")
+        Path(path).unlink(missing_ok=True)
+    except IsADirectoryError:
+        raise InputError(f"--result {path} is a folder; give a file path") from None
     except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc}") from None
+        raise InputError(f"cannot replace {path}: {exc}") from None
+
+
+def _error_record(inst: dict[str, Any], timeout: float, exc: NnboundError) -> dict[str, Any]:
+    """The row of an instance that could not be run (a bad file, an unsupported operator):
+    the batch goes on and the message stays in the row."""
+    return {
+        "benchmark": inst["benchmark"],
+        "network": str(inst["onnx"]),
+        "property": str(inst["vnnlib"]),
+        "timeout": timeout,
+        "expected": inst["expected"],
+        "result": "error",
+        "time": 0.0,
+        "stage": "-",
+        "error": str(exc),
+        "stats": {},
+        "check": "-",
+    }
 
 
 def read_instances(path: str | Path) -> list[dict[str, Any]]:
@@ -193,10 +223,24 @@ def _run_batch(args: argparse.Namespace) -> int:
 
     cap = None if args.timeout is None else _timeout(args.timeout)
     instances = read_instances(args.batch)
-    records = []
+    records: list[dict[str, Any]] = []
+    # Rows go to RESULT.partial as each instance finishes (an interrupted batch keeps them,
+    # under a name that says the batch did not finish); RESULT appears when all are done.
+    partial = f"{args.result}.partial" if args.result else None
+    if args.result:
+        discard_stale(args.result)
     for k, inst in enumerate(instances, start=1):
         timeout = inst["timeout"] if cap is None else min(inst["timeout"], cap)
-        res = verify_files(inst["onnx"], inst["vnnlib"], timeout=timeout, options=_options(args))
+        try:
+            res = verify_files(
+                inst["onnx"], inst["vnnlib"], timeout=timeout, options=_options(args)
+            )
+        except NnboundError as exc:
+            records.append(_error_record(inst, timeout, exc))
+            note(args, f"[{k}/{len(instances)}] {Path(inst['onnx']).name}: error: {exc}")
+            if partial:
+                _write_csv(partial, records)
+            continue
         rec = _record(
             res,
             benchmark=inst["benchmark"],
@@ -212,9 +256,12 @@ def _run_batch(args: argparse.Namespace) -> int:
             f"[{k}/{len(instances)}] {Path(inst['onnx']).name} {Path(inst['vnnlib']).name}: "
             f"{res.status} ({res.time:.2f} s){'  WRONG' if rec['check'] == 'WRONG' else ''}",
         )
+        if partial:
+            _write_csv(partial, records)
     summary = summarize(records)
-    if args.result:
+    if args.result and partial:
         _write_csv(args.result, records)
+        Path(partial).unlink(missing_ok=True)
     if args.json:
         print_json({"instances": records, "summary": summary})
     else:
@@ -237,16 +284,21 @@ def _run_batch(args: argparse.Namespace) -> int:
                 digits=2,
             )
         )
+        for r in records:
+            if r["result"] == "error":
+                print(f"error: {Path(r['network']).name} {Path(r['property']).name}: {r['error']}")
         print()
         print(render_summary(summary))
-    return 1 if summary["wrong"] else 0
+    if summary["wrong"]:
+        return 1
+    return 2 if summary["error"] else 0
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts over batch records: per result word, correct / wrong against ``expected``,
     and total time."""
     out: dict[str, Any] = {"instances": len(records)}
-    for word in ("unsat", "sat", "unknown", "timeout"):
+    for word in ("unsat", "sat", "unknown", "timeout", "error"):
         out[word] = sum(r["result"] == word for r in records)
     out["correct"] = sum(r["check"] == "ok" for r in records)
     out["wrong"] = sum(r["check"] == "WRONG" for r in records)
@@ -255,7 +307,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def render_summary(summary: dict[str, Any]) -> str:
-    keys = ["instances", "unsat", "sat", "unknown", "timeout", "correct", "wrong", "total_time_s"]
+    keys = ["instances", "unsat", "sat", "unknown", "timeout", "correct", "wrong", "error"]
+    keys.append("total_time_s")
     return render_table(keys, [[summary[k] for k in keys]], digits=2)
 
 
@@ -270,15 +323,14 @@ def _write_csv(path: str, records: list[dict[str, Any]]) -> None:
         "time",
         "stage",
         "check",
+        "error",
     ]
-    try:
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-            w.writeheader()
-            for r in records:
-                w.writerow(r)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc}") from None
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in records:
+        w.writerow(r)
+    write_text_atomic(path, out.getvalue())
 
 
 __all__ = ["HELP", "configure", "read_instances", "run", "summarize", "verdict"]

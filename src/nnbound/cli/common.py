@@ -145,11 +145,13 @@ def load_inputs(args: argparse.Namespace, net: Network, *, all_rows: bool = Fals
     With ``all_rows`` the dataset is returned from ``--startimage`` on without truncation (the
     caller selects correctly classified images itself)."""
     if args.input:
+        from nnbound.cli.validate import check_batch_not_empty
         from nnbound.data.arrays import load_array
 
         arr = load_array(args.input)
         warn_unusual_input(args, np.asarray(arr), net.input_range)
         x = net.check_input(torch.from_numpy(np.ascontiguousarray(arr)).to(net.dtype))
+        check_batch_not_empty(x.shape[0], args.input)
         if args.labels:
             labels = torch.from_numpy(np.asarray(load_array(args.labels))).reshape(-1).long()
             if labels.shape[0] != x.shape[0]:

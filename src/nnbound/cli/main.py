@@ -53,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from nnbound.cli.validate import validate_args
+
+        validate_args(args)
         return int(args.run(args) or 0)
     except NnboundError as exc:
         print(f"nnbound: error: {exc}", file=sys.stderr)

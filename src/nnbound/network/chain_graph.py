@@ -61,6 +61,7 @@ def network_to_graph(net: Network) -> Graph:
         input_range=net.input_range,
         name=net.name,
         meta=net.meta,
+        empty_dtype=net.empty_dtype,
     )
 
 
@@ -96,6 +97,7 @@ def graph_to_network(graph: Graph) -> Network | None:
         graph.input_range,
         name=graph.name,
         meta=graph.meta,
+        empty_dtype=graph.empty_dtype,
     )
 
 

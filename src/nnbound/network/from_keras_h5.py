@@ -20,6 +20,7 @@ accepted).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -245,8 +246,31 @@ def _pool_layers(
     return [Reshape((1, h, w)), pool, tail]
 
 
+def _lambda_activation(lname: str, declared: Mapping[str, str], where: str) -> Activation:
+    """The activation the caller declared a Lambda layer computes.
+
+    A Lambda's function is marshalled Python bytecode: it is never run here (running it is
+    running the file's code), and its name says nothing about it (the issue's ``arctan_1``
+    computed ``x * 100``), so nothing in the file identifies it. The reference builds its
+    arctan as ``Lambda`` layers named ``arctan_<i>``; whoever checked such a file's code says
+    so with ``lambda_activations={"arctan_1": "arctan", ...}``.
+    """
+    if lname not in declared:
+        raise UnsupportedError(
+            f"{where}: a Keras Lambda layer runs Python code stored in the file, which nnbound "
+            "neither runs nor trusts by its name; if you know what it computes, declare it: "
+            f"from_keras_h5(path, lambda_activations={{{lname!r}: 'arctan'}}) (any activation "
+            "name; the RecurJac reference's arctan_<i> layers are arctan)"
+        )
+    return Activation(declared[lname])
+
+
 def _read(
-    f: h5py.File, path: Path, input_range: tuple[float, float] | None, name: str | None
+    f: h5py.File,
+    path: Path,
+    input_range: tuple[float, float] | None,
+    name: str | None,
+    lambda_activations: Mapping[str, str],
 ) -> Network:
     if "model_config" not in f.attrs:
         if _attr_list(f, "layer_names") is not None:
@@ -331,14 +355,7 @@ def _read(
             else:
                 push(Activation("leaky_relu", slope) if slope else Activation("relu"), where)
         elif kind == "Lambda":
-            # The reference builds arctan as Lambda(tf.atan) named "arctan_<i>"; a Lambda's
-            # code is marshalled Python bytecode, which is never run here.
-            if not lname.lower().startswith("arctan"):
-                raise UnsupportedError(
-                    f"{where}: Keras Lambda layers hold Python code; only those named arctan* "
-                    "(the reference's arctan activation) are supported"
-                )
-            push(Activation("arctan"), where)
+            push(_lambda_activation(lname, lambda_activations, where), where)
         elif kind == "Flatten":
             if cfg.get("data_format", "channels_last") not in (None, "channels_last"):
                 raise UnsupportedError(f"{where}: Flatten with data_format={cfg['data_format']!r}")
@@ -370,6 +387,7 @@ def from_keras_h5(
     *,
     input_range: tuple[float, float] | None = (-0.5, 0.5),
     name: str | None = None,
+    lambda_activations: Mapping[str, str] | None = None,
 ) -> Network:
     """Read a Keras-2 Sequential model saved with ``model.save`` (HDF5, any file extension).
 
@@ -380,14 +398,18 @@ def from_keras_h5(
     GlobalMaxPooling2D (channels_first, or single-channel channels_last; a global average pool
     of any channels_last input; no padding), Dropout and other inference-time identities
     (skipped), and
-    Lambda layers named ``arctan*`` (the RecurJac reference's arctan). Anything else raises
-    :class:`UnsupportedError` naming the layer.
+    Lambda layers the caller declares in ``lambda_activations`` (their code is never run
+    nor guessed from their name). Anything else raises :class:`UnsupportedError` naming the
+    layer.
 
     Args:
         path: the HDF5 file.
         input_range: data domain of each input feature; default ``(-0.5, 0.5)``, the
             reference's ``x / 255 - 0.5`` pixel convention.
         name: network name (default: the Keras model's name, else the file stem).
+        lambda_activations: ``{Lambda layer name: activation name}`` for Lambda layers whose
+            code the caller has checked (e.g. ``{"arctan_1": "arctan"}`` for the RecurJac
+            reference's arctan); any other Lambda layer is refused.
 
     Returns:
         A float32 (as stored) network whose input shape is Keras's ``batch_input_shape``
@@ -404,7 +426,7 @@ def from_keras_h5(
         raise ModelFormatError(f"{p}: not an HDF5 file (no HDF5 signature)")
     try:
         with h5py.File(p, "r") as f:
-            return _read(f, p, input_range, name)
+            return _read(f, p, input_range, name, dict(lambda_activations or {}))
     except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
         if isinstance(exc, InputError):  # a weight with NaN/inf, found by Network
             raise

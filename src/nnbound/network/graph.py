@@ -92,6 +92,9 @@ class Graph:
     input_range: tuple[float, float] | None = None
     name: str = "graph"
     meta: Mapping[str, str] = field(default_factory=dict)
+    # The dtype of a network without any tensor (only activations, flatten, pooling): it has
+    # no weights to carry one, so ``to(dtype=...)`` records it here.
+    empty_dtype: torch.dtype | None = field(default=None, compare=False, repr=False)
     shapes: Mapping[str, Shape] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -164,7 +167,7 @@ class Graph:
         for node in self.nodes:
             for t in node.params.values():
                 return t.dtype
-        return torch.get_default_dtype()
+        return self.empty_dtype or torch.get_default_dtype()
 
     @property
     def device(self) -> torch.device:
@@ -246,7 +249,7 @@ class Graph:
             )
             for node in self.nodes
         )
-        return replace(self, nodes=nodes)
+        return replace(self, nodes=nodes, empty_dtype=dtype or self.empty_dtype)
 
     def with_meta(self, **meta: str) -> Graph:
         return replace(self, meta={**self.meta, **{k: str(v) for k, v in meta.items()}})

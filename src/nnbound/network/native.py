@@ -24,6 +24,7 @@ from nnbound.network.layers import (
     Reshape,
 )
 from nnbound.network.network import Network
+from nnbound.report.atomic import atomic_path
 
 FORMAT_NAME = "nnbound-network"
 FORMAT_VERSION = 1
@@ -89,7 +90,8 @@ def save_network(net: Network, path: str | Path) -> Path:
         for i, layer in enumerate(net.layers)
         for key, t in layer.tensors().items()
     }
-    save_file(tensors, str(path), metadata={"nnbound": json.dumps(network_to_json(net))})
+    with atomic_path(path) as tmp:  # never a half-written model under the final name
+        save_file(tensors, str(tmp), metadata={"nnbound": json.dumps(network_to_json(net))})
     return path
 
 

@@ -47,6 +47,9 @@ class Network:
     input_range: tuple[float, float] | None = None
     name: str = "network"
     meta: Mapping[str, str] = field(default_factory=dict)
+    # The dtype of a network without any tensor (only activations, flatten, pooling): it has
+    # no weights to carry one, so ``to(dtype=...)`` records it here.
+    empty_dtype: torch.dtype | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -114,7 +117,7 @@ class Network:
         for layer in self.layers:
             for t in layer.tensors().values():
                 return t.dtype
-        return torch.get_default_dtype()
+        return self.empty_dtype or torch.get_default_dtype()
 
     @property
     def device(self) -> torch.device:
@@ -147,7 +150,11 @@ class Network:
                 layer, **{k: t.to(device=device, dtype=dtype) for k, t in tensors.items()}
             )
 
-        return replace(self, layers=tuple(move(layer) for layer in self.layers))
+        return replace(
+            self,
+            layers=tuple(move(layer) for layer in self.layers),
+            empty_dtype=dtype or self.empty_dtype,
+        )
 
     def with_meta(self, **meta: str) -> Network:
         return replace(self, meta={**self.meta, **{k: str(v) for k, v in meta.items()}})
@@ -191,6 +198,7 @@ def coerce_input(x: Tensor, input_shape: Shape, dtype: torch.dtype, device: torc
     if tuple(x.shape) == input_shape:
         x = x.unsqueeze(0)
     elif tuple(x.shape[1:]) != input_shape:
+        _refuse_channels_last(tuple(x.shape), input_shape)
         if x.dim() >= 1 and math.prod(x.shape[1:]) == size:
             x = x.reshape(x.shape[0], *input_shape)
         elif math.prod(x.shape) == size:
@@ -205,6 +213,21 @@ def coerce_input(x: Tensor, input_shape: Shape, dtype: torch.dtype, device: torc
     if not bool(torch.isfinite(x).all()):
         raise InputError("input contains NaN or inf values")
     return x.to(device=device, dtype=dtype)
+
+
+def _refuse_channels_last(shape: tuple[int, ...], input_shape: Shape) -> None:
+    """An image batch in (B, H, W, C) order given to a (C, H, W) model has the right size, so
+    a reshape would silently scramble its pixels (the predictions change): refuse it, naming
+    the layout the model expects. One channel is the same data either way and passes."""
+    if len(input_shape) != 3 or input_shape[0] == 1:
+        return
+    c, h, w = input_shape
+    if shape[-3:] == (h, w, c) and len(shape) in (3, 4):
+        raise InputError(
+            f"input of shape {shape} looks channels-last (N, H, W, C); the model expects "
+            f"channels-first (N, C, H, W) = (N, {c}, {h}, {w}): transpose it, e.g. "
+            "x.transpose(0, 3, 1, 2)"
+        )
 
 
 def layer_summary(layer: Layer) -> str:

@@ -38,6 +38,7 @@ from nnbound.network.layers import (
 )
 from nnbound.network.network import Network
 from nnbound.ops.activation import OnnxNode
+from nnbound.report.atomic import atomic_path
 
 MIN_OPSET = 7
 """The oldest opset whose operators (Gemm with broadcast bias, Atan, Reshape with a shape
@@ -219,7 +220,8 @@ def save_onnx(net: Network, path: str | Path, *, opset: int = 17) -> Path:
         },
     )
     onnx.checker.check_model(model)
-    onnx.save_model(model, str(path))
+    with atomic_path(path) as tmp:  # never a half-written model under the final name
+        onnx.save_model(model, str(tmp))
     return path
 
 

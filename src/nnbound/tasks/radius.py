@@ -104,6 +104,8 @@ class _Certifier:
             reference=self.reference,
             prior=prior,
             centre_cache=self.centre_cache if self.method in LAYERWISE_METHODS else None,
+            # the search steers by float32 bounds and re-certifies its radius in float64
+            outward=False,
         )
         margin = b.lower.amin(-1).cpu()
         ok = margin > 0
