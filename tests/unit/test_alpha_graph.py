@@ -36,7 +36,8 @@ from nnbound.relax.relu import LeakyReluRelaxation, LowerSlope
 from nnbound.relax.s_shaped import SShapedRelaxation
 from nnbound.sets.box import Box
 from nnbound.sets.lp_ball import LpBall
-from nnbound.verify.bab import input_split, relu_split
+from nnbound.verify.bab import relu_split
+from nnbound.verify.input_split import input_split
 from nnbound.verify.spec import StackedSpec
 from nnbound.verify.verifier import VerifyOptions, verify
 from nnbound.verify.vnnlib import parse_vnnlib
@@ -232,6 +233,46 @@ def test_alpha_crown_on_random_factory_graphs(seed: int) -> None:
     assert below <= 1e-9 and above <= 1e-9
     mins, maxs = pgd_extremes(graph, ball, spec, steps=20, restarts=2, pool=64)
     assert torch.all(alpha.lower <= mins + 1e-9) and torch.all(maxs <= alpha.upper + 1e-9)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_alpha_crown_reusing_a_crown_pass_equals_recomputing_it(
+    act: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``crown_pre``: alpha-CROWN started from an earlier CROWN call's ``pre`` (the
+    verifier's root: CROWN first, alpha-CROWN on what it leaves open) skips the CROWN
+    backward passes for the intermediate bounds and ends exactly where recomputing them does."""
+    graph = residual_graph(act, 31)
+    gen = torch.Generator().manual_seed(31)
+    x = torch.randn(3, 4, generator=gen, dtype=F64)
+    box = Box.make(x - 0.4, x + 0.4)
+    spec = _margins(graph, x)
+    crown = linear_bounds(graph, box, spec)
+    fresh = linear_bounds(graph, box, spec, steps=6, optimize_intermediate=True)
+    reused = linear_bounds(
+        graph, box, spec, steps=6, optimize_intermediate=True, crown_pre=crown.pre
+    )
+    assert fresh.steps == reused.steps
+    torch.testing.assert_close(reused.lower, fresh.lower, rtol=0, atol=1e-12)
+    for name, (lo, up) in fresh.pre.items():
+        torch.testing.assert_close(reused.pre[name][0], lo, rtol=0, atol=1e-12)
+        torch.testing.assert_close(reused.pre[name][1], up, rtol=0, atol=1e-12)
+    # The reused pass does fewer backward passes: count them.
+    module = sys.modules[linear_bounds.__module__]
+    original = module.backward
+    calls = {"n": 0}
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "backward", counting)
+    counts = []
+    for kwargs in ({}, {"crown_pre": crown.pre}):
+        calls["n"] = 0
+        linear_bounds(graph, box, spec, **kwargs)
+        counts.append(calls["n"])
+    assert counts[1] < counts[0], counts
 
 
 def test_splits_betas_empty_domains_and_warm_starts() -> None:

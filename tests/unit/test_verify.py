@@ -23,8 +23,10 @@ from nnbound.errors import InputError
 from nnbound.network.layers import Activation, Dense
 from nnbound.network.network import Network
 from nnbound.network.to_onnx import save_onnx
-from nnbound.verify.bab import input_split, relu_split
+from nnbound.verify.bab import relu_split
+from nnbound.verify.input_split import input_split
 from nnbound.verify.spec import StackedSpec
+from nnbound.verify.spec_batch import SpecBatch
 from nnbound.verify.verifier import VerifyOptions, format_counterexample, verify, verify_files
 from nnbound.verify.vnnlib import parse_vnnlib
 
@@ -223,6 +225,38 @@ def test_both_searches_directly(seed: int) -> None:
             torch.testing.assert_close(net(x[None])[0], y, rtol=0, atol=1e-12)
 
 
+def test_input_split_over_many_disjuncts_equals_one_by_one() -> None:
+    """The boxes of several disjuncts (different boxes and output rows, padded to one
+    :class:`SpecBatch`) split together: ``unsat`` exactly when each alone is, and a ``sat``
+    counterexample lies in one disjunct's box and meets that disjunct."""
+    instances = [random_instance(300 + seed, [3, 8, 8, 2]) for seed in range(5)]
+    net = instances[0][0]
+    specs, answers = [], []
+    for _, text, _ in instances:
+        # Each property's box and rows, on the first network: decided alone, exactly.
+        disjunct = parse_vnnlib(text).disjuncts[0]
+        spec = StackedSpec.make(disjunct, F64, torch.device("cpu"))
+        alone = input_split(net, spec, time.monotonic() + 20)
+        assert alone.status in ("sat", "unsat"), alone
+        specs.append(spec)
+        answers.append(alone.status)
+    assert "sat" in answers and "unsat" in answers, answers  # both kinds in the mix
+    for subset in ([i for i, a in enumerate(answers) if a == "unsat"], list(range(5))):
+        together = input_split(
+            net, SpecBatch.make([specs[i] for i in subset]), time.monotonic() + 20
+        )
+        want = "sat" if any(answers[i] == "sat" for i in subset) else "unsat"
+        assert together.status == want, (subset, together)
+        if want == "sat":
+            x, y = together.counterexample
+            torch.testing.assert_close(net(x[None])[0], y, rtol=0, atol=1e-12)
+            assert any(
+                bool(specs[i].in_box(x[None]).all() and specs[i].satisfied(y[None]).any())
+                for i in subset
+                if answers[i] == "sat"
+            )
+
+
 def test_union_of_input_boxes(tmp_path: Path) -> None:
     net = random_network("relu", [2, 6, 6, 2], seed=3)
     y0 = float(net(torch.zeros(1, 2, dtype=F64))[0, 0])
@@ -323,3 +357,31 @@ def test_a_counterexample_onnxruntime_rejects_is_no_answer(monkeypatch) -> None:
     monkeypatch.setattr(verifier, "onnxruntime_check", lambda *a: False)
     res = verify_files(sat_net, prop, timeout=20)
     assert (res.status, res.counterexample, res.stage) == ("unknown", None, "onnxruntime-rejected")
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_boxes_with_fixed_coordinates_are_split_on_their_free_ones(seed: int) -> None:
+    """A 24-input network whose box fixes all but two coordinates (masks and one-hot fields
+    in competition properties, e.g. nn4sys): input splitting over the two free ones decides
+    it (before, counting every input sent it to ReLU splitting). The answer is checked on the
+    2-input network the fixed coordinates reduce it to."""
+    small = random_network("relu", [2, 12, 12, 3], seed=seed)
+    rng = np.random.default_rng(seed)
+    free = rng.choice(24, 2, replace=False)
+    fixed_values = rng.normal(size=24)
+    first = small.layers[0]
+    assert isinstance(first, Dense)
+    weight = torch.as_tensor(rng.normal(size=(12, 24)))
+    weight[:, free] = first.weight
+    # The fixed inputs' contribution is taken out of the bias: same function on the box.
+    fixed = torch.as_tensor(np.delete(np.arange(24), free))
+    bias = first.bias - weight[:, fixed] @ torch.as_tensor(fixed_values)[fixed]
+    big = Network((Dense(weight, bias), *small.layers[1:]), (24,))
+    centre = rng.normal(size=2)
+    C = np.array([[1.0, -1.0, 0.0]])
+    lowest = exact_min(small, centre - 2, centre + 2, C, np.zeros(1))
+    d = np.array([lowest - 0.02])  # unsat, by a margin CROWN on the whole box cannot see
+    lo, hi = fixed_values.copy(), fixed_values.copy()
+    lo[free], hi[free] = centre - 2, centre + 2
+    res = verify(big, parse_vnnlib(write_property(lo, hi, [(C, d)])), timeout=30)
+    assert (res.status, res.stage) == ("unsat", "bab-input"), res

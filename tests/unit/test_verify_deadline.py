@@ -19,8 +19,9 @@ from helpers import random_network
 from nnbound.errors import InputError
 from nnbound.network.layers import Activation, Conv2d, Dense, Flatten
 from nnbound.network.network import Network
-from nnbound.verify.bab import input_split, relu_split
+from nnbound.verify.bab import relu_split
 from nnbound.verify.deadline import Deadline, DeadlineReached, checked_timeout
+from nnbound.verify.input_split import input_split
 from nnbound.verify.spec import StackedSpec
 from nnbound.verify.verifier import VerifyOptions, verify
 from nnbound.verify.vnnlib import Disjunct, OutputGroup, Property

@@ -121,8 +121,10 @@ class _Run:
         splits: dict[str, Tensor] | None,
         checkpoint: Callable[[], None] | None = None,
         split_points: dict[str, Tensor] | None = None,
+        crown_pre: Pre | None = None,
     ) -> None:
         self.graph, self.input_set, self.options = graph, input_set, options
+        self.crown_pre = crown_pre or {}
         self.checkpoint = checkpoint
         self.n = input_set.center.shape[0]
         self.device = input_set.center.device
@@ -222,8 +224,13 @@ class _Run:
     def _first_tighten(self, state: BoundState, name: str, lo: Tensor, up: Tensor) -> Interval:
         """CROWN bounds of the entries of ``name`` that matter, rows grouped by how many they
         have (see :func:`_row_groups`); records the entries still across a kink."""
+        known = self.crown_pre.get(name)
+        if known is not None:
+            # This very pass, done before on the same domains: its backward passes would only
+            # reproduce these bounds.
+            lo, up = lo.maximum(known[0]), up.minimum(known[1])
         candidates = _candidates(self.need[name], lo, up, True, self.options)
-        if bool(candidates.any()):
+        if known is None and bool(candidates.any()):
             width = max(math.prod(self.graph.shapes[k.output]) for k in self.graph.ancestors(name))
             width = max(width, self.graph.num_inputs)
             flat_lo, flat_up = lo.reshape(self.n, -1).clone(), up.reshape(self.n, -1).clone()
@@ -431,6 +438,7 @@ def linear_bounds(
     options: RelaxOptions = DEFAULT_OPTIONS,
     checkpoint: Callable[[], None] | None = None,
     split_points: dict[str, Tensor] | None = None,
+    crown_pre: Pre | None = None,
 ) -> LinearBoundResult:
     """CROWN (``steps = 0``) or alpha-CROWN lower bounds of ``spec @ graph(x) + const``.
 
@@ -462,6 +470,10 @@ def linear_bounds(
         split_points: ``{tensor: (N, *shape)}`` where the ``splits`` of that tensor cut
             (default 0): ``+1`` then means ``z >= t``, ``-1`` ``z <= t`` (interval splits of
             smooth activations); the beta multipliers carry the matching constant.
+        crown_pre: the ``pre`` of an earlier call with ``steps=0`` and the same arguments
+            otherwise (domains, ``prior``, splits, ``options``): the first (CROWN) pass takes
+            these bounds as its own instead of recomputing them, and the result is the same
+            (alpha-CROWN on what CROWN left open).
 
     Returns:
         :class:`LinearBoundResult`; ``lower`` is never below the first pass's (the first
@@ -470,7 +482,7 @@ def linear_bounds(
     n = input_set.center.shape[0]
     if const is None:
         const = torch.zeros(n, spec.shape[1], dtype=spec.dtype, device=spec.device)
-    run = _Run(graph, input_set, options, prior, splits, checkpoint, split_points)
+    run = _Run(graph, input_set, options, prior, splits, checkpoint, split_points, crown_pre)
     keep_set = frozenset(keep)
     with torch.no_grad():
         state0, empty = run.hidden(None, None)

@@ -8,9 +8,9 @@ empty). Open sub-domains offer counterexample candidates (the corner of the box 
 each row's linear lower bound, and the centre), which are checked by running the network;
 the others are split in two and pushed back.
 
-* :func:`input_split` bisects one input coordinate (the best weighted geometric mean of its
-  weight in the open rows' linear bounds, ``|A_i| * width_i``, and its width relative to the
-  root): complete in the limit, for low-dimensional inputs (ACAS Xu has 5).
+* :func:`~nnbound.verify.input_split.input_split` bisects one input coordinate: complete in
+  the limit, for low-dimensional inputs (ACAS Xu has 5); it lives in its own module and
+  shares this one's stack and helpers.
 * :func:`relu_split` fixes the phase of one unstable ReLU (``z >= 0`` in one child,
   ``z <= 0`` in the other; see :mod:`nnbound.bounds.alpha_crown` for how the bounds honour
   it), picked by a BaBSR-like score: the open rows' coefficient on the neuron times the
@@ -204,131 +204,6 @@ def widths_of(t: Tensor) -> int:
 
 def _stop(status: str, visited: int, rounds: int, **extra: float | str) -> BabResult:
     return BabResult(status, None, {"domains": visited, "rounds": rounds, **extra})
-
-
-def input_split(
-    net: Network | Graph,
-    spec: StackedSpec,
-    deadline: float,
-    *,
-    root_pre: Pre | None = None,
-    batch: int = 1024,
-    alpha_steps: int = 0,
-    max_domains: int = 500_000,
-) -> BabResult:
-    """Branch and bound by bisecting input coordinates (see the module docstring).
-
-    Args:
-        net: the network or graph (float64 recommended).
-        spec: the disjunct (its box is the root domain).
-        deadline: ``time.monotonic()`` value at which to stop with ``timeout`` (also checked
-            inside every bound pass).
-        root_pre: bounds valid on the whole box, by tensor name (each ``(1, *shape)``).
-        batch: sub-domains bounded together.
-        alpha_steps: alpha-CROWN steps per batch (0: CROWN only).
-        max_domains: open sub-domains allowed before giving up with ``unknown``.
-    """
-    counters = {"domains": 0, "rounds": 0}
-    try:
-        return _input_split(
-            net, spec, deadline, root_pre, batch, alpha_steps, max_domains, counters
-        )
-    except DeadlineReached:
-        return _stop(TIMEOUT, counters["domains"], counters["rounds"])
-
-
-def _input_split(
-    net: Network | Graph,
-    spec: StackedSpec,
-    deadline: float,
-    root_pre: Pre | None,
-    batch: int,
-    alpha_steps: int,
-    max_domains: int,
-    counters: dict[str, int],
-) -> BabResult:
-    """:func:`input_split`'s search; ``counters`` (domains, rounds) stay readable when a
-    bound pass raises :class:`DeadlineReached`."""
-    dev = spec.lower.device
-    first = {
-        "lo": spec.lower.unsqueeze(0),
-        "hi": spec.upper.unsqueeze(0),
-        "open": torch.ones(1, spec.num_groups, dtype=torch.bool, device=dev),
-    }
-    graph = as_graph(net)
-    acts = list(root_pre) if root_pre else []
-    if root_pre:
-        first.update(_pre_fields(root_pre, acts))
-    stack = _Stack(first)
-    visited = rounds = 0
-    # A coordinate narrower than this (relative to the root) is not split further.
-    min_width = (spec.upper - spec.lower) * 1e-12
-    while stack.size:
-        if time.monotonic() > deadline:
-            return _stop(TIMEOUT, visited, rounds, open=stack.size)
-        block = stack.pop(batch)
-        lo, hi, open_groups = block["lo"], block["hi"], block["open"]
-        rounds += 1
-        visited += lo.shape[0]
-        counters["rounds"], counters["domains"] = rounds, visited
-        # Children inherit the parent's pre-activation bounds: valid on any sub-box, and
-        # they leave far fewer neurons needing a backward pass.
-        prior = _fields_pre(block, acts) if acts else None
-        res, refuted = _bound(
-            graph,
-            spec,
-            lo,
-            hi,
-            open_groups,
-            prior=prior,
-            alpha_steps=alpha_steps,
-            deadline=deadline,
-        )
-        open_groups = open_groups & ~refuted
-        alive = open_groups.any(1)
-        if not bool(alive.any()):
-            continue
-        idx = torch.nonzero(alive).squeeze(1)
-        lo, hi, open_groups = lo[idx], hi[idx], open_groups[idx]
-        a = res.a_input.reshape(alive.shape[0], spec.num_rows, -1)[idx]
-        found = find_counterexample(net, spec, _candidates(a, lo, hi))
-        if found is not None:
-            return BabResult(SAT, found, {"domains": visited, "rounds": rounds})
-        # Split the coordinate with the best weighted geometric mean of its weight in the open
-        # rows' bounds (|A_i| * width_i) and its width relative to the root: the weight alone
-        # keeps halving one coordinate whose influence the linear bound overstates, the
-        # width alone ignores the network. Measured on five hard ACAS Xu instances: exponent 1
-        # (weight only) leaves 3 of them open after 30 s, 0.85 leaves 2 after 25 s, 0.5
-        # needs 2-10x the sub-domains of 0.65-0.75 (all closed in 1-14 s).
-        width = hi - lo
-        relative = width / (spec.upper - spec.lower).clamp_min(1e-300)
-        weight = open_groups[:, spec.group].to(a.dtype)  # (M, S): rows of open groups
-        influence = (a.abs() * weight.unsqueeze(-1)).sum(1) * width
-        # The small term ranks coordinates the bound does not see (they still shrink the
-        # relaxations).
-        score = influence**0.7 * relative**0.3 + 1e-9 * relative
-        splittable = width > min_width
-        score = torch.where(splittable, score, torch.full_like(score, -1.0))
-        dim = score.argmax(1)
-        if not bool(splittable.gather(1, dim.unsqueeze(1)).all()):
-            return _stop(UNKNOWN, visited, rounds, reason="width limit")
-        rows = torch.arange(lo.shape[0], device=dev)
-        mid = (lo[rows, dim] + hi[rows, dim]) / 2
-        left_hi = hi.clone()
-        left_hi[rows, dim] = mid
-        right_lo = lo.clone()
-        right_lo[rows, dim] = mid
-        children = {
-            "lo": torch.cat([lo, right_lo]),
-            "hi": torch.cat([left_hi, hi]),
-            "open": torch.cat([open_groups, open_groups]),
-        }
-        if acts:
-            children.update(_pre_fields(res.pre, acts, idx, repeat=2))
-        stack.push(children)
-        if stack.size > max_domains:
-            return _stop(UNKNOWN, visited, rounds, reason="domain limit")
-    return _stop(UNSAT, visited, rounds)
 
 
 def relu_split(
@@ -649,7 +524,6 @@ __all__ = [
     "UNSAT",
     "BabResult",
     "as_graph",
-    "input_split",
     "relu_split",
     "relu_tensors",
 ]

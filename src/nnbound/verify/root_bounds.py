@@ -73,7 +73,7 @@ def root_bounds(
         chunk = chunk.select(~closed)
         closed = torch.zeros(chunk.size, dtype=torch.bool, device=closed.device)
         if alpha_steps > 0:
-            closed, pre = _pass(graph, chunk, alpha_steps, optimize_intermediate, deadline)
+            closed, pre = _pass(graph, chunk, alpha_steps, optimize_intermediate, deadline, pre)
             refuted_by["alpha-crown"] += int(closed.sum())
         for i in torch.nonzero(~closed.cpu()).squeeze(1).tolist():
             left.append(
@@ -88,9 +88,10 @@ def _pass(
     steps: int,
     optimize_intermediate: bool | None,
     deadline: Deadline,
+    crown_pre: Pre | None = None,
 ) -> tuple[Tensor, Pre]:
     """One bound run over the batch's boxes: ``(D,)`` disjuncts refuted (or proven empty)
-    and the tensors' bounds."""
+    and the tensors' bounds (``crown_pre``: a CROWN run's, reused by an alpha-CROWN run)."""
     d = batch.size
     shape = graph.input_shape
     box = Box(batch.lower.reshape(d, *shape), batch.upper.reshape(d, *shape), (d,))
@@ -108,6 +109,7 @@ def _pass(
         stop=proven,
         optimize_intermediate=optimize_intermediate,
         checkpoint=deadline.checkpoint,
+        crown_pre=crown_pre,
     )
     return batch.refuted(res.lower) | res.empty, res.pre
 

@@ -77,6 +77,12 @@ class StackedSpec:
     def num_rows(self) -> int:
         return int(self.C.shape[0])
 
+    @property
+    def free_dims(self) -> int:
+        """Input coordinates the box lets vary (``lower < upper``): what input splitting
+        searches over. Fixed coordinates (masks, one-hot fields) cost a bisection nothing."""
+        return int((self.upper > self.lower).sum())
+
     def group_max(self, values: Tensor) -> Tensor:
         """Per group, the largest of ``values`` ``(P, S)`` over its rows: ``(P, G)`` (``-inf``
         for a group without rows)."""

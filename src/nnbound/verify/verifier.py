@@ -8,10 +8,10 @@ The stages, cheapest first, share one deadline:
 2. bound every disjunct's box with CROWN, then alpha-CROWN (intermediate parameters
    optimised too when they fit; :mod:`nnbound.bounds.alpha_crown`), many disjuncts per pass
    (:mod:`nnbound.verify.root_bounds`);
-3. branch and bound on what is left: input splitting for low-dimensional inputs, ReLU
-   splitting otherwise where every activation is a (leaky) ReLU (:mod:`nnbound.verify.bab`),
-   activation-interval splitting for other activations
-   (:mod:`nnbound.verify.activation_split`);
+3. branch and bound on what is left: input splitting where a box lets few coordinates vary
+   (:mod:`nnbound.verify.input_split`), ReLU splitting otherwise where every activation is a
+   (leaky) ReLU (:mod:`nnbound.verify.bab`), activation-interval splitting for other
+   activations (:mod:`nnbound.verify.activation_split`);
 4. with time left after an undecided search, a longer attack (at most a quarter of the
    timeout).
 
@@ -50,11 +50,11 @@ from nnbound.verify.bab import (
     UNKNOWN,
     UNSAT,
     as_graph,
-    input_split,
     relu_split,
     relu_tensors,
 )
 from nnbound.verify.deadline import Deadline, DeadlineReached, checked_timeout
+from nnbound.verify.input_split import input_split
 from nnbound.verify.root_bounds import disjuncts_per_pass, root_bounds
 from nnbound.verify.spec import StackedSpec
 from nnbound.verify.spec_batch import SpecBatch
@@ -73,7 +73,8 @@ class VerifyOptions:
             ``attack_max_s``).
         attack_max_s: cap on the first attack's time.
         root_alpha_steps: alpha-CROWN steps on each disjunct's whole box.
-        input_split_max_dims: inputs up to this many coordinates use input splitting.
+        input_split_max_dims: disjuncts whose box lets at most this many input coordinates
+            vary use input splitting (fixed coordinates do not count).
         input_batch / relu_batch: sub-domains bounded together in each search.
         input_alpha_steps / relu_alpha_steps / activation_alpha_steps: alpha-CROWN steps per
             batch in each search (input splitting, ReLU splitting, activation-interval
@@ -220,7 +221,7 @@ def _decide(
 
     # 2. CROWN then alpha-CROWN on each whole box, many disjuncts per pass.
     run.stage = "crown"
-    low_dim = specs[0].lower.numel() <= opts.input_split_max_dims and opts.bab
+    low_dim = max(s.free_dims for s in specs) <= opts.input_split_max_dims and opts.bab
     # Input splitting closes small boxes faster than parameter optimisation tightens them:
     # there, only a few steps on the final bound's parameters (cheap), no intermediate ones.
     steps = min(opts.root_alpha_steps, 5) if low_dim else opts.root_alpha_steps
@@ -254,7 +255,7 @@ def _decide(
     for spec, pre in remaining:
         run.stage = stage
         deadline.check()
-        if spec.lower.numel() <= opts.input_split_max_dims:
+        if spec.free_dims <= opts.input_split_max_dims:
             stage = "bab-input"
             res = input_split(
                 net,
