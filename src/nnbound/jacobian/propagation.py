@@ -36,6 +36,12 @@ from nnbound.bounds.engine import BoundState, backward
 from nnbound.bounds.graph_bounds import needs_bounds, tighten_tensor
 from nnbound.bounds.methods import _spec_tensor, layerwise_bounds
 from nnbound.bounds.result import Bounds
+from nnbound.jacobian.alpha_jacobian import (
+    NO_ALPHA,
+    JacobianAlpha,
+    optimise_elementwise,
+    optimise_joint,
+)
 from nnbound.jacobian.gradient_graph import gradient_graph
 from nnbound.network.graph import Graph
 from nnbound.network.network import Network
@@ -141,9 +147,12 @@ def propagation_bounds(
     layer_method: str,
     *,
     reference: bool = False,
+    alpha: JacobianAlpha = NO_ALPHA,
 ) -> tuple[Tensor, Tensor, Bounds, PropagationState]:
     """Bounds ``(N, S, n_0)`` of the Jacobian rows of ``C f`` over the ball's rows, the
-    layer-wise bounds they started from, and the Lipschitz side information."""
+    layer-wise bounds they started from, and the Lipschitz side information (``alpha``:
+    optimise the relaxations of the dual norm's joint bound, see
+    :mod:`nnbound.jacobian.alpha_jacobian`)."""
     from nnbound.bounds.spectral import spectral_lipschitz
 
     lb = layerwise_bounds(net, ball, layer_method, C, reference=reference)
@@ -173,10 +182,14 @@ def propagation_bounds(
                 name: (pre[i][0][idx], pre[i][1][idx]) for i, name in gg.preactivations.items()
             }
             lo, up, state = gradient_graph_bounds(gg.graph, ball.rows(idx), prior)
+            lo, up = optimise_elementwise(state, lo, up, alpha)
             lower[idx, s] = lo.reshape(len(idx), -1)
             upper[idx, s] = up.reshape(len(idx), -1)
             if joint is not None:
-                joint_norm[idx, s] = joint(state, lo, up)
+                value = joint(state, lo, up)
+                if alpha.enabled:
+                    value = optimise_joint(state, lo, up, joint, value, alpha)
+                joint_norm[idx, s] = value
     spectral = spectral_lipschitz(net, spec, ball.p)
     state_out = PropagationState(
         len(net.input_shape),

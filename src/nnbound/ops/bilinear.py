@@ -81,6 +81,17 @@ def _best_mix(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The combination ``t p + (1 - t) q`` (``t`` in ``[0, 1]``, per entry) of two planes on one
     side whose bound over the box is best."""
+    t = best_mix_weight(p, q, box, upper)
+    return q[0] + t * (p[0] - q[0]), q[1] + t * (p[1] - q[1]), q[2] + t * (p[2] - q[2])
+
+
+def best_mix_weight(
+    p: tuple[Tensor, Tensor, Tensor],
+    q: tuple[Tensor, Tensor, Tensor],
+    box: tuple[Tensor, Tensor, Tensor, Tensor],
+    upper: bool,
+) -> Tensor:
+    """The weight ``t`` of :func:`_best_mix` (the starting point of an optimised mix)."""
     lx, ux, ly, uy = box
     ts = [
         torch.zeros_like(lx),
@@ -96,7 +107,7 @@ def _best_mix(
     by = torch.stack([b * ly.unsqueeze(-1), b * uy.unsqueeze(-1)], 0)
     value = -(c + ax.amax(0) + by.amax(0)) if upper else c + ax.amin(0) + by.amin(0)
     best = value.argmax(-1, keepdim=True)
-    return a.gather(-1, best)[..., 0], b.gather(-1, best)[..., 0], c.gather(-1, best)[..., 0]
+    return t.gather(-1, best)[..., 0]
 
 
 def mccormick(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes:
