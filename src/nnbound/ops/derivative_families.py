@@ -15,8 +15,8 @@
   lines.
 
 Lines are built in float64, their intercepts moved outward by the same ulp margins as the
-fixed lines (taken at the largest slope of the family, so the margin does not depend on
-``theta``).
+fixed lines (for the step: at the slope ``theta`` gives, detached from the gradient; for
+smooth derivatives: at the family's largest slope).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def step_family(
     reach = torch.maximum(l.abs(), u.abs())
     s_up = jump / torch.where(free_up, -l, 1.0)
     s_lo = jump / torch.where(free_lo, u, 1.0)
-    b_up = (1.0 + ulp_margin(dtype, torch.ones_like(l), s_up * reach)).to(dtype)
-    b_lo = (alpha - ulp_margin(dtype, torch.full_like(l, alpha), s_lo * reach)).to(dtype)
+    reach_up, reach_lo = (s_up * reach).unsqueeze(1), (s_lo * reach).unsqueeze(1)
+    one, at_alpha = torch.ones_like(reach_up), torch.full_like(reach_lo, alpha)
     default_up = torch.where(free_up & (base.upper_slope > 0), 1.0, 0.0).to(dtype)
     default_lo = torch.where(free_lo & (base.lower_slope > 0), 1.0, 0.0).to(dtype)
     ls, lb, us, ub = _fixed(base)
@@ -60,12 +60,15 @@ def step_family(
 
     def make(theta_lower: Tensor | None, theta_upper: Tensor | None) -> LinearRelaxation:
         lo_s, lo_b, up_s, up_b = ls, lb, us, ub
+        # the margin at the slope actually used (a constant for the gradient)
         if theta_lower is not None:
             lo_s = torch.where(f_lo, theta_lower * s_lo_d, ls)
-            lo_b = torch.where(f_lo, b_lo.unsqueeze(1), lb)
+            m = ulp_margin(dtype, at_alpha, theta_lower.detach().double() * reach_lo)
+            lo_b = torch.where(f_lo, (alpha - m).to(dtype), lb)
         if theta_upper is not None:
             up_s = torch.where(f_up, theta_upper * s_up_d, us)
-            up_b = torch.where(f_up, b_up.unsqueeze(1), ub)
+            m = ulp_margin(dtype, one, theta_upper.detach().double() * reach_up)
+            up_b = torch.where(f_up, (1.0 + m).to(dtype), ub)
         lo_s, lo_b, up_s, up_b = torch.broadcast_tensors(lo_s, lo_b, up_s, up_b)
         return LinearRelaxation(lo_s, lo_b, up_s, up_b)
 
