@@ -4,7 +4,9 @@ MNIST test images, Linf balls (clipped to [0, 1] for both) and margin specs (lab
 runner-up logit).
 
 The bound is on ``||grad_x (c . f)||_1`` over the ball, the Lipschitz constant of the margin
-for Linf perturbations. Columns: nnbound ``crown-jacobian`` and ``recurjac`` (CROWN-general
+for Linf perturbations. Columns: nnbound ``crown-jacobian``, the same
+alpha-optimised (``--alpha-steps``, 0 skips it; :mod:`nnbound.jacobian.alpha_jacobian`) and
+``recurjac`` (CROWN-general
 layer bounds), auto_LiRPA's ``compute_jacobian_bounds`` of ``GradNorm(norm=1)(JacobianOP(c .
 f(x), x))`` without optimisation (``optimize=False``: CROWN intermediate bounds) and with its
 default (``optimize=True``: alpha-CROWN on the forward network first), the largest sampled
@@ -15,12 +17,13 @@ maximum is reported as UNSOUND.
 auto_LiRPA is never a dependency: run this with an interpreter where both import (see
 ``bench/compare_auto_lirpa.py``). Without auto_LiRPA the script says so and exits.
 
-Nets: the built-in ``mnist-fc-3layer`` (trained ReLU, 784-128-64-10), a random 784-1024-1024-10
+Nets: the built-in ``mnist-fc-3layer`` (trained ReLU, 784-128-64-10) and ``mnist-cnn-small``
+(trained ReLU CNN, 2 conv + 256 dense; ``cnn``), a random 784-1024-1024-10
 ReLU MLP (He init, seed 0, zero biases) and a random 784-512-512-10 tanh MLP (LeCun init,
 seed 0, biases N(0, 0.1^2)).
 
 Usage: python bench/compare_auto_lirpa_jacobian.py [--images 2] [--eps 0.001,0.002,0.005,0.01]
-    [--threads 2] [--nets fc3,relu1024,tanh512] [--no-optimize]
+    [--threads 2] [--nets fc3,relu1024,tanh512,cnn] [--no-optimize] [--alpha-steps 20]
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from nnbound.data.registry import load_dataset
+from nnbound.jacobian.alpha_jacobian import JacobianAlpha
 from nnbound.jacobian.lipschitz import local_lipschitz
 from nnbound.network.from_torch import from_torch
 from nnbound.network.load import load_model
@@ -79,9 +84,10 @@ def mlp(widths: list[int], act: type[nn.Module], seed: int) -> nn.Sequential:
 def cases(which: list[str]) -> list[Case]:
     out = []
     shape = (1, 28, 28)
-    if "fc3" in which:
-        net = load_model("mnist-fc-3layer")
-        out.append(Case("mnist-fc-3layer", to_torch(net).eval(), net))
+    for key, model in (("fc3", "mnist-fc-3layer"), ("cnn", "mnist-cnn-small")):
+        if key in which:
+            net = load_model(model)
+            out.append(Case(model, to_torch(net).eval(), net))
     for key, name, module in (
         ("relu1024", "relu 784-1024-1024-10", lambda: mlp([784, 1024, 1024, 10], nn.ReLU, 0)),
         ("tanh512", "tanh 784-512-512-10", lambda: mlp([784, 512, 512, 10], nn.Tanh, 0)),
@@ -193,6 +199,9 @@ SUMMARY = [
     "RJ s",
     "aL s",
     "aL opt s",
+    "CJa/sampled",
+    "CJa/best aL max",
+    "CJa s",
 ]
 
 
@@ -216,6 +225,9 @@ def summary(rows: list[list]) -> list[list]:
                 max(r[8] for r in group),
                 max(r[9] for r in group),
                 *(mean(lambda r, k=k: r[k]) for k in range(11, 15)),
+                mean(lambda r: r[15] / r[3]),
+                max(r[16] for r in group),
+                mean(lambda r: r[17]),
             ]
         )
     return out
@@ -229,6 +241,9 @@ def main() -> None:
     ap.add_argument("--nets", default="fc3,relu1024,tanh512")
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--no-optimize", action="store_true", help="skip auto_LiRPA's optimize=True")
+    ap.add_argument(
+        "--alpha-steps", type=int, default=20, help="crown-jacobian alpha steps (0: skip)"
+    )
     args = ap.parse_args()
     try:
         from auto_LiRPA import BoundedModule, BoundedTensor
@@ -252,6 +267,8 @@ def main() -> None:
             (BoundedTensor(x_all[:1].clone()), mask),
             device="cpu",
             verbose=False,
+            # its conv_transpose of a stride-2 conv has no patches mode
+            bound_opts={"conv_mode": "matrix"},
         )
         for eps in eps_list:
             ball = LpBall.make(x_all, eps, math.inf, domain=DOMAIN)
@@ -259,6 +276,17 @@ def main() -> None:
             cj, t_cj = timed(local_lipschitz, case.net, ball, C, "crown-jacobian")
             rj, t_rj = timed(local_lipschitz, case.net, ball, C, "recurjac")
             cj, rj = cj[:, 0], rj[:, 0]
+            cja, t_cja = torch.full_like(cj, math.nan), 0.0
+            if args.alpha_steps > 0:
+                alpha = JacobianAlpha(args.alpha_steps)
+                cja, t_cja = timed(
+                    partial(local_lipschitz, alpha=alpha),
+                    case.net,
+                    ball,
+                    C,
+                    "crown-jacobian",
+                )
+                cja = cja[:, 0]
             res: dict[str, list[float]] = {"plain": [], "opt": []}
             sec = {"plain": 0.0, "opt": 0.0}
             for i in range(x_all.shape[0]):
@@ -271,7 +299,12 @@ def main() -> None:
                     res[key].append(float(v))
                     sec[key] += t
             al, alo = torch.tensor(res["plain"]), torch.tensor(res["opt"])
-            for name, val in (("crown-jacobian", cj), ("recurjac", rj), ("auto_LiRPA", al)):
+            for name, val in (
+                ("crown-jacobian", cj),
+                ("crown-jacobian alpha", cja),
+                ("recurjac", rj),
+                ("auto_LiRPA", al),
+            ):
                 for i in torch.nonzero(val < true * (1 - 1e-4)).flatten().tolist():
                     unsound.append(f"{name} {case.name} eps {eps} image {i}: {val[i]} < {true[i]}")
             for i in range(x_all.shape[0]):
@@ -295,6 +328,9 @@ def main() -> None:
                     t_rj / n,
                     sec["plain"] / n,
                     sec["opt"] / n,
+                    float(cja[i]),
+                    float(cja[i] / torch.fmin(al[i], alo[i])),
+                    t_cja / n,
                 ]
                 rows.append(row)
                 print("row", [f"{v:.4g}" if isinstance(v, float) else v for v in row], flush=True)
@@ -314,6 +350,9 @@ def main() -> None:
         "RJ s",
         "aL s",
         "aL opt s",
+        "CJ alpha",
+        "CJa/best aL",
+        "CJa s",
     ]
     print(render_table(headers, rows, digits=4))
     print()

@@ -311,6 +311,10 @@ class StepDerivativeRelaxation:
         l, u = lower.to(torch.float64), upper.to(torch.float64)
         lo = torch.where(l > 0, torch.ones_like(l), torch.full_like(l, a))
         hi = torch.where(u < 0, torch.full_like(u, a), torch.ones_like(u))
+        if torch.tensor(a, dtype=lower.dtype).item() == a:
+            # 1 and alpha are exact in the dtype: a stable neuron's derivative stays a point,
+            # which the gradient product then relaxes exactly (no margin)
+            return lo.to(lower.dtype), hi.to(lower.dtype)
         # alpha rounded to float32 may exceed it: a few ulps outward
         return widen(lo, hi, lower.dtype)
 

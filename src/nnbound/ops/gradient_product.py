@@ -77,6 +77,28 @@ def interval_factor_planes(dl: Tensor, du: Tensor, hl: Tensor, hu: Tensor) -> Pl
     return Planes(zero, lo_s, lo_c, zero, up_s, up_c)
 
 
+def exact_points(planes: Planes, dl: Tensor, du: Tensor) -> Planes:
+    """Where the derivative is a point (``dl == du``, a stable neuron) the product is the
+    linear map ``dl * h`` exactly: that plane on both sides, with no rounding margin (``dl``
+    is already a number of the working dtype)."""
+    point = dl == du
+    if not bool(point.any()):
+        return planes
+    dtype = planes.ax_l.dtype
+    if planes.ax_l.dim() > point.dim():  # per-row planes
+        point, dl = point.unsqueeze(1), dl.unsqueeze(1)
+    zero, slope = torch.zeros((), dtype=dtype), dl.to(dtype)
+    ax = torch.where(point, zero, planes.ax_l)
+    return Planes(
+        ax,
+        torch.where(point, slope, planes.ay_l),
+        torch.where(point, zero, planes.c_l),
+        torch.where(point, zero, planes.ax_u),
+        torch.where(point, slope, planes.ay_u),
+        torch.where(point, zero, planes.c_u),
+    )
+
+
 def _box(bounds: list[Interval]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     (dl, du), (hl, hu) = ((lo.double(), up.double()) for lo, up in bounds)
     return dl, torch.maximum(du, dl), hl, torch.maximum(hu, hl)
@@ -119,7 +141,7 @@ def _mixed_planes(
     planes = Planes(*sides[0], *sides[1])
     reach_d = torch.maximum(dl.abs(), du.abs()).unsqueeze(1)
     reach_h = torch.maximum(hl.abs(), hu.abs()).unsqueeze(1)
-    return outward(planes, reach_d, reach_h, dtype)
+    return exact_points(outward(planes, reach_d, reach_h, dtype), dl, du)
 
 
 def _per_row_backward(planes: Planes, a_lower: Tensor | None, a_upper: Tensor | None) -> Backward:
@@ -177,7 +199,7 @@ class GradientProductOp(MulOp):
         planes = interval_factor_planes(dl, du, hl, hu)
         reach_d = torch.maximum(dl.abs(), du.abs())
         reach_h = torch.maximum(hl.abs(), hu.abs())
-        planes = outward(planes, reach_d, reach_h, dtype)
+        planes = exact_points(outward(planes, reach_d, reach_h, dtype), dl, du)
         return _two_input_backward(planes, a_lower, a_upper, in_shapes)
 
     def summary(self, node: Node) -> str:
