@@ -155,11 +155,12 @@ def jacobian_bounds(
         :class:`JacobianBounds` with ``lower``/``upper`` ``(*batch_shape, S, *input_shape)``.
     """
     method = check_options(method, layer_method, direction, shift)
+    if method == "crown-jacobian":  # general graphs too (residual, branching)
+        chain = graph_to_network(net) if isinstance(net, Graph) else net
+        return _propagation_jacobian(chain or net, ball, C, layer_method, reference, alpha)
     net = sequential_network(net)
     if method == "fastlip":
         _check_fastlip(net)
-    if method == "crown-jacobian":
-        return _propagation_jacobian(net, ball, C, layer_method, reference, alpha)
     if alpha.enabled:
         raise InputError(f"alpha-optimisation applies to crown-jacobian, not {method}")
     lb = layerwise_bounds(net, ball, layer_method, C, reference=reference)
@@ -185,7 +186,7 @@ def jacobian_bounds(
 
 
 def _propagation_jacobian(
-    net: Network,
+    net: Network | Graph,
     ball: LpBall,
     C: Tensor | None,
     layer_method: str,

@@ -43,6 +43,7 @@ from nnbound.jacobian.alpha_jacobian import (
     optimise_joint,
 )
 from nnbound.jacobian.gradient_graph import gradient_graph
+from nnbound.jacobian.graph_gradient import graph_gradient_graph
 from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.ops.base import Interval, RelaxOptions
@@ -141,7 +142,7 @@ def gradient_graph_bounds(
 
 
 def propagation_bounds(
-    net: Network,
+    net: Network | Graph,
     ball: LpBall,
     C: Tensor | None,
     layer_method: str,
@@ -153,9 +154,15 @@ def propagation_bounds(
     layer-wise bounds they started from, and the Lipschitz side information (``alpha``:
     optimise the relaxations of the dual norm's joint bound, see
     :mod:`nnbound.jacobian.alpha_jacobian`)."""
+    from nnbound.bounds.api import bounds
     from nnbound.bounds.spectral import spectral_lipschitz
 
-    lb = layerwise_bounds(net, ball, layer_method, C, reference=reference)
+    if isinstance(net, Graph):  # a residual / branching graph (a chain comes as a Network)
+        lb = bounds(net, ball, layer_method, C, outward=False)
+        pre: dict = {}
+    else:
+        lb = layerwise_bounds(net, ball, layer_method, C, reference=reference)
+        pre = lb.intermediate.pre
     n = ball.center.shape[0]
     spec = _spec_tensor(C, n, ball.batch_shape, net)
     spec = spec.reshape(n, spec.shape[1], -1)
@@ -163,7 +170,6 @@ def propagation_bounds(
     n0 = net.num_inputs
     lower = torch.empty(n, s_rows, n0, dtype=net.dtype, device=net.device)
     upper = torch.empty_like(lower)
-    pre = lb.intermediate.pre
     # the dual norm as one functional: L1 (Linf balls), L2 (L2 balls); max |g_j| (L1 balls)
     # is already exact from the element-wise bounds
     joint = {math.inf: abs_sum_bound, 2.0: square_sum_bound}.get(ball.p)
@@ -172,7 +178,11 @@ def propagation_bounds(
         rows_c, which = torch.unique(spec[:, s], dim=0, return_inverse=True)
         for k in range(rows_c.shape[0]):
             idx = torch.nonzero(which == k).squeeze(1)
-            gg = gradient_graph(net, rows_c[k])
+            gg = (
+                graph_gradient_graph(net, rows_c[k])
+                if isinstance(net, Graph)
+                else gradient_graph(net, rows_c[k])
+            )
             if gg.graph is None:
                 assert gg.constant is not None
                 lower[idx, s] = gg.constant.reshape(-1)
@@ -190,7 +200,10 @@ def propagation_bounds(
                 if alpha.enabled:
                     value = optimise_joint(state, lo, up, joint, value, alpha)
                 joint_norm[idx, s] = value
-    spectral = spectral_lipschitz(net, spec, ball.p)
+    if isinstance(net, Graph):  # no spectral bound of a general graph here
+        spectral = torch.full((n, s_rows), math.inf, dtype=net.dtype, device=net.device)
+    else:
+        spectral = spectral_lipschitz(net, spec, ball.p)
     state_out = PropagationState(
         len(net.input_shape),
         spectral,
