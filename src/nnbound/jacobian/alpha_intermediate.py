@@ -99,16 +99,18 @@ def _tighten(state: BoundState, name: str, idx: Tensor, steps: int, lr: float) -
         run = BoundState(
             with_mix(graph, mix), state.input_set, state.options, state.bounds, line_hook=table
         )
-        value, _, _ = backward(run, name, a, const, upper=False)
-        assert value is not None
+        with torch.enable_grad():  # callers may run under no_grad (the CLI tasks)
+            value, _, _ = backward(run, name, a, const, upper=False)
+            assert value is not None
+            grads = (
+                None if t == steps else torch.autograd.grad(-value.sum(), params, allow_unused=True)
+            )
         best = torch.maximum(best, value.detach())
-        if t == steps:
+        if grads is None:
             break
-        (-value.sum()).backward()
-        adam.step(tuple(p.grad for p in params))
+        adam.step(grads)
         with torch.no_grad():
             for p in params:
-                p.grad = None
                 p.clamp_(0.0, 1.0)  # projection: every iterate stays sound
     new_lo, new_up = flat_lo.clone(), flat_up.clone()
     new_lo[:, idx] = best[:, :k]

@@ -102,9 +102,10 @@ def optimise_joint(
         run = BoundState(
             with_mix(graph, mix), state.input_set, state.options, state.bounds, line_hook=table
         )
-        value = joint(run, lower, upper)
+        with torch.enable_grad():  # callers may run under no_grad (the CLI tasks)
+            value = joint(run, lower, upper)
+            grads = torch.autograd.grad(value.sum(), params, allow_unused=True)
         best = torch.minimum(best, value.detach())
-        grads = torch.autograd.grad(value.sum(), params, allow_unused=True)
         adam.step(grads)
         with torch.no_grad():
             for p in params:
