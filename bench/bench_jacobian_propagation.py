@@ -88,7 +88,8 @@ def margin_spec(net: Network, x: Tensor) -> Tensor:
 
 
 def sampled_max(net: Network, ball: LpBall, C: Tensor, samples: int, steps: int) -> Tensor:
-    """The largest ``||grad (C f)||_q`` found in each ball (samples, vertices, ascent)."""
+    """The largest ``||grad (C f)||_q`` found in each ball (samples, vertices, ascent kept
+    inside the ball's domain)."""
     q = dual_norm(ball.p)
     gen = torch.Generator().manual_seed(0)
     pts = torch.cat([ball.sample(samples, generator=gen), ball.vertices(samples, generator=gen)], 1)
@@ -121,7 +122,7 @@ def sampled_max(net: Network, ball: LpBall, C: Tensor, samples: int, steps: int)
             move = torch.zeros_like(flat_step).scatter_(1, idx, 1.0) * flat_step.sign()
             move = move.reshape(step.shape)
         moved = flat.detach() + eps * move * (0.5 / (1 + t))
-        flat = LpBall(centre, ball.eps.repeat_interleave(m, 0), ball.p).project(moved)
+        flat = LpBall(centre, ball.eps.repeat_interleave(m, 0), ball.p, ball.domain).project(moved)
     return best
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from bench_jacobian_propagation import sampled_max
 from torch import Tensor, nn
 
 from nnbound.data.registry import load_dataset
@@ -47,7 +48,6 @@ from nnbound.network.network import Network
 from nnbound.network.to_torch import to_torch
 from nnbound.report.tables import render_table
 from nnbound.sets.lp_ball import LpBall
-from nnbound.sets.norms import dual_norm
 
 DOMAIN = (0.0, 1.0)
 
@@ -109,45 +109,6 @@ def margin_spec(logits: Tensor, labels: Tensor) -> Tensor:
     c[rows, 0, labels] = 1.0
     c[rows, 0, other.argmax(1)] = -1.0
     return c
-
-
-def sampled_max(net: Network, ball: LpBall, C: Tensor, samples: int, steps: int) -> Tensor:
-    """The largest ``||grad (C f)||_q`` found in each ball (samples, vertices, ascent), as
-    ``bench_jacobian_propagation.sampled_max`` but with the ascent kept inside the domain."""
-    q = dual_norm(ball.p)
-    gen = torch.Generator().manual_seed(0)
-    pts = torch.cat([ball.sample(samples, generator=gen), ball.vertices(samples, generator=gen)], 1)
-    n, m = pts.shape[:2]
-    flat = pts.reshape(n * m, *pts.shape[2:])
-    c = C[:, 0].repeat_interleave(m, 0)
-    eps = ball.eps.repeat_interleave(m, 0).view(-1, *([1] * (flat.dim() - 1)))
-    centre = ball.center.repeat_interleave(m, 0)
-    best = torch.zeros(n, dtype=torch.float64)
-
-    def norms(z: Tensor, create: bool) -> Tensor:
-        z = z.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad((net(z) * c).sum(), z, create_graph=create)
-        return torch.linalg.vector_norm(g.reshape(g.shape[0], -1), q, dim=-1), z
-
-    for t in range(steps + 1):
-        value, z = norms(flat, create=t < steps)
-        best = torch.maximum(best, value.detach().double().reshape(n, m).amax(1))
-        if t == steps or not value.requires_grad:  # piecewise-linear nets: no curvature
-            break
-        (step,) = torch.autograd.grad(value.sum(), z)
-        if ball.p == math.inf:
-            move = step.sign()
-        elif ball.p == 2.0:
-            norm = step.reshape(step.shape[0], -1).norm(dim=1).clamp_min(1e-30)
-            move = step / norm.view(-1, *([1] * (step.dim() - 1)))
-        else:
-            flat_step = step.reshape(step.shape[0], -1)
-            idx = flat_step.abs().argmax(1, keepdim=True)
-            move = torch.zeros_like(flat_step).scatter_(1, idx, 1.0) * flat_step.sign()
-            move = move.reshape(step.shape)
-        moved = flat.detach() + eps * move * (0.5 / (1 + t))
-        flat = LpBall(centre, ball.eps.repeat_interleave(m, 0), ball.p, ball.domain).project(moved)
-    return best
 
 
 def timed(fn: Callable[..., Tensor], *args: object) -> tuple[Tensor, float]:

@@ -128,6 +128,15 @@ def test_sound_random_nets_float32_and_float64(
     _check_sound(net, net64, x, C, p, seed)
 
 
+def _deep_case(activation: str) -> tuple[Network, torch.Tensor, torch.Tensor]:
+    """A 10-24-24-24-4 net, 3 centres and a margin spec."""
+    alpha = {"leaky_relu": 0.3, "elu": 1.0}.get(activation)
+    net = random_network(activation, [10, 24, 24, 24, 4], seed=8, alpha=alpha)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 10, generator=gen, dtype=torch.float64)
+    return net, x, torch.tensor([[1.0, -1.0, 0.0, 0.0]], dtype=torch.float64)
+
+
 @settings(max_examples=8, deadline=None, derandomize=True)
 @given(
     activation=st.sampled_from(ACTIVATIONS),
@@ -153,11 +162,7 @@ def test_alpha_never_looser_and_tighter_on_smooth_nets(activation: str) -> None:
     """Element-wise bounds nested in the unoptimised ones and a Lipschitz constant never
     larger; on smooth nets at eps 0.2 at least 3% smaller (measured 8-13% for tanh and GELU,
     1-3% for softplus and ReLU)."""
-    alpha = {"leaky_relu": 0.3}.get(activation)
-    net = random_network(activation, [10, 24, 24, 24, 4], seed=8, alpha=alpha)
-    gen = torch.Generator().manual_seed(8)
-    x = torch.randn(3, 10, generator=gen, dtype=torch.float64)
-    C = torch.tensor([[1.0, -1.0, 0.0, 0.0]], dtype=torch.float64)
+    net, x, C = _deep_case(activation)
     for p, eps in ((math.inf, 0.05), (math.inf, 0.2), (2.0, 0.5)):
         ball = LpBall.make(x, eps, p)
         plain = lipschitz_bounds(net, ball, C, "crown-jacobian")
@@ -278,11 +283,7 @@ def test_never_looser_than_recurjac(activation: str) -> None:
     """Element-wise inside RecurJac's bounds (measured on every activation; not a theorem:
     both are relaxations, but the gradient graph's products see the same derivative
     intervals and more), and a smaller Lipschitz constant once the ball is not tiny."""
-    alpha = {"leaky_relu": 0.3, "elu": 1.0}.get(activation)
-    net = random_network(activation, [10, 24, 24, 24, 4], seed=8, alpha=alpha)
-    gen = torch.Generator().manual_seed(8)
-    x = torch.randn(3, 10, generator=gen, dtype=torch.float64)
-    C = torch.tensor([[1.0, -1.0, 0.0, 0.0]], dtype=torch.float64)
+    net, x, C = _deep_case(activation)
     for p, eps in ((math.inf, 0.01), (math.inf, 0.2), (2.0, 0.5)):
         ball = LpBall.make(x, eps, p)
         cj = jacobian_bounds(net, ball, C, "crown-jacobian")

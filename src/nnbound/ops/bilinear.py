@@ -165,7 +165,8 @@ def _two_input_backward(
     in_shapes: list[Shape],
 ) -> Backward:
     """Coefficients on ``x`` and ``y`` and constants from per-entry planes (in the working
-    dtype), each input's coefficients summed over the axes it was broadcast along."""
+    dtype; ``(N, *shape)``, or ``(N, S, *shape)`` per spec row), each input's coefficients
+    summed over the axes it was broadcast along."""
     lower: list[Tensor | None] = [None, None]
     upper: list[Tensor | None] = [None, None]
     consts: list[Tensor | None] = [None, None]
@@ -173,8 +174,12 @@ def _two_input_backward(
         if a is None:
             continue
         is_upper = k == 1
-        ax_p, ay_p, c_p = (rows(t) for t in planes.side(is_upper))
-        ax_n, ay_n, c_n = (rows(t) for t in planes.side(not is_upper))
+
+        def per_row(t: Tensor, a: Tensor = a) -> Tensor:  # planes may already be per spec row
+            return t if t.dim() == a.dim() else rows(t)
+
+        ax_p, ay_p, c_p = (per_row(t) for t in planes.side(is_upper))
+        ax_n, ay_n, c_n = (per_row(t) for t in planes.side(not is_upper))
         coef = [
             unbroadcast(pick(a, ax_p, ax_n), in_shapes[0]),
             unbroadcast(pick(a, ay_p, ay_n), in_shapes[1]),

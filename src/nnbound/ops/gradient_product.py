@@ -45,7 +45,6 @@ from nnbound.ops.bilinear import (
     mccormick,
     outward,
 )
-from nnbound.ops.relaxed_lines import pick, total
 
 MIX_PARAMS = ("mix_lower", "mix_upper")
 """The optional params of a ``grad_mul`` node (see the module docstring)."""
@@ -144,21 +143,6 @@ def _mixed_planes(
     return exact_points(outward(planes, reach_d, reach_h, dtype), dl, du)
 
 
-def _per_row_backward(planes: Planes, a_lower: Tensor | None, a_upper: Tensor | None) -> Backward:
-    """:func:`~nnbound.ops.bilinear._two_input_backward` for planes ``(N, S, *shape)``."""
-    lower: list[Tensor | None] = [None, None]
-    upper: list[Tensor | None] = [None, None]
-    consts: list[Tensor | None] = [None, None]
-    for k, a in enumerate((a_lower, a_upper)):
-        if a is None:
-            continue
-        ax_p, ay_p, c_p = planes.side(k == 1)
-        ax_n, ay_n, c_n = planes.side(k != 1)
-        (upper if k == 1 else lower)[:] = [pick(a, ax_p, ax_n), pick(a, ay_p, ay_n)]
-        consts[k] = total(pick(a, c_p, c_n))
-    return Backward(lower, upper, consts[0], consts[1])
-
-
 @dataclass(frozen=True)
 class GradientProductOp(MulOp):
     """``d * h`` (see the module docstring)."""
@@ -190,7 +174,7 @@ class GradientProductOp(MulOp):
             planes = _mixed_planes(
                 d_interval, bounds, node.params["mix_lower"], node.params["mix_upper"]
             )
-            return _per_row_backward(planes, a_lower, a_upper)
+            return _two_input_backward(planes, a_lower, a_upper, in_shapes)
         if not d_interval:
             return super().backward(node, a_lower, a_upper, bounds, in_shapes, out_shape, options)
         dtype = bounds[0][0].dtype
