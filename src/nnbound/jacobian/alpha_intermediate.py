@@ -97,14 +97,18 @@ def _tighten(state: BoundState, name: str, idx: Tensor, steps: int, lr: float) -
     adam = _Adam(params, lr)
     for t in range(steps + 1):
         run = BoundState(
-            with_mix(graph, mix), state.input_set, state.options, state.bounds, line_hook=table
+            with_mix(graph, mix),
+            state.input_set,
+            state.options,
+            state.bounds,
+            line_hook=table,
+            coef_hook=state.coef_hook,
         )
         with torch.enable_grad():  # callers may run under no_grad (the CLI tasks)
             value, _, _ = backward(run, name, a, const, upper=False)
             assert value is not None
-            grads = (
-                None if t == steps else torch.autograd.grad(-value.sum(), params, allow_unused=True)
-            )
+            done = t == steps or not value.requires_grad  # no parameter reaches it
+            grads = None if done else torch.autograd.grad(-value.sum(), params, allow_unused=True)
         best = torch.maximum(best, value.detach())
         if grads is None:
             break

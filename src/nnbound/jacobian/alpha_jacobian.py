@@ -100,10 +100,17 @@ def optimise_joint(
     adam = _Adam(params, alpha.lr)
     for _ in range(alpha.steps):
         run = BoundState(
-            with_mix(graph, mix), state.input_set, state.options, state.bounds, line_hook=table
+            with_mix(graph, mix),
+            state.input_set,
+            state.options,
+            state.bounds,
+            line_hook=table,
+            coef_hook=state.coef_hook,
         )
         with torch.enable_grad():  # callers may run under no_grad (the CLI tasks)
             value = joint(run, lower, upper)
+            if not value.requires_grad:  # no parameter reaches the bound
+                break
             grads = torch.autograd.grad(value.sum(), params, allow_unused=True)
         best = torch.minimum(best, value.detach())
         adam.step(grads)
@@ -112,7 +119,12 @@ def optimise_joint(
                 p.clamp_(0.0, 1.0)  # projection: every iterate stays sound
     with torch.no_grad():
         run = BoundState(
-            with_mix(graph, mix), state.input_set, state.options, state.bounds, line_hook=table
+            with_mix(graph, mix),
+            state.input_set,
+            state.options,
+            state.bounds,
+            line_hook=table,
+            coef_hook=state.coef_hook,
         )
         best = torch.minimum(best, joint(run, lower, upper))
     return best

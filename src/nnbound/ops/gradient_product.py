@@ -184,7 +184,12 @@ class GradientProductOp(MulOp):
         reach_d = torch.maximum(dl.abs(), du.abs())
         reach_h = torch.maximum(hl.abs(), hu.abs())
         planes = exact_points(outward(planes, reach_d, reach_h, dtype), dl, du)
-        return _two_input_backward(planes, a_lower, a_upper, in_shapes)
+        out = _two_input_backward(planes, a_lower, a_upper, in_shapes)
+        # coefficient 0 on d: handing nothing to d spares the backward pass the forward
+        # network behind it (a zero tensor carried through every layer to the input)
+        return Backward(
+            [None, out.lower[1]], [None, out.upper[1]], out.const_lower, out.const_upper
+        )
 
     def summary(self, node: Node) -> str:
         return "grad_mul(d, h)"
