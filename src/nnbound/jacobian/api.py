@@ -135,7 +135,9 @@ def jacobian_bounds(
 
     Args:
         net: a feed-forward network of linear layers (Dense, Conv2d, Flatten, Reshape,
-            Normalize, average pooling) and any activation that has a derivative interval.
+            Normalize, average pooling) and any activation that has a derivative interval;
+            with ``crown-jacobian`` also a graph with residual sums / differences
+            (:mod:`nnbound.jacobian.graph_gradient`).
         ball: the input set (N rows, ``batch_shape`` ``(B,)`` or ``(B, K)``).
         C: spec ``(S, outputs)`` or ``(B, S, outputs)``; ``None`` = the logits (S = outputs).
         method: ``recurjac`` (any activation), ``fastlip`` (ReLU / leaky ReLU) or

@@ -23,6 +23,7 @@ from nnbound.jacobian.alpha_jacobian import NO_ALPHA, JacobianAlpha
 from nnbound.jacobian.api import jacobian_bounds, sequential_network
 from nnbound.jacobian.recurjac import abs_sum_upper, dual_norm_rows
 from nnbound.jacobian.result import JacobianBounds, LipschitzBounds
+from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import dual_norm, parse_norm
@@ -66,7 +67,7 @@ def lipschitz_from_jacobian(jac: JacobianBounds, p: float | str, *, refine: bool
 
 
 def lipschitz_bounds(
-    net: Network,
+    net: Network | Graph,
     ball: LpBall,
     C: Tensor | None = None,
     method: str = "recurjac",
@@ -98,7 +99,7 @@ def lipschitz_bounds(
 
 
 def local_lipschitz(
-    net: Network,
+    net: Network | Graph,
     ball: LpBall,
     C: Tensor | None = None,
     method: str = "recurjac",
