@@ -14,9 +14,11 @@ relaxations each hold for a whole family of parameters ``theta`` in ``[0, 1]``:
 
 Every iterate is a sound bound (the parameters are projected onto ``[0, 1]`` after each step
 and every rule clamps them again), so the best value seen per row is kept, never worse than
-the unoptimised bound it starts from. The intermediate bounds (of the pre-activations and of
-each upstream gradient) stay the unoptimised ones: only the final functional is optimised,
-with one parameter set per ball row.
+the unoptimised bound it starts from. With ``intermediate`` the bounds of each upstream
+gradient a product reads are optimised first, per bound
+(:mod:`nnbound.jacobian.alpha_intermediate`), and the gradient's element-wise bounds
+re-bounded from them; the forward pre-activations keep the layer-wise method's bounds. The
+final functional has one parameter set per ball row.
 """
 
 from __future__ import annotations

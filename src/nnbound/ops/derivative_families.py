@@ -62,10 +62,12 @@ def step_family(
         lo_s, lo_b, up_s, up_b = ls, lb, us, ub
         # the margin at the slope actually used (a constant for the gradient)
         if theta_lower is not None:
+            theta_lower = theta_lower.clamp(0.0, 1.0)
             lo_s = torch.where(f_lo, theta_lower * s_lo_d, ls)
             m = ulp_margin(dtype, at_alpha, theta_lower.detach().double() * reach_lo)
             lo_b = torch.where(f_lo, (alpha - m).to(dtype), lb)
         if theta_upper is not None:
+            theta_upper = theta_upper.clamp(0.0, 1.0)
             up_s = torch.where(f_up, theta_upper * s_up_d, us)
             m = ulp_margin(dtype, one, theta_upper.detach().double() * reach_up)
             up_b = torch.where(f_up, (1.0 + m).to(dtype), ub)
