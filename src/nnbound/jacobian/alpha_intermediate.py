@@ -72,6 +72,21 @@ def with_mix(graph: Graph, mix: dict[str, dict[str, Tensor]]) -> Graph:
     )
 
 
+def param_state(
+    state: BoundState, mix: dict[str, dict[str, Tensor]], table: LineTable
+) -> BoundState:
+    """``state``'s bounds on its graph with the grad_mul weights ``mix`` and the lines of
+    ``table``: one optimised pass."""
+    return BoundState(
+        with_mix(state.graph, mix),
+        state.input_set,
+        state.options,
+        state.bounds,
+        line_hook=table,
+        coef_hook=state.coef_hook,
+    )
+
+
 def _tighten(state: BoundState, name: str, idx: Tensor, steps: int, lr: float) -> None:
     """Optimise the bounds of entries ``idx`` of tensor ``name`` in place."""
     graph = state.graph
@@ -96,14 +111,7 @@ def _tighten(state: BoundState, name: str, idx: Tensor, steps: int, lr: float) -
     best = torch.cat([flat_lo[:, idx], -flat_up[:, idx]], 1)
     adam = _Adam(params, lr)
     for t in range(steps + 1):
-        run = BoundState(
-            with_mix(graph, mix),
-            state.input_set,
-            state.options,
-            state.bounds,
-            line_hook=table,
-            coef_hook=state.coef_hook,
-        )
+        run = param_state(state, mix, table)
         with torch.enable_grad():  # callers may run under no_grad (the CLI tasks)
             value, _, _ = backward(run, name, a, const, upper=False)
             assert value is not None
@@ -133,4 +141,4 @@ def optimise_intermediate(state: BoundState, steps: int, lr: float) -> None:
             _tighten(state, node.inputs[1], idx, steps, lr)
 
 
-__all__ = ["BUDGET", "make_params", "optimise_intermediate", "with_mix"]
+__all__ = ["BUDGET", "make_params", "optimise_intermediate", "param_state", "with_mix"]

@@ -33,7 +33,7 @@ from nnbound.bounds.alpha_crown import _Adam
 from nnbound.bounds.engine import BoundState
 from nnbound.bounds.graph_bounds import tighten_tensor
 from nnbound.errors import InputError
-from nnbound.jacobian.alpha_intermediate import make_params, optimise_intermediate, with_mix
+from nnbound.jacobian.alpha_intermediate import make_params, optimise_intermediate, param_state
 
 Joint = Callable[[BoundState, Tensor, Tensor], Tensor]
 """``(state, lower, upper) -> (N,)``: an upper bound of a norm of the gradient graph's output
@@ -101,14 +101,7 @@ def optimise_joint(
         return best
     adam = _Adam(params, alpha.lr)
     for _ in range(alpha.steps):
-        run = BoundState(
-            with_mix(graph, mix),
-            state.input_set,
-            state.options,
-            state.bounds,
-            line_hook=table,
-            coef_hook=state.coef_hook,
-        )
+        run = param_state(state, mix, table)
         with torch.enable_grad():  # callers may run under no_grad (the CLI tasks)
             value = joint(run, lower, upper)
             if not value.requires_grad:  # no parameter reaches the bound
@@ -120,14 +113,7 @@ def optimise_joint(
             for p in params:
                 p.clamp_(0.0, 1.0)  # projection: every iterate stays sound
     with torch.no_grad():
-        run = BoundState(
-            with_mix(graph, mix),
-            state.input_set,
-            state.options,
-            state.bounds,
-            line_hook=table,
-            coef_hook=state.coef_hook,
-        )
+        run = param_state(state, mix, table)
         best = torch.minimum(best, joint(run, lower, upper))
     return best
 
