@@ -11,12 +11,12 @@ random 784-W'-W'-10 tanh MLP and a small random CNN (conv 8 4x4 /2, conv 16 4x4 
 10, ReLU), all on the first MNIST test images (built in), margin = label - runner-up. Random
 weights are ``N(0, 1 / fan_in)``.
 
-auto_LiRPA is not run (it does not install beside this torch); the issue's measured ratios of
-RecurJac to auto_LiRPA's Jacobian bounds on ``mnist-fc-3layer`` (1.01 / 1.03 / 1.10 / 1.25 at
-eps 0.001 / 0.002 / 0.005 / 0.01) compare with the RecurJac / crown-jacobian column.
+``crown-jac alpha``: the same with ``--alpha-steps`` steps of alpha-optimisation
+(:mod:`nnbound.jacobian.alpha_jacobian`; 0 skips the column). auto_LiRPA is compared in
+``bench/compare_auto_lirpa_jacobian.py`` (an interpreter where it imports).
 
 Usage: python bench/bench_jacobian_propagation.py [--images 2] [--width 1024]
-    [--tanh-width 512] [--norms i,2,1] [--device cpu]
+    [--tanh-width 512] [--norms i,2,1] [--device cpu] [--alpha-steps 20] [--threads 1]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from torch import Tensor
 
 from nnbound.data.registry import load_dataset
 from nnbound.jacobian import lipschitz_bounds
+from nnbound.jacobian.alpha_jacobian import NO_ALPHA, JacobianAlpha
 from nnbound.network.layers import Activation, Conv2d, Dense, Flatten
 from nnbound.network.load import load_model
 from nnbound.network.network import Network
@@ -88,7 +89,8 @@ def margin_spec(net: Network, x: Tensor) -> Tensor:
 
 
 def sampled_max(net: Network, ball: LpBall, C: Tensor, samples: int, steps: int) -> Tensor:
-    """The largest ``||grad (C f)||_q`` found in each ball (samples, vertices, ascent)."""
+    """The largest ``||grad (C f)||_q`` found in each ball (samples, vertices, ascent kept
+    inside the ball's domain)."""
     q = dual_norm(ball.p)
     gen = torch.Generator().manual_seed(0)
     pts = torch.cat([ball.sample(samples, generator=gen), ball.vertices(samples, generator=gen)], 1)
@@ -121,7 +123,7 @@ def sampled_max(net: Network, ball: LpBall, C: Tensor, samples: int, steps: int)
             move = torch.zeros_like(flat_step).scatter_(1, idx, 1.0) * flat_step.sign()
             move = move.reshape(step.shape)
         moved = flat.detach() + eps * move * (0.5 / (1 + t))
-        flat = LpBall(centre, ball.eps.repeat_interleave(m, 0), ball.p).project(moved)
+        flat = LpBall(centre, ball.eps.repeat_interleave(m, 0), ball.p, ball.domain).project(moved)
     return best
 
 
@@ -139,7 +141,11 @@ def main() -> None:
     ap.add_argument("--norms", default="i,2,1")
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--alpha-steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    alpha = JacobianAlpha(args.alpha_steps)
     device = torch.device(args.device)
     data = load_dataset("mnist100", input_range=(0.0, 1.0))
     x_all = data.images[: args.images].to(device)
@@ -156,9 +162,8 @@ def main() -> None:
         x = net.check_input(x_all)
         C = margin_spec(net, x)
         relu = all(a.op.traits.piecewise_linear for a in net.activations)
-        methods = (
-            ("fastlip", "recurjac", "crown-jacobian") if relu else ("recurjac", "crown-jacobian")
-        )
+        methods = ["fastlip"] if relu else []
+        methods += ["recurjac", "crown-jacobian"] + (["alpha"] if alpha.enabled else [])
         for norm in args.norms.split(","):
             p = parse_norm(norm)
             for eps in EPS[p]:
@@ -166,13 +171,21 @@ def main() -> None:
                 true = sampled_max(net, ball, C, args.samples, steps=10)
                 row = [net.name, f"L{norm}", f"{eps:g}", f"{float(true.mean()):.4g}"]
                 values = {}
-                for method in ("fastlip", "recurjac", "crown-jacobian"):
+                for method in ("fastlip", "recurjac", "crown-jacobian", "alpha"):
                     if method not in methods:
                         row += ["-", "-"]
                         continue
                     res, sec = timed(
                         lambda n=net, b=ball, c=C, m=method: (
-                            lipschitz_bounds(n, b, c, m).value[:, 0].double()
+                            lipschitz_bounds(
+                                n,
+                                b,
+                                c,
+                                "crown-jacobian" if m == "alpha" else m,
+                                alpha=alpha if m == "alpha" else NO_ALPHA,
+                            )
+                            .value[:, 0]
+                            .double()
                         )
                     )
                     if bool((res < true * (1 - 1e-4)).any()):
@@ -193,6 +206,8 @@ def main() -> None:
         "recurjac ratio",
         "s/img",
         "crown-jac ratio",
+        "s/img",
+        "crown-jac alpha ratio",
         "s/img",
         "RJ / CJ",
     ]

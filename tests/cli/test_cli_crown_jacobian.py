@@ -1,6 +1,7 @@
 """``--jacbndalg crown-jacobian`` end to end: ``lipschitz`` (eps = 0 equals the gradient norm,
-never above RecurJac's curve on a trained ReLU MLP), ``landscape`` and ``robustness``; a
-misspelt method is a usage line, exit 2."""
+never above RecurJac's curve on a trained ReLU MLP), ``--jacalpha`` (never above the plain
+curve; refused with other methods), ``landscape`` and ``robustness``; a misspelt method is
+a usage line, exit 2."""
 
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ def digits_tanh(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_network(net, tmp_path_factory.mktemp("cj") / "digits_tanh.safetensors")
 
 
-def _curve(capsys, model: Path, method: str) -> dict:
+def _curve(capsys, model: Path, method: str, *extra: str) -> dict:
     argv = ["lipschitz", str(model), "--numimage", "2", "--targettype", "untargeted"]
     argv += ["--lipsteps", "3", "--liplogstart", "-3", "--liplogend", "-1", "--norm", "i"]
-    code, out, _ = run(capsys, *argv, "--jacbndalg", method, "--json")
+    code, out, _ = run(capsys, *argv, "--jacbndalg", method, "--json", *extra)
     assert code == 0
     return json.loads(out)
 
@@ -58,6 +59,21 @@ def test_lipschitz_curve_below_recurjac(capsys, digits_tanh: Path) -> None:
         assert all(x <= y for x, y in pairs)
     # at eps = 0.1 the propagation bound is clearly tighter on this tanh net
     assert cj["avg_lipschitz"][-1] < 0.9 * rj["avg_lipschitz"][-1]
+
+
+def test_jacalpha_never_above_the_plain_curve(capsys, digits_tanh: Path) -> None:
+    plain = _curve(capsys, digits_tanh, "crown-jacobian")
+    opt = _curve(capsys, digits_tanh, "crown-jacobian", "--jacalpha", "5")
+    assert opt["jacalpha"] == 5 and plain["jacalpha"] == 0
+    for a, b in zip(opt["images"], plain["images"], strict=True):
+        assert a["lipschitz"][0] == pytest.approx(a["grad_norm"], rel=1e-4)
+        assert all(x <= y for x, y in zip(a["lipschitz_raw"], b["lipschitz_raw"], strict=True))
+
+
+def test_jacalpha_refused_with_other_methods(capsys, digits_tanh: Path) -> None:
+    argv = ["lipschitz", str(digits_tanh), "--numimage", "1", "--jacalpha", "3"]
+    code, _, err = run(capsys, *argv, "--jacbndalg", "recurjac")
+    assert code != 0 and "--jacalpha" in err and "Traceback" not in err
 
 
 def test_landscape_and_robustness_accept_crown_jacobian(capsys, digits_tanh: Path) -> None:

@@ -12,7 +12,12 @@ from typing import Any
 
 import torch
 
-from nnbound.cli.cmd_lipschitz import add_common_task_args, check_common, selected_inputs
+from nnbound.cli.cmd_lipschitz import (
+    add_common_task_args,
+    check_common,
+    jacobian_alpha,
+    selected_inputs,
+)
 from nnbound.cli.common import load_model_arg, note
 from nnbound.cli.shortfall import shortfall
 from nnbound.cli.stream import ResultStream, growing_spans
@@ -32,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from nnbound.tasks.landscape import UPPER_LIMITS, landscape
 
     check_common(args)
+    alpha = jacobian_alpha(args)
     if not args.eps > 0:
         raise InputError(f"the initial eps must be > 0, got {args.eps}")
     if args.lipsteps < 1:
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 shift=args.lipsshift,
                 eps0=args.eps,
                 lipsteps=args.lipsteps,
+                alpha=alpha,
             )
             dt = (time.perf_counter() - t0) / (hi - lo)
             shown, matches = c.monotone(), c.eps_zero_matches(rtol)

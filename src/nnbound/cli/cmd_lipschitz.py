@@ -28,6 +28,7 @@ from nnbound.cli.common import (
 from nnbound.cli.shortfall import shortfall
 from nnbound.cli.stream import ResultStream, add_stream_args, growing_spans
 from nnbound.errors import InputError, UnsupportedError
+from nnbound.jacobian.alpha_jacobian import JacobianAlpha
 from nnbound.jacobian.api import JACOBIAN_METHODS, sequential_network
 from nnbound.report.atomic import atomic_path
 from nnbound.report.provenance import provenance
@@ -80,6 +81,14 @@ def add_common_task_args(p: argparse.ArgumentParser, *, eps_help: str) -> argpar
         help="layer-wise method of the pre-activation bounds (default crown-general)",
     )
     add_jacobian_args(g)
+    g.add_argument(
+        "--jacalpha",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="crown-jacobian only: optimise its relaxations by this many projected Adam steps "
+        "(alpha-CROWN style; default 0 = off)",
+    )
     g.add_argument("--eps", type=float, default=0.005, help=eps_help)
     g.add_argument(
         "--targettype",
@@ -166,6 +175,14 @@ def plot_curve(path: str, grid: torch.Tensor, values: torch.Tensor, title: str) 
         plt.close(fig)
 
 
+def jacobian_alpha(args: argparse.Namespace) -> JacobianAlpha:
+    """``--jacalpha`` parsed (refused with any method but crown-jacobian)."""
+    alpha = JacobianAlpha(args.jacalpha)
+    if alpha.enabled and args.jacbndalg != "crown-jacobian":
+        raise InputError("--jacalpha applies to --jacbndalg crown-jacobian only")
+    return alpha
+
+
 def run(args: argparse.Namespace) -> int:
     from nnbound.tasks.lipschitz import eps_grid, lipschitz_curve, saturation_index
 
@@ -173,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         _pyplot()  # fail before the work, not after it
     p = parse_norm(args.norm)
+    alpha = jacobian_alpha(args)
     grid = eps_grid(args.eps, args.lipsteps, args.liplogstart, args.liplogend)
     net = sequential_network(load_model_arg(args))
     x, choice, inputs = selected_inputs(args, net)
@@ -200,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
                 layer_method=args.layerbndalg,
                 direction=args.lipsdir,
                 shift=args.lipsshift,
+                alpha=alpha,
             )
             dt = (time.perf_counter() - t0) / (hi - lo)
             shown, matches = c.monotone(), c.eps_zero_matches(rtol)
@@ -251,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
                 "norm": norm_name(p),
                 "lipsdir": args.lipsdir,
                 "lipsshift": args.lipsshift,
+                "jacalpha": args.jacalpha,
                 "targettype": args.targettype,
                 "eps": grid.tolist(),
                 "images": images,

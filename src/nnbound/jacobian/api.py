@@ -30,6 +30,7 @@ from torch import Tensor
 
 from nnbound.bounds.methods import LAYERWISE_METHODS, _spec_tensor, layerwise_bounds
 from nnbound.errors import InputError, UnsupportedError
+from nnbound.jacobian.alpha_jacobian import NO_ALPHA, JacobianAlpha
 from nnbound.jacobian.chain import JacobianChain, build_chain, is_global
 from nnbound.jacobian.fastlip import interval_level_bounds
 from nnbound.jacobian.recurjac import Chain, Recursion, forward_levels, recurjac_levels
@@ -128,12 +129,15 @@ def jacobian_bounds(
     *,
     reference: bool = False,
     structural: bool | None = None,
+    alpha: JacobianAlpha = NO_ALPHA,
 ) -> JacobianBounds:
     """Element-wise bounds of the Jacobian ``d(C f)/dx`` at every x of ``ball``.
 
     Args:
         net: a feed-forward network of linear layers (Dense, Conv2d, Flatten, Reshape,
-            Normalize, average pooling) and any activation that has a derivative interval.
+            Normalize, average pooling) and any activation that has a derivative interval;
+            with ``crown-jacobian`` also a graph with residual sums / differences
+            (:mod:`nnbound.jacobian.graph_gradient`).
         ball: the input set (N rows, ``batch_shape`` ``(B,)`` or ``(B, K)``).
         C: spec ``(S, outputs)`` or ``(B, S, outputs)``; ``None`` = the logits (S = outputs).
         method: ``recurjac`` (any activation), ``fastlip`` (ReLU / leaky ReLU) or
@@ -146,16 +150,21 @@ def jacobian_bounds(
         structural: apply every linear block as its layers (True) or as a dense matrix
             (False); ``None`` (default) picks per block by size (same bounds up to rounding,
             see :func:`nnbound.jacobian.chain.choose_dense`).
+        alpha: ``crown-jacobian`` only: optimise its relaxations
+            (:mod:`nnbound.jacobian.alpha_jacobian`); off by default.
 
     Returns:
         :class:`JacobianBounds` with ``lower``/``upper`` ``(*batch_shape, S, *input_shape)``.
     """
     method = check_options(method, layer_method, direction, shift)
+    if method == "crown-jacobian":  # general graphs too (residual, branching)
+        chain = graph_to_network(net) if isinstance(net, Graph) else net
+        return _propagation_jacobian(chain or net, ball, C, layer_method, reference, alpha)
     net = sequential_network(net)
     if method == "fastlip":
         _check_fastlip(net)
-    if method == "crown-jacobian":
-        return _propagation_jacobian(net, ball, C, layer_method, reference)
+    if alpha.enabled:
+        raise InputError(f"alpha-optimisation applies to crown-jacobian, not {method}")
     lb = layerwise_bounds(net, ball, layer_method, C, reference=reference)
     n = ball.center.shape[0]
     spec = _spec_tensor(C, n, ball.batch_shape, net)
@@ -179,11 +188,18 @@ def jacobian_bounds(
 
 
 def _propagation_jacobian(
-    net: Network, ball: LpBall, C: Tensor | None, layer_method: str, reference: bool
+    net: Network | Graph,
+    ball: LpBall,
+    C: Tensor | None,
+    layer_method: str,
+    reference: bool,
+    alpha: JacobianAlpha,
 ) -> JacobianBounds:
     from nnbound.jacobian.propagation import propagation_bounds
 
-    lo, up, lb, state = propagation_bounds(net, ball, C, layer_method, reference=reference)
+    lo, up, lb, state = propagation_bounds(
+        net, ball, C, layer_method, reference=reference, alpha=alpha
+    )
     n = ball.center.shape[0]
     lead = tuple(ball.batch_shape) if ball.batch_shape else (n,)
     shape = (*lead, lo.shape[1], *net.input_shape)

@@ -19,9 +19,11 @@ from torch import Tensor
 
 from nnbound.bounds.methods import _spec_tensor
 from nnbound.bounds.spectral import spectral_lipschitz
+from nnbound.jacobian.alpha_jacobian import NO_ALPHA, JacobianAlpha
 from nnbound.jacobian.api import jacobian_bounds, sequential_network
 from nnbound.jacobian.recurjac import abs_sum_upper, dual_norm_rows
 from nnbound.jacobian.result import JacobianBounds, LipschitzBounds
+from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import dual_norm, parse_norm
@@ -65,7 +67,7 @@ def lipschitz_from_jacobian(jac: JacobianBounds, p: float | str, *, refine: bool
 
 
 def lipschitz_bounds(
-    net: Network,
+    net: Network | Graph,
     ball: LpBall,
     C: Tensor | None = None,
     method: str = "recurjac",
@@ -76,6 +78,7 @@ def lipschitz_bounds(
     refine: bool = True,
     reference: bool = False,
     structural: bool | None = None,
+    alpha: JacobianAlpha = NO_ALPHA,
 ) -> LipschitzBounds:
     """Local Lipschitz constants of ``C f`` over ``ball`` with their Jacobian bounds (see
     :func:`local_lipschitz` and :func:`~nnbound.jacobian.api.jacobian_bounds` for the
@@ -90,12 +93,13 @@ def lipschitz_bounds(
         shift,
         reference=reference,
         structural=structural,
+        alpha=alpha,
     )
     return LipschitzBounds(lipschitz_from_jacobian(jac, ball.p, refine=refine), ball.p, jac)
 
 
 def local_lipschitz(
-    net: Network,
+    net: Network | Graph,
     ball: LpBall,
     C: Tensor | None = None,
     method: str = "recurjac",
@@ -104,6 +108,7 @@ def local_lipschitz(
     shift: int = 0,
     *,
     refine: bool = True,
+    alpha: JacobianAlpha = NO_ALPHA,
 ) -> Tensor:
     """Upper bounds of the local Lipschitz constant of each spec row over each input set.
 
@@ -113,12 +118,13 @@ def local_lipschitz(
     Args:
         net, ball, C, method, layer_method, direction, shift: as :func:`jacobian_bounds`.
         refine: RecurJac's refinement of the p = inf constant (``last_layer_abs_sum``).
+        alpha: ``crown-jacobian``'s alpha-optimisation (off by default).
 
     Returns:
         ``(*batch_shape, S)`` tensor.
     """
     return lipschitz_bounds(
-        net, ball, C, method, layer_method, direction, shift, refine=refine
+        net, ball, C, method, layer_method, direction, shift, refine=refine, alpha=alpha
     ).value
 
 

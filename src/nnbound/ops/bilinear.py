@@ -81,6 +81,17 @@ def _best_mix(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The combination ``t p + (1 - t) q`` (``t`` in ``[0, 1]``, per entry) of two planes on one
     side whose bound over the box is best."""
+    t = best_mix_weight(p, q, box, upper)
+    return q[0] + t * (p[0] - q[0]), q[1] + t * (p[1] - q[1]), q[2] + t * (p[2] - q[2])
+
+
+def best_mix_weight(
+    p: tuple[Tensor, Tensor, Tensor],
+    q: tuple[Tensor, Tensor, Tensor],
+    box: tuple[Tensor, Tensor, Tensor, Tensor],
+    upper: bool,
+) -> Tensor:
+    """The weight ``t`` of :func:`_best_mix` (the starting point of an optimised mix)."""
     lx, ux, ly, uy = box
     ts = [
         torch.zeros_like(lx),
@@ -96,7 +107,7 @@ def _best_mix(
     by = torch.stack([b * ly.unsqueeze(-1), b * uy.unsqueeze(-1)], 0)
     value = -(c + ax.amax(0) + by.amax(0)) if upper else c + ax.amin(0) + by.amin(0)
     best = value.argmax(-1, keepdim=True)
-    return a.gather(-1, best)[..., 0], b.gather(-1, best)[..., 0], c.gather(-1, best)[..., 0]
+    return t.gather(-1, best)[..., 0]
 
 
 def mccormick(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes:
@@ -154,7 +165,8 @@ def _two_input_backward(
     in_shapes: list[Shape],
 ) -> Backward:
     """Coefficients on ``x`` and ``y`` and constants from per-entry planes (in the working
-    dtype), each input's coefficients summed over the axes it was broadcast along."""
+    dtype; ``(N, *shape)``, or ``(N, S, *shape)`` per spec row), each input's coefficients
+    summed over the axes it was broadcast along."""
     lower: list[Tensor | None] = [None, None]
     upper: list[Tensor | None] = [None, None]
     consts: list[Tensor | None] = [None, None]
@@ -162,8 +174,12 @@ def _two_input_backward(
         if a is None:
             continue
         is_upper = k == 1
-        ax_p, ay_p, c_p = (rows(t) for t in planes.side(is_upper))
-        ax_n, ay_n, c_n = (rows(t) for t in planes.side(not is_upper))
+
+        def per_row(t: Tensor, a: Tensor = a) -> Tensor:  # planes may already be per spec row
+            return t if t.dim() == a.dim() else rows(t)
+
+        ax_p, ay_p, c_p = (per_row(t) for t in planes.side(is_upper))
+        ax_n, ay_n, c_n = (per_row(t) for t in planes.side(not is_upper))
         coef = [
             unbroadcast(pick(a, ax_p, ax_n), in_shapes[0]),
             unbroadcast(pick(a, ay_p, ay_n), in_shapes[1]),

@@ -43,7 +43,7 @@ from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.graph import Node, Shape
 from nnbound.ops.base import Interval, Names, Op, OpKind, RelaxOptions, Traits
 from nnbound.ops.relaxed_lines import ulp_margin, widen
-from nnbound.relax.base import LinearRelaxation, Relaxation
+from nnbound.relax.base import LinearRelaxation, ParametricLines, Relaxation
 
 _GRID = 65
 _CHUNK = 1 << 14
@@ -232,11 +232,7 @@ class SmoothDerivativeRelaxation:
         fn, dtype = self.fn, lower.dtype
         l = lower.to(torch.float64)
         u = torch.maximum(upper.to(torch.float64), l)
-        # an inflection point belongs to both pieces: ``_piece`` counts it with the one below,
-        # so an interval starting on it lies in the piece of its upper end
-        p_l, p_u = _piece(fn, l), _piece(fn, u)
-        one_piece = (p_l == p_u) | ((p_u == p_l + 1) & _at_inflection(fn, l))
-        convex = (p_u % 2 == 0) == fn.first_convex
+        one_piece, convex = _pieces(fn, l, u)
         mid = 0.5 * (l + u)
         chord, tan_mid = _chord(fn, l, u), _tangent(fn, mid)
         up_s = torch.where(convex, chord[0], tan_mid[0])
@@ -257,6 +253,17 @@ class SmoothDerivativeRelaxation:
             lo_s.to(dtype), (lo_b - m_lo).to(dtype), up_s.to(dtype), (up_b + m_up).to(dtype)
         )
 
+    def parametric(self, lower: Tensor, upper: Tensor) -> ParametricLines:
+        """Tangent points as free parameters (:func:`nnbound.ops.derivative_families.
+        smooth_family`)."""
+        from nnbound.ops.derivative_families import smooth_family
+
+        l = lower.to(torch.float64)
+        u = torch.maximum(upper.to(torch.float64), l)
+        one_piece, convex = _pieces(self.fn, l, u)
+        base = self.linear(lower, upper)
+        return smooth_family(self.fn, lower, upper, base, one_piece, convex)
+
     def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         l = lower.to(torch.float64)
         u = torch.maximum(upper.to(torch.float64), l)
@@ -264,6 +271,15 @@ class SmoothDerivativeRelaxation:
 
     def derivative_interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         raise UnsupportedError("second derivatives of activations are not bounded")
+
+
+def _pieces(fn: SmoothDerivative, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Per entry: whether ``[l, u]`` lies in one convexity piece, and whether that piece is
+    convex. An inflection point belongs to both pieces: ``_piece`` counts it with the one
+    below, so an interval starting on it lies in the piece of its upper end."""
+    p_l, p_u = _piece(fn, l), _piece(fn, u)
+    one_piece = (p_l == p_u) | ((p_u == p_l + 1) & _at_inflection(fn, l))
+    return one_piece, (p_u % 2 == 0) == fn.first_convex
 
 
 def _at_inflection(fn: SmoothDerivative, z: Tensor) -> Tensor:
@@ -295,6 +311,10 @@ class StepDerivativeRelaxation:
         l, u = lower.to(torch.float64), upper.to(torch.float64)
         lo = torch.where(l > 0, torch.ones_like(l), torch.full_like(l, a))
         hi = torch.where(u < 0, torch.full_like(u, a), torch.ones_like(u))
+        if torch.tensor(a, dtype=lower.dtype).item() == a:
+            # 1 and alpha are exact in the dtype: a stable neuron's derivative stays a point,
+            # which the gradient product then relaxes exactly (no margin)
+            return lo.to(lower.dtype), hi.to(lower.dtype)
         # alpha rounded to float32 may exceed it: a few ulps outward
         return widen(lo, hi, lower.dtype)
 
@@ -325,6 +345,13 @@ class StepDerivativeRelaxation:
         return LinearRelaxation(
             lo_s.to(dtype), (lo_b - m_lo).to(dtype), up_s.to(dtype), (up_b + m_up).to(dtype)
         )
+
+    def parametric(self, lower: Tensor, upper: Tensor) -> ParametricLines:
+        """Corner-line slopes as free parameters (:func:`nnbound.ops.derivative_families.
+        step_family`)."""
+        from nnbound.ops.derivative_families import step_family
+
+        return step_family(self.alpha, lower, upper, self.linear(lower, upper))
 
     def derivative_interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         raise UnsupportedError("second derivatives of activations are not bounded")

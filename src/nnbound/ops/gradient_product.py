@@ -17,6 +17,13 @@ Node: inputs ``d, h`` (same shape); attr ``d_interval`` (bool).
   is what lets cancellations between neurons survive, as auto_LiRPA's ReLU-gradient node
   does.
 
+Optional params ``mix_lower`` / ``mix_upper`` (``(N, S, *shape)`` in ``[0, 1]``, one per
+bounded quantity) pick a convex combination of two valid planes per side instead of the
+default, for alpha-optimised Jacobian bounds (:mod:`nnbound.jacobian.alpha_jacobian`): the two
+McCormick planes of that side (``d_interval = False``), or the interval-factor plane (weight
+1) and McCormick's in ``(d, h)`` (weight 0, ``d`` then relaxed by its own lines in ``z``)
+(``d_interval = True``). A convex combination of planes that hold on the box holds on it.
+
 Planes are built in float64 and moved outward by a few ulps of the working precision.
 """
 
@@ -30,7 +37,20 @@ from torch import Tensor
 from nnbound.errors import InputError
 from nnbound.network.graph import Node, Shape
 from nnbound.ops.base import Backward, Interval, Names, OpKind, RelaxOptions
-from nnbound.ops.bilinear import MulOp, Planes, _two_input_backward, outward
+from nnbound.ops.bilinear import (
+    MulOp,
+    Planes,
+    _two_input_backward,
+    best_mix_weight,
+    mccormick,
+    outward,
+)
+
+MIX_PARAMS = ("mix_lower", "mix_upper")
+"""The optional params of a ``grad_mul`` node (see the module docstring)."""
+
+Plane = tuple[Tensor, Tensor, Tensor]
+"""``(coefficient on d, coefficient on h, constant)``, float64 ``(N, *shape)``."""
 
 
 def _chord(f_l: Tensor, f_u: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,6 +76,73 @@ def interval_factor_planes(dl: Tensor, du: Tensor, hl: Tensor, hu: Tensor) -> Pl
     return Planes(zero, lo_s, lo_c, zero, up_s, up_c)
 
 
+def exact_points(planes: Planes, dl: Tensor, du: Tensor) -> Planes:
+    """Where the derivative is a point (``dl == du``, a stable neuron) the product is the
+    linear map ``dl * h`` exactly: that plane on both sides, with no rounding margin (``dl``
+    is already a number of the working dtype)."""
+    point = dl == du
+    if not bool(point.any()):
+        return planes
+    dtype = planes.ax_l.dtype
+    if planes.ax_l.dim() > point.dim():  # per-row planes
+        point, dl = point.unsqueeze(1), dl.unsqueeze(1)
+    zero, slope = torch.zeros((), dtype=dtype), dl.to(dtype)
+    ax = torch.where(point, zero, planes.ax_l)
+    return Planes(
+        ax,
+        torch.where(point, slope, planes.ay_l),
+        torch.where(point, zero, planes.c_l),
+        torch.where(point, zero, planes.ax_u),
+        torch.where(point, slope, planes.ay_u),
+        torch.where(point, zero, planes.c_u),
+    )
+
+
+def _box(bounds: list[Interval]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    (dl, du), (hl, hu) = ((lo.double(), up.double()) for lo, up in bounds)
+    return dl, torch.maximum(du, dl), hl, torch.maximum(hu, hl)
+
+
+def plane_pairs(d_interval: bool, bounds: list[Interval]) -> tuple[tuple[Plane, Plane], ...]:
+    """``((p_lower, q_lower), (p_upper, q_upper))``: the two planes each side mixes (weight 1
+    on ``p``)."""
+    dl, du, hl, hu = _box(bounds)
+    if d_interval:
+        fac, mc = interval_factor_planes(dl, du, hl, hu), mccormick(dl, du, hl, hu)
+        return (
+            (fac.side(False), mc.side(False)),
+            (fac.side(True), mc.side(True)),
+        )
+    p1, p2 = (hl, dl, -dl * hl), (hu, du, -du * hu)
+    p3, p4 = (hu, dl, -dl * hu), (hl, du, -du * hl)
+    return (p1, p2), (p3, p4)
+
+
+def default_mix(d_interval: bool, bounds: list[Interval]) -> tuple[Tensor, Tensor]:
+    """The weights ``(N, *shape)`` that give the default planes (float64)."""
+    if d_interval:
+        one = torch.ones_like(bounds[0][0], dtype=torch.float64)
+        return one, one
+    (low, up), box = plane_pairs(False, bounds), _box(bounds)
+    return best_mix_weight(*low, box, upper=False), best_mix_weight(*up, box, upper=True)
+
+
+def _mixed_planes(
+    d_interval: bool, bounds: list[Interval], mix_lower: Tensor, mix_upper: Tensor
+) -> Planes:
+    """Float64 per-row planes ``(N, S, *shape)`` of the weights, moved outward."""
+    dtype = bounds[0][0].dtype
+    dl, du, hl, hu = _box(bounds)
+    sides = []
+    for (p, q), theta in zip(plane_pairs(d_interval, bounds), (mix_lower, mix_upper), strict=True):
+        t = theta.to(torch.float64).clamp(0.0, 1.0)
+        sides.append(tuple(q[k].unsqueeze(1) + t * (p[k] - q[k]).unsqueeze(1) for k in range(3)))
+    planes = Planes(*sides[0], *sides[1])
+    reach_d = torch.maximum(dl.abs(), du.abs()).unsqueeze(1)
+    reach_h = torch.maximum(hl.abs(), hu.abs()).unsqueeze(1)
+    return exact_points(outward(planes, reach_d, reach_h, dtype), dl, du)
+
+
 @dataclass(frozen=True)
 class GradientProductOp(MulOp):
     """``d * h`` (see the module docstring)."""
@@ -63,8 +150,10 @@ class GradientProductOp(MulOp):
     def out_shape(self, node: Node, in_shapes: list[Shape]) -> Shape:
         if len(in_shapes) != 2 or in_shapes[0] != in_shapes[1]:
             raise InputError(f"grad_mul takes two inputs (d, h) of one shape, got {in_shapes}")
-        if node.params or set(node.attrs) - {"d_interval"}:
-            raise InputError("grad_mul takes no params and only the attr d_interval")
+        if set(node.params) - set(MIX_PARAMS) or set(node.attrs) - {"d_interval"}:
+            raise InputError(
+                "grad_mul takes only the params mix_lower / mix_upper and the attr d_interval"
+            )
         return in_shapes[0]
 
     def forward(self, node: Node, *xs: Tensor) -> Tensor:
@@ -80,7 +169,13 @@ class GradientProductOp(MulOp):
         out_shape: Shape,
         options: RelaxOptions,
     ) -> Backward:
-        if not node.attrs.get("d_interval", False):
+        d_interval = bool(node.attrs.get("d_interval", False))
+        if "mix_lower" in node.params:
+            planes = _mixed_planes(
+                d_interval, bounds, node.params["mix_lower"], node.params["mix_upper"]
+            )
+            return _two_input_backward(planes, a_lower, a_upper, in_shapes)
+        if not d_interval:
             return super().backward(node, a_lower, a_upper, bounds, in_shapes, out_shape, options)
         dtype = bounds[0][0].dtype
         (dl, du), (hl, hu) = ((lo.double(), up.double()) for lo, up in bounds)
@@ -88,8 +183,13 @@ class GradientProductOp(MulOp):
         planes = interval_factor_planes(dl, du, hl, hu)
         reach_d = torch.maximum(dl.abs(), du.abs())
         reach_h = torch.maximum(hl.abs(), hu.abs())
-        planes = outward(planes, reach_d, reach_h, dtype)
-        return _two_input_backward(planes, a_lower, a_upper, in_shapes)
+        planes = exact_points(outward(planes, reach_d, reach_h, dtype), dl, du)
+        out = _two_input_backward(planes, a_lower, a_upper, in_shapes)
+        # coefficient 0 on d: handing nothing to d spares the backward pass the forward
+        # network behind it (a zero tensor carried through every layer to the input)
+        return Backward(
+            [None, out.lower[1]], [None, out.upper[1]], out.const_lower, out.const_upper
+        )
 
     def summary(self, node: Node) -> str:
         return "grad_mul(d, h)"
@@ -99,4 +199,12 @@ GRAD_MUL = GradientProductOp("grad_mul", OpKind.RELAXED, names=Names())
 
 OPS = (GRAD_MUL,)
 
-__all__ = ["GRAD_MUL", "OPS", "GradientProductOp", "interval_factor_planes"]
+__all__ = [
+    "GRAD_MUL",
+    "MIX_PARAMS",
+    "OPS",
+    "GradientProductOp",
+    "default_mix",
+    "interval_factor_planes",
+    "plane_pairs",
+]

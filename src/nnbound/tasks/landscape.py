@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from nnbound.jacobian.alpha_jacobian import NO_ALPHA, JacobianAlpha
 from nnbound.jacobian.api import check_options, jacobian_bounds
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
@@ -87,8 +88,10 @@ def landscape(
     shift: int = 0,
     eps0: float = 0.005,
     lipsteps: int = 15,
+    alpha: JacobianAlpha = NO_ALPHA,
 ) -> tuple[Tensor, LipschitzCurve]:
-    """``(R_max (B,), curve)``: the curve's grid is ``linspace(0, R_max_b, lipsteps + 1)``."""
+    """``(R_max (B,), curve)``: the curve's grid is ``linspace(0, R_max_b, lipsteps + 1)``
+    (``alpha``: crown-jacobian's alpha-optimisation of the curve, not of the sign search)."""
     r_max = max_sign_radius(
         net,
         x,
@@ -112,5 +115,6 @@ def landscape(
         layer_method=layer_method,
         direction=direction,
         shift=shift,
+        alpha=alpha,
     )
     return r_max, curve

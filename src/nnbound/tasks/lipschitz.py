@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from nnbound.errors import InputError
+from nnbound.jacobian.alpha_jacobian import NO_ALPHA, JacobianAlpha
 from nnbound.jacobian.api import check_options
 from nnbound.jacobian.lipschitz import gradient_dual_norm, lipschitz_bounds, opnorm_global_lipschitz
 from nnbound.network.network import Network
@@ -130,6 +131,7 @@ def lipschitz_curve(
     layer_method: str = "crown-general",
     direction: int = -1,
     shift: int = 0,
+    alpha: JacobianAlpha = NO_ALPHA,
 ) -> LipschitzCurve:
     """Local Lipschitz constants of logit ``classes[b]`` at ``x[b]`` for each radius of
     ``grid`` (``(K,)`` shared or ``(B, K)`` per input), all evaluated in one batched call."""
@@ -142,7 +144,7 @@ def lipschitz_curve(
     spec = class_spec(classes.to(x.device), net.num_outputs, net.dtype)
     ball = LpBall.make(x, eps.to(device=x.device, dtype=x.dtype), p)
     with torch.no_grad():
-        res = lipschitz_bounds(net, ball, spec, method, layer_method, direction, shift)
+        res = lipschitz_bounds(net, ball, spec, method, layer_method, direction, shift, alpha=alpha)
         opnorm = opnorm_global_lipschitz(net, spec, p)[:, 0]
     return LipschitzCurve(
         eps.cpu(),
