@@ -29,6 +29,7 @@ from nnbound.bounds.methods import (
     _tighten,
     get_method,
 )
+from nnbound.bounds.patches import Patches
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.chain_graph import node_layer
@@ -128,7 +129,12 @@ def tighten_tensor(
 
     def bound_slice(sub: BoundState, idx: Tensor) -> tuple[Tensor, Tensor]:
         n, u = idx.shape
-        if layer is not None and producer is not None:
+        if state.patches and len(shape) == 3:
+            # Rows on an image tensor as patches: each row's window only (its receptive
+            # field), carried densely from where the window is no smaller than the image.
+            const = torch.zeros(n, u, dtype=ref.dtype, device=ref.device)
+            c_lo, c_up, _ = backward(sub, name, Patches.identity(idx, shape, ref.dtype), const)
+        elif layer is not None and producer is not None:
             # Rows of a dense / conv output start one node lower, as the weight rows (or the
             # kernel at the receptive field): no one-hot product.
             src = producer.inputs[0]
