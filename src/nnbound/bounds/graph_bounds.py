@@ -204,6 +204,7 @@ def intermediate_bounds(
     prior: dict[str, Interval] | None = None,
     line_hook: LineHook | None = None,
     upto: str | None = None,
+    patches: bool = True,
 ) -> BoundState:
     """A :class:`BoundState` with bounds of every tensor the output (or ``upto``) depends on.
 
@@ -218,8 +219,9 @@ def intermediate_bounds(
             tensor name; intersected in.
         line_hook: see :data:`~nnbound.bounds.engine.LineHook`.
         upto: the tensor whose ancestors are bounded (default: the output).
+        patches: see :attr:`~nnbound.bounds.engine.BoundState.patches`.
     """
-    state = BoundState(graph, input_set, options, line_hook=line_hook)
+    state = BoundState(graph, input_set, options, line_hook=line_hook, patches=patches)
     state.bounds[graph.input_name] = input_set.box()
     nodes = graph.ancestors(upto or graph.output)
     need = needs_bounds(graph, nodes)
@@ -264,12 +266,13 @@ def graph_bounds(
     reference: bool = False,
     tangent: TangentRule = TangentRule.EXACT,
     prior: dict[str, Interval] | None = None,
+    patches: bool = True,
 ) -> Bounds:
     """Bounds of ``C @ graph(x)`` for every x in ``input_set`` with a layer-wise method.
 
     Arguments as :func:`nnbound.bounds.methods.layerwise_bounds`; ``prior`` is keyed by tensor
-    name, and ``Bounds.intermediate.pre`` holds the bounds of every tensor a relaxed node
-    reads, by name.
+    name, ``patches`` as in :func:`intermediate_bounds`, and ``Bounds.intermediate.pre``
+    holds the bounds of every tensor a relaxed node reads, by name.
     """
     m = get_method(method) if isinstance(method, str) else method
     check_method_ops(graph, m)
@@ -290,6 +293,7 @@ def graph_bounds(
         linear_hidden=m.hidden == "linear",
         intersect=not reference,
         prior=prior,
+        patches=patches,
     )
     n = input_set.center.shape[0]
     spec = _spec_tensor(C, n, input_set.batch_shape, graph)  # type: ignore[arg-type]
