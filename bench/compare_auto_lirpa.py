@@ -15,15 +15,32 @@ intermediate bounds intersected with IBP, only unstable ReLUs back-propagated) a
 ``compute_bounds(method="CROWN")``; the largest entry-wise difference, the mean width ratio
 (nnbound / auto_LiRPA; < 1 is tighter), and whether one bound contains the other.
 
+Times (best of ``--repeat`` runs, after the model is built) and peak memory (the rise of the
+process's peak resident set over the runs, Linux ``/proc/self/status``) come from one fresh
+worker process per tool and net, so one tool's allocations never count against another's:
+nnbound's default (``f64``: computed in float64 and rounded outward, the sound result for the
+float32 net), nnbound in the net's float32 (``outward=False``: the same arithmetic as
+auto_LiRPA), auto_LiRPA, and with ``--before SRC`` the same two nnbound columns from another
+checkout's ``src`` (e.g. ``/work/main/src``: the code before a change), all in one run; the
+ratio columns divide times taken in that run.
+
 Usage: python bench/compare_auto_lirpa.py [--eps 0.002] [--images 2] [--threads 1]
+    [--repeat 2] [--before /path/to/other/src] [--nets 0,3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -89,12 +106,14 @@ def cases() -> list[Case]:
     ]
 
 
-def nnbound_crown(case: Case, x: Tensor, eps: float, spec: Tensor) -> tuple[Tensor, Tensor, float]:
+def nnbound_crown(
+    case: Case, x: Tensor, eps: float, spec: Tensor, outward: bool = True
+) -> tuple[Tensor, Tensor, float]:
     graph = from_torch_graph(case.module, case.input_shape, name=case.name, input_range=(0.0, 1.0))
     ball = LpBall.make(x, eps, "inf")
     t = time.perf_counter()
     method = "crown-general" if "tanh" in case.name else "crown"  # CROWN's lines for tanh
-    b = bounds(graph, ball, method, C=spec)
+    b = bounds(graph, ball, method, C=spec, outward=outward)
     return b.lower, b.upper, time.perf_counter() - t
 
 
@@ -109,35 +128,133 @@ def lirpa_crown(case: Case, x: Tensor, eps: float, spec: Tensor) -> tuple[Tensor
     return lo.detach(), up.detach(), time.perf_counter() - t
 
 
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        found = re.search(rf"{key}:\s+(\d+)", f.read())
+    return int(found.group(1)) if found else 0
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set
+        return True
+    except OSError:
+        return False
+
+
+def inputs(case: Case, images: int) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(images, *case.input_shape, generator=gen)
+    with torch.no_grad():
+        labels = case.module(x).argmax(1)
+    return x, margin_specs(labels, torch.full_like(labels, -1), 10, x.dtype)
+
+
+def worker(tool: str, index: int, args: argparse.Namespace) -> None:
+    """One tool on one net in this process; prints one JSON line."""
+    torch.set_num_threads(args.threads)
+    case = cases()[index]
+    x, spec = inputs(case, args.images)
+    times, peak = [], None
+    for _ in range(args.repeat):
+        base = _status_kib("VmRSS")
+        tracked = _reset_peak()
+        if tool == "lirpa":
+            lo, up, t = lirpa_crown(case, x, args.eps, spec)
+        else:
+            lo, up, t = nnbound_crown(case, x, args.eps, spec, outward=tool == "f64")
+        times.append(t)
+        if tracked:
+            rise = (_status_kib("VmHWM") - base) / 1024
+            peak = rise if peak is None else max(peak, rise)
+    out = {"times": times, "peak_mib": peak, "lower": lo.tolist(), "upper": up.tolist()}
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def run_worker(tool: str, index: int, args: argparse.Namespace, src: str | None) -> dict | None:
+    """:func:`worker` in a fresh interpreter (``src`` first on its path), or ``None`` if it
+    failed."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, __file__, "--worker", tool, "--net", str(index)]
+    for key in ("eps", "images", "threads", "repeat"):
+        cmd += [f"--{key}", str(getattr(args, key))]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    print(f"{tool} on net {index} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+    return None
+
+
+def _fmt_mib(r: dict | None) -> str:
+    return "-" if r is None or r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--eps", type=float, default=0.002)
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=2, help="timed runs per tool (best kept)")
+    ap.add_argument("--before", help="another checkout's src directory, timed beside this one")
+    ap.add_argument("--nets", help="comma-separated net indices (default: all)")
+    ap.add_argument("--worker", choices=("f64", "f32", "lirpa"), help=argparse.SUPPRESS)
+    ap.add_argument("--net", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker is not None:
+        worker(args.worker, args.net, args)
+        return
     try:
         import auto_LiRPA  # noqa: F401
     except ImportError:
         print("auto_LiRPA is not importable here: nothing to compare (see the docstring)")
         return
-    torch.set_num_threads(args.threads)
-    rows = []
-    for case in cases():
-        gen = torch.Generator().manual_seed(1)
-        x = torch.rand(args.images, *case.input_shape, generator=gen)
-        with torch.no_grad():
-            labels = case.module(x).argmax(1)
-        targets = torch.full_like(labels, -1)
-        spec = margin_specs(labels, targets, 10, x.dtype)
-        n_lo, n_up, n_t = nnbound_crown(case, x, args.eps, spec)
-        a_lo, a_up, a_t = lirpa_crown(case, x, args.eps, spec)
+    here = str(Path(__file__).resolve().parents[1] / "src")
+    all_cases = cases()
+    chosen = range(len(all_cases)) if not args.nets else [int(i) for i in args.nets.split(",")]
+    rows, mem_rows = [], []
+    mem_keys = ["lirpa", "f64", "before f64", "f32", "before f32"]
+    mem_keys = [k for k in mem_keys if args.before or not k.startswith("before")]
+    for index in chosen:
+        case = all_cases[index]
+        res = {"lirpa": run_worker("lirpa", index, args, None)}
+        for tool in ("f64", "f32"):
+            res[tool] = run_worker(tool, index, args, here)
+            if args.before:
+                res["before " + tool] = run_worker(tool, index, args, args.before)
+        a, n = res["lirpa"], res["f64"]
+        if a is None or n is None:
+            continue
+        a_lo, a_up = torch.tensor(a["lower"]), torch.tensor(a["upper"])
+        n_lo, n_up = torch.tensor(n["lower"]), torch.tensor(n["upper"])
         diff = float(torch.maximum((n_lo - a_lo).abs(), (n_up - a_up).abs()).max())
         ratio = float((n_up - n_lo).mean() / (a_up - a_lo).mean())
         inside = bool((n_lo >= a_lo - 1e-5).all() and (n_up <= a_up + 1e-5).all())
-        rows.append([case.name, diff, ratio, "yes" if inside else "no", n_t, a_t, a_t / n_t])
-        print("row", rows[-1], flush=True)
-    headers = ["net", "max |diff|", "width ratio", "nnbound inside", "nnbound s", "auto_LiRPA s"]
-    print(render_table([*headers, "speed-up"], rows, digits=4))
+        best = {k: min(r["times"]) if r is not None else math.nan for k, r in res.items()}
+        row = [case.name, diff, ratio, "yes" if inside else "no", best["lirpa"]]
+        for tool in ("f64", "f32"):
+            row += [best[tool], best["lirpa"] / best[tool]]
+            if args.before:
+                row += [best["before " + tool], best["before " + tool] / best[tool]]
+        rows.append(row)
+        mem_rows.append([case.name, *(_fmt_mib(res.get(k)) for k in mem_keys)])
+        print("row", row, flush=True)
+    headers = ["net", "max |diff|", "width ratio", "nnbound inside", "auto_LiRPA s"]
+    for tool in ("f64", "f32"):
+        headers += [f"nnbound {tool} s", f"LiRPA/{tool}"]
+        if args.before:
+            headers += [f"before {tool} s", f"before/{tool}"]
+    print(
+        f"\nCROWN, {args.images} images, {args.threads} thread(s), best of {args.repeat}; "
+        "ratios > 1: nnbound (this tree) faster"
+    )
+    print(render_table(headers, rows, digits=4))
+    print("\npeak memory (MiB above the worker's resident set before the run)")
+    names = {"lirpa": "auto_LiRPA"}
+    print(render_table(["net", *[names.get(k, k) for k in mem_keys]], mem_rows))
 
 
 if __name__ == "__main__":

@@ -515,6 +515,74 @@ def random_graph(
     return b.graph(b.dense(x, n_out), "random-graph")
 
 
+def conv_graph(
+    ch: Chooser,
+    input_shape: Shape,
+    n_out: int,
+    *,
+    seed: int,
+    layers: int = 4,
+    weight_scale: float = 1.0,
+    acts: Sequence[str] = ("relu",),
+) -> Graph:
+    """A random CNN with residual blocks on ``input_shape`` ``(C, H, W)``: convolutions of
+    every geometry (kernel 1-4 per axis, stride 1-2, padding 0-2, dilation 1-2, groups),
+    batch-norm ``scale`` s (per channel, or per entry), convolutions in a row, residual
+    ``add`` / ``sub`` of a conv-act-conv body, activations from ``acts``; then flatten and a
+    dense output. The
+    image never shrinks below 3x3. Float64 weights."""
+    gen = torch.Generator().manual_seed(int(seed))
+    b = GraphBuilder(tuple(input_shape), gen, weight_scale, activations=tuple(acts))
+
+    def conv(x: str, c_out: int, same: bool = False) -> str:
+        c_in, h, w = b.shapes[x]
+        groups = ch.pick([g for g in (1, 2, 3) if c_in % g == 0 and c_out % g == 0])
+        kernel = (1, 1) if same and ch.integer(0, 1) else (ch.integer(1, 4), ch.integer(1, 4))
+        dil = (ch.integer(1, 2), ch.integer(1, 2))
+        stride = (1, 1) if same else (ch.integer(1, 2), ch.integer(1, 2))
+        pad = [ch.integer(0, 2) for _ in range(2)]
+        for ax, size in enumerate((h, w)):
+            reach = dil[ax] * (kernel[ax] - 1)
+            if same:  # an odd reach keeps the size with padding reach / 2
+                kernel = (1, kernel[1]) if ax == 0 and reach % 2 else kernel
+                kernel = (kernel[0], 1) if ax == 1 and reach % 2 else kernel
+                pad[ax] = dil[ax] * (kernel[ax] - 1) // 2
+            elif (size + 2 * pad[ax] - reach - 1) // stride[ax] + 1 < 3:
+                kernel = (1, kernel[1]) if ax == 0 else (kernel[0], 1)
+                stride = (1, stride[1]) if ax == 0 else (stride[0], 1)
+                pad[ax] = 0
+        s = b.weight_scale / math.sqrt(c_in // groups * kernel[0] * kernel[1])
+        params = {
+            "weight": b.randn(c_out, c_in // groups, *kernel, scale=s),
+            "bias": b.randn(c_out, scale=b.bias_scale),
+        }
+        attrs = {"stride": stride, "padding": tuple(pad), "dilation": dil, "groups": groups}
+        return b.node("conv2d", [x], params, attrs)
+
+    def bn(x: str) -> str:
+        shape = b.shapes[x]
+        per = (shape[0], 1, 1) if ch.integer(0, 2) else shape
+        params = {"scale": b.randn(*per).abs() + 0.2, "shift": b.randn(*per, scale=0.3)}
+        return b.node("scale", [x], params)
+
+    x = b.input_name
+    for _ in range(layers):
+        width = ch.integer(1, 3) * ch.pick((1, 2))
+        if ch.integer(0, 2) == 0 and b.shapes[x][0] > 1:  # a residual block
+            body = _activation(b, ch, bn(conv(x, width, same=True)))
+            body = conv(body, b.shapes[x][0], same=True)
+            op = ch.pick(("add", "sub")) if has("sub") else "add"
+            x = b.node(op, [x, bn(body)] if ch.integer(0, 1) else [bn(body), x])
+        else:
+            x = conv(x, width)
+            if ch.integer(0, 1):
+                x = bn(x)
+            if ch.integer(0, 2) == 0:  # two linear maps in a row: conv (-bn) -conv
+                x = conv(x, width, same=bool(ch.integer(0, 1)))
+        x = _activation(b, ch, x)
+    return b.graph(b.dense(b.flat(x), n_out), "random-cnn")
+
+
 # -- named architectures for the benchmark -------------------------------------------------
 def resnet_graph(
     widths: Sequence[int] = (64, 128, 256, 512),
@@ -569,6 +637,7 @@ __all__ = [
     "RandomChooser",
     "activations",
     "available_blocks",
+    "conv_graph",
     "has",
     "piecewise_linear",
     "random_graph",

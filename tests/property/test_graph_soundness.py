@@ -44,6 +44,7 @@ from graph_factory import (
     RandomChooser,
     activations,
     available_blocks,
+    conv_graph,
     has,
     piecewise_linear,
     random_graph,
@@ -287,6 +288,25 @@ def test_small_resnet_bounds_are_sound(seed: int, kind: str, f32: bool) -> None:
     center = torch.rand(1, 2, 6, 6, generator=gen, dtype=torch.float64).to(dtype)
     input_set = make_set(kind, center, 0.05 if kind in ("inf", "box") else 0.3, gen)
     spec = torch.randn(1, 2, 3, generator=gen, dtype=torch.float64).to(dtype)
+    check_sound(graph, input_set, spec, seed)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31 - 1), kind=st.sampled_from(SETS), f32=st.booleans())
+def test_conv_graph_bounds_are_sound(seed: int, kind: str, f32: bool) -> None:
+    """Random CNNs of every convolution geometry (stride, padding, dilation, groups,
+    rectangular kernels), batch norm and residual blocks on 6-10 pixel images, where the
+    backward passes of intermediate bounds carry patches (:mod:`nnbound.bounds.patches`)."""
+    ch = RandomChooser(random.Random(seed))
+    shape = (ch.integer(1, 3), ch.integer(6, 10), ch.integer(6, 10))
+    acts = ch.pick((("relu",), ("relu", "leaky_relu"), ("tanh", "relu")))
+    graph = conv_graph(ch, shape, 3, seed=seed, layers=ch.integer(2, 4), acts=acts)
+    dtype = torch.float32 if f32 else torch.float64
+    graph = graph.to(dtype=dtype)
+    gen = torch.Generator().manual_seed(seed)
+    center = torch.rand(ch.integer(1, 2), *shape, generator=gen, dtype=torch.float64).to(dtype)
+    input_set = make_set(kind, center, 0.05 if kind in ("inf", "box") else 0.3, gen)
+    spec = torch.randn(center.shape[0], 2, 3, generator=gen, dtype=torch.float64).to(dtype)
     check_sound(graph, input_set, spec, seed)
 
 

@@ -47,6 +47,7 @@ from nnbound.bounds.engine import BoundState, backward
 from nnbound.bounds.graph_bounds import _candidates, needs_bounds
 from nnbound.bounds.linear import padded_indices, start_rows
 from nnbound.bounds.methods import _spec_tensor, get_method
+from nnbound.bounds.patches import Coefficients, Patches
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.errors import InputError
 from nnbound.network.chain_graph import network_to_graph, node_layer
@@ -242,7 +243,7 @@ class _Run:
                 cols = max(1, _PASS_ELEMENTS // (group_idx.shape[0] * width))
                 for c0 in range(0, group_idx.shape[1], cols):
                     idx = group_idx[:, c0 : c0 + cols]
-                    target, a, const = self.start(name, idx)
+                    target, a, const = self.start(name, idx, patches=True)
                     c_lo, c_up, _ = backward(sub, target, a, const)
                     assert c_lo is not None and c_up is not None
                     for flat, new, take in (
@@ -263,12 +264,19 @@ class _Run:
                 self.idx[name] = padded_indices(left)
         return lo, up
 
-    def start(self, name: str, idx: Tensor) -> tuple[str, Tensor, Tensor]:
+    def start(
+        self, name: str, idx: Tensor, patches: bool = False
+    ) -> tuple[str, Coefficients, Tensor]:
         """Rows selecting entries ``idx`` ``(N, U)`` of tensor ``name``: ``(tensor the rows
         sit on, a (N, U, *its shape), const (N, U))``; rows of a dense / conv output start one
-        node lower, as the weight rows (no one-hot product)."""
+        node lower, as the weight rows (no one-hot product). With ``patches``, rows on an
+        image tensor are :class:`~nnbound.bounds.patches.Patches` (CROWN's first pass: its
+        lines are shared by every row, which patches need)."""
         graph = self.graph
         dtype = self.input_set.center.dtype
+        if patches and len(graph.shapes[name]) == 3:
+            const = torch.zeros(idx.shape, dtype=dtype, device=self.device)
+            return name, Patches.identity(idx, graph.shapes[name], dtype), const
         producer = graph.producers.get(name)
         layer = node_layer(producer) if producer is not None else None
         if producer is not None and isinstance(layer, (Dense, Conv2d)):
@@ -287,6 +295,7 @@ class _Run:
         idx = self.idx[name]
         u = idx.shape[1]
         target, a, const = self.start(name, idx)
+        assert isinstance(a, Tensor)
         # Upper bounds are lower bounds of the negated rows: one pass serves both sides.
         lb, _, _ = backward(
             state, target, torch.cat([a, -a], 1), torch.cat([const, -const], 1), upper=False

@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from nnbound.bounds import patches_rules
 from nnbound.bounds.interval import box_concretize
 from nnbound.bounds.linear import through_lines
-from nnbound.network.graph import Graph, Node
-from nnbound.ops.base import Interval, OpKind, RelaxOptions
+from nnbound.bounds.patches import Coefficients, Patches
+from nnbound.network.graph import Graph, Node, Shape
+from nnbound.ops.base import Interval, Op, OpKind, RelaxOptions
 from nnbound.ops.registry import get_op
 from nnbound.relax.base import LinearRelaxation
 from nnbound.sets.box import InputSet
@@ -59,6 +61,9 @@ class BoundState:
             :data:`CoefHook`).
         checkpoint: optional callable run before each node of a backward pass; it may raise
             to abandon the pass (a verifier's time limit), nothing is left half-updated.
+        patches: start intermediate-bound passes on image tensors as
+            :class:`~nnbound.bounds.patches.Patches` (``False``: dense coefficients
+            throughout; same bounds up to rounding, slower on CNNs).
     """
 
     graph: Graph
@@ -68,6 +73,7 @@ class BoundState:
     line_hook: LineHook | None = None
     coef_hook: CoefHook | None = None
     checkpoint: Callable[[], None] | None = None
+    patches: bool = True
     _lines: dict[str, LinearRelaxation] = field(default_factory=dict)
 
     def lines(self, node: Node) -> LinearRelaxation:
@@ -91,6 +97,7 @@ class BoundState:
             self.line_hook,
             self.coef_hook,
             self.checkpoint,
+            self.patches,
         )
         for k, rl in self._lines.items():
             sub._lines[k] = LinearRelaxation(
@@ -106,20 +113,40 @@ class BoundState:
             self._lines.pop(t, None)
 
 
-def _contract(a: Tensor, b: Tensor) -> Tensor:
+def _contract(a: Coefficients, b: Tensor) -> Tensor:
     """Sum of ``a * b`` over every axis after the first two, ``b`` (broadcastable to ``a``'s
     trailing shape) shared by every row: one matrix-vector product, no ``a``-sized temporary."""
+    if isinstance(a, Patches):
+        return a.contract(b)
     flat = a.reshape(*a.shape[:2], -1)
     vec = b.to(device=a.device, dtype=a.dtype).expand(a.shape[2:]).reshape(-1)
     return flat @ vec
 
 
-def _add(x: Tensor | None, y: Tensor | None) -> Tensor | None:
+def _add(x: Coefficients | None, y: Coefficients | None) -> Coefficients | None:
     if x is None:
         return y
     if y is None:
         return x
-    return x + y
+    if isinstance(x, Patches) and isinstance(y, Patches):
+        total = x.add(y)
+        if total is not None:
+            return total
+    return _dense(x) + _dense(y)
+
+
+def _dense(a: Coefficients) -> Tensor:
+    return a.to_dense() if isinstance(a, Patches) else a
+
+
+def _dense_pair(
+    a_lo: Coefficients | None, a_up: Coefficients | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """Both sides dense, still one tensor where they shared one."""
+    up = _dense(a_up) if a_up is not None else None
+    if a_lo is a_up:
+        return up, up
+    return (_dense(a_lo) if a_lo is not None else None), up
 
 
 class _Coefficients:
@@ -127,9 +154,9 @@ class _Coefficients:
     (one product then serves both sides)."""
 
     def __init__(self) -> None:
-        self._acc: dict[str, tuple[Tensor | None, Tensor | None]] = {}
+        self._acc: dict[str, tuple[Coefficients | None, Coefficients | None]] = {}
 
-    def add(self, name: str, lo: Tensor | None, up: Tensor | None) -> None:
+    def add(self, name: str, lo: Coefficients | None, up: Coefficients | None) -> None:
         if lo is None and up is None:
             return
         if name not in self._acc:
@@ -142,14 +169,14 @@ class _Coefficients:
         else:
             self._acc[name] = (_add(old_lo, lo), _add(old_up, up))
 
-    def pop(self, name: str) -> tuple[Tensor | None, Tensor | None] | None:
+    def pop(self, name: str) -> tuple[Coefficients | None, Coefficients | None] | None:
         return self._acc.pop(name, None)
 
 
 def backward(
     state: BoundState,
     target: str,
-    a: Tensor,
+    a: Coefficients,
     const: Tensor,
     *,
     lower: bool = True,
@@ -162,7 +189,8 @@ def backward(
     Args:
         state: the bounds the relaxations use (see :class:`BoundState`).
         target: the tensor bounded.
-        a: ``(N, S, *shape of target)`` coefficients.
+        a: ``(N, S, *shape of target)`` coefficients, or :class:`Patches` on an image tensor
+            (carried as patches through the operators that keep them so, dense after).
         const: ``(N, S)`` constant.
         lower, upper: which side(s) to compute (the other is returned as ``None``).
         keep: tensors whose collected coefficients to return (e.g. ReLU outputs for a
@@ -188,11 +216,27 @@ def backward(
             continue
         if state.checkpoint is not None:
             state.checkpoint()
-        if state.coef_hook is not None:
-            pair = state.coef_hook(node.output, *pair)
-        if node.output in keep:
-            kept[node.output] = pair
         a_lo, a_up = pair
+        op = get_op(node.op, node)
+        in_shapes = [shapes[i] for i in node.inputs]
+        out_shape = shapes[node.output]
+        if (
+            (isinstance(a_lo, Patches) or isinstance(a_up, Patches))
+            and state.coef_hook is None
+            and node.output not in keep
+            and node.output not in stop
+        ):
+            step = _patches_step(state, node, op, a_lo, a_up, c_lo, c_up, in_shapes, out_shape)
+            if step is not None:
+                c_lo, c_up, new_lo, new_up = step
+                for name, lo_i, up_i in zip(node.inputs, new_lo, new_up, strict=True):
+                    acc.add(name, lo_i, up_i)
+                continue
+        a_lo, a_up = _dense_pair(a_lo, a_up)
+        if state.coef_hook is not None:
+            a_lo, a_up = state.coef_hook(node.output, a_lo, a_up)
+        if node.output in keep:
+            kept[node.output] = (a_lo, a_up)
         if node.output in stop:
             box = state.bounds[node.output]
             if c_lo is not None and a_lo is not None:
@@ -200,20 +244,9 @@ def backward(
             if c_up is not None and a_up is not None:
                 c_up = box_concretize(a_up, c_up, *box)[1]
             continue
-        op = get_op(node.op, node)
-        in_shapes = [shapes[i] for i in node.inputs]
-        out_shape = shapes[node.output]
         if op.kind is OpKind.LINEAR:
             same = a_lo is a_up
-            bias = op.bias(node, out_shape)
-            if bias is not None:
-                shift_up = _contract(a_up, bias) if a_up is not None else None
-                if c_up is not None and shift_up is not None:
-                    c_up = c_up + shift_up
-                if c_lo is not None and a_lo is not None:
-                    c_lo = c_lo + (
-                        shift_up if same and shift_up is not None else _contract(a_lo, bias)
-                    )
+            c_lo, c_up = _bias_shift(op, node, out_shape, a_lo, a_up, c_lo, c_up)
             none: list[Tensor | None] = [None] * len(node.inputs)
             new_up = op.transpose(node, a_up, in_shapes, out_shape) if a_up is not None else none
             if same:
@@ -243,15 +276,84 @@ def backward(
         for name, lo_i, up_i in zip(node.inputs, new_lo, new_up, strict=True):
             acc.add(name, lo_i, up_i)
     pair = acc.pop(graph.input_name)
+    a_lo, a_up = _dense_pair(*pair) if pair is not None else (None, None)
     if graph.input_name in keep and pair is not None:
-        kept[graph.input_name] = pair
-    a_lo, a_up = pair if pair is not None else (None, None)
+        kept[graph.input_name] = (a_lo, a_up)
     out_lo = out_up = None
     if c_lo is not None:
         out_lo = state.input_set.concretize(a_lo, c_lo)[0] if a_lo is not None else c_lo
     if c_up is not None:
         out_up = state.input_set.concretize(a_up, c_up)[1] if a_up is not None else c_up
     return out_lo, out_up, kept
+
+
+def _bias_shift(
+    op: Op,
+    node: Node,
+    out_shape: Shape,
+    a_lo: Coefficients | None,
+    a_up: Coefficients | None,
+    c_lo: Tensor | None,
+    c_up: Tensor | None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """The constants after linear ``op``'s bias (one product where both sides share ``a``)."""
+    bias = op.bias(node, out_shape)
+    if bias is None:
+        return c_lo, c_up
+    shift_up = _contract(a_up, bias) if a_up is not None else None
+    if c_up is not None and shift_up is not None:
+        c_up = c_up + shift_up
+    if c_lo is not None and a_lo is not None:
+        c_lo = c_lo + (shift_up if a_lo is a_up and shift_up is not None else _contract(a_lo, bias))
+    return c_lo, c_up
+
+
+def _patches_step(
+    state: BoundState,
+    node: Node,
+    op: Op,
+    a_lo: Coefficients | None,
+    a_up: Coefficients | None,
+    c_lo: Tensor | None,
+    c_up: Tensor | None,
+    in_shapes: list[Shape],
+    out_shape: Shape,
+) -> (
+    tuple[Tensor | None, Tensor | None, list[Coefficients | None], list[Coefficients | None]] | None
+):
+    """One node of the pass on patches: ``(c_lo, c_up, inputs' lower, inputs' upper)``, or
+    ``None`` where the node has no patches rule (the caller goes on densely)."""
+    if op.kind is OpKind.ELEMENTWISE:
+        lines = state.lines(node)
+        if lines.lower_slope.dim() != 1 + len(out_shape):
+            return None  # per-row lines (alpha-CROWN's): read densely
+        if not all(a is None or isinstance(a, Patches) for a in (a_lo, a_up)):
+            return None
+        lo, c_lo, up, c_up = patches_rules.through_lines_patches(
+            a_lo,  # type: ignore[arg-type]
+            c_lo,
+            a_up,  # type: ignore[arg-type]
+            c_up,
+            lines,
+        )
+        return c_lo, c_up, [lo], [up]
+    if op.kind is not OpKind.LINEAR:
+        return None
+
+    def through(a: Coefficients | None) -> list[Coefficients | None] | None:
+        if a is None:
+            return [None] * len(in_shapes)
+        if not isinstance(a, Patches):
+            return None
+        moved = patches_rules.transpose(op, node, a, in_shapes, out_shape)
+        return None if moved is None else list(moved)
+
+    new_up = through(a_up)
+    new_lo = new_up if a_lo is a_up else through(a_lo)
+    if new_up is None or new_lo is None:
+        return None
+    c_lo, c_up = _bias_shift(op, node, out_shape, a_lo, a_up, c_lo, c_up)
+    return c_lo, c_up, new_lo, new_up
 
 
 __all__ = ["BoundState", "CoefHook", "LineHook", "backward"]

@@ -29,6 +29,7 @@ from nnbound.bounds.methods import (
     _tighten,
     get_method,
 )
+from nnbound.bounds.patches import Patches
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.chain_graph import node_layer
@@ -128,7 +129,12 @@ def tighten_tensor(
 
     def bound_slice(sub: BoundState, idx: Tensor) -> tuple[Tensor, Tensor]:
         n, u = idx.shape
-        if layer is not None and producer is not None:
+        if state.patches and len(shape) == 3:
+            # Rows on an image tensor as patches: each row's window only (its receptive
+            # field), carried densely from where the window is no smaller than the image.
+            const = torch.zeros(n, u, dtype=ref.dtype, device=ref.device)
+            c_lo, c_up, _ = backward(sub, name, Patches.identity(idx, shape, ref.dtype), const)
+        elif layer is not None and producer is not None:
             # Rows of a dense / conv output start one node lower, as the weight rows (or the
             # kernel at the receptive field): no one-hot product.
             src = producer.inputs[0]
@@ -198,6 +204,7 @@ def intermediate_bounds(
     prior: dict[str, Interval] | None = None,
     line_hook: LineHook | None = None,
     upto: str | None = None,
+    patches: bool = True,
 ) -> BoundState:
     """A :class:`BoundState` with bounds of every tensor the output (or ``upto``) depends on.
 
@@ -212,8 +219,9 @@ def intermediate_bounds(
             tensor name; intersected in.
         line_hook: see :data:`~nnbound.bounds.engine.LineHook`.
         upto: the tensor whose ancestors are bounded (default: the output).
+        patches: see :attr:`~nnbound.bounds.engine.BoundState.patches`.
     """
-    state = BoundState(graph, input_set, options, line_hook=line_hook)
+    state = BoundState(graph, input_set, options, line_hook=line_hook, patches=patches)
     state.bounds[graph.input_name] = input_set.box()
     nodes = graph.ancestors(upto or graph.output)
     need = needs_bounds(graph, nodes)
@@ -258,12 +266,13 @@ def graph_bounds(
     reference: bool = False,
     tangent: TangentRule = TangentRule.EXACT,
     prior: dict[str, Interval] | None = None,
+    patches: bool = True,
 ) -> Bounds:
     """Bounds of ``C @ graph(x)`` for every x in ``input_set`` with a layer-wise method.
 
     Arguments as :func:`nnbound.bounds.methods.layerwise_bounds`; ``prior`` is keyed by tensor
-    name, and ``Bounds.intermediate.pre`` holds the bounds of every tensor a relaxed node
-    reads, by name.
+    name, ``patches`` as in :func:`intermediate_bounds`, and ``Bounds.intermediate.pre``
+    holds the bounds of every tensor a relaxed node reads, by name.
     """
     m = get_method(method) if isinstance(method, str) else method
     check_method_ops(graph, m)
@@ -284,6 +293,7 @@ def graph_bounds(
         linear_hidden=m.hidden == "linear",
         intersect=not reference,
         prior=prior,
+        patches=patches,
     )
     n = input_set.center.shape[0]
     spec = _spec_tensor(C, n, input_set.batch_shape, graph)  # type: ignore[arg-type]
