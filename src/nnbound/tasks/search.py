@@ -39,6 +39,9 @@ _BRACKET_MARGIN = 1e-4
 # (twice the evaluations).
 _SURPRISE_MARGIN = 0.03
 _WIDE_BRACKET = 1.0
+# How far past the largest certified eps P the chord estimate may go, in steps of the last
+# increase of P.
+_CHORD_REACH = 4.0
 # Up to this many rows, root bisections run on Python floats (cheaper than array operations).
 _SCALAR_ROWS = 8
 
@@ -224,6 +227,8 @@ def bracketed_binary_search(
     evaluations = torch.zeros(n, dtype=torch.int64)
     # Whether the row's last estimated evaluation came out on the side its estimate predicted.
     surprised = torch.zeros(n, dtype=torch.bool)
+    # ... and whether that surprise was a certified evaluation predicted to fail.
+    undershot = torch.zeros(n, dtype=torch.bool)
     confirmed = torch.zeros(n, dtype=f64)  # largest eps ``confirm`` certified
     # The previous P and F (the centre and none at first): a third point for the local fit.
     prev_ok, m_prev_ok = best_ok.clone(), m0.clone()
@@ -266,6 +271,17 @@ def bracketed_binary_search(
         # After a surprise in a wide bracket the fit is not to be trusted near its ends.
         wary = surprised[rows] & (width > _WIDE_BRACKET * p)
         keep_in = torch.where(wary, _SURPRISE_MARGIN, _BRACKET_MARGIN) * width
+        # After an evaluation certified where the fit predicted a failure, the fit (pulled
+        # down by a far, steeply failed F) underestimates again and again: a deep network's
+        # bound creeps up to its root in tiny steps (13 evaluations on a 7x1024 MLP). The
+        # chord through the last two certified points does not: a bound that falls ever faster
+        # lies below it, so its root is past the true one, and evaluating there brings F in.
+        # Far from the root the chord is flat and its root far too high (evaluations there
+        # fail uselessly), so it goes at most _CHORD_REACH times the last step past P.
+        p2m = m_prev_ok[rows]
+        chord = torch.minimum(p + mp * (p - p2) / (p2m - mp), p + _CHORD_REACH * (p - p2))
+        chord = torch.where(undershot[rows] & (p2m > mp) & torch.isfinite(chord), chord, p)
+        inside = torch.maximum(inside, chord)
         inside = torch.minimum(torch.maximum(inside, p + keep_in), f - keep_in)
         quadratic = _quadratic_root(m0[rows], g0[rows], p, mp)
         pulled = _EXTRAPOLATION_PULL * quadratic
@@ -292,6 +308,7 @@ def bracketed_binary_search(
         ok = m > 0
         # An estimated candidate is expected certified exactly when it is ``final``.
         surprised[rows] = usable & (ok != final)
+        undershot[rows] = usable & ok & ~final
         prev_ok[rows] = torch.where(ok, p, prev_ok[rows])
         m_prev_ok[rows] = torch.where(ok, mp, m_prev_ok[rows])
         prev_fail[rows] = torch.where(ok, prev_fail[rows], f)
