@@ -288,7 +288,7 @@ def bracketed_binary_search(
         extrapolated = torch.where(pulled > p, pulled, 2 * quadratic - p)
         # Nothing evaluated yet: the first-order root, scaled by first_scale.
         linear = first_scale * m0[rows] / g0[rows]
-        extrapolated = torch.where(p > 0, extrapolated, linear)
+        extrapolated = torch.where(p > 0, torch.maximum(extrapolated, chord), linear)
         guess = torch.where(bounded, inside, extrapolated)
         usable = torch.isfinite(guess) & (guess > p) & (guess < f)
         usable &= evaluations[rows] < _EVALUATIONS_PER_STEP * max_steps
