@@ -21,6 +21,7 @@ from nnbound.data.registry import load_dataset
 from nnbound.network.layers import Activation, Dense, Flatten
 from nnbound.network.load import load_model
 from nnbound.network.network import Network
+from nnbound.tasks.search import batched_binary_search
 
 # Random MLPs live in the references' MNIST convention: pixels in [-0.5, 0.5].
 RANDOM_RANGE = (-0.5, 0.5)
@@ -123,23 +124,14 @@ def weight_lists(net: Network) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return weights, biases
 
 
-def reference_binary_search(
-    cond: Callable[[float], bool], current: float, max_steps: int, tol: float = 1e-5
-) -> float:
-    """The reference's ``utils.binary_search`` (spec §9.1), for peers that have none."""
-    upper, lower = math.inf, 0.0
-    steps = 0
-    while upper - lower > tol:
-        if cond(current):
-            lower = current
-            current = current * 10 if upper == math.inf else (upper + lower) / 2
-        else:
-            upper = current
-            current = current / 10 if lower == 0 else (upper + lower) / 2
-        steps += 1
-        if steps >= max_steps or current > 1e5:
-            break
-    return lower
+def reference_binary_search(cond: Callable[[float], bool], current: float, max_steps: int) -> float:
+    """The reference's ``utils.binary_search`` (spec §9.1) for one scalar condition, by
+    nnbound's batched transcription of it (tested equal row by row), for peers that have
+    none."""
+    found = batched_binary_search(
+        lambda rows, eps: torch.tensor([cond(float(eps[0]))]), 1, current, max_steps=max_steps
+    )
+    return float(found[0])
 
 
 def _mlp_name(hidden: tuple[int, ...]) -> str:
