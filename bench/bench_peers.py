@@ -261,7 +261,10 @@ def network_row(name: str, count: int, code: Path | None, args: argparse.Namespa
 def radius_table(args: argparse.Namespace) -> tuple[list[str], list[list[object]]]:
     code = Path(args.reference_code) if args.reference_code else None
     rows = []
+    wanted = args.nets.split(",") if args.nets else [name for name, _ in NETWORKS]
     for name, share in NETWORKS:
+        if name not in wanted:
+            continue
         rows.append(network_row(name, max(1, round(args.images * share)), code, args))
         print(f"done {rows[-1][0]}", file=sys.stderr, flush=True)
     header = [
@@ -311,6 +314,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--before-src", help="another nnbound source tree for a 'before' column")
     ap.add_argument("--no-auto-lirpa", action="store_true", help="skip auto_LiRPA")
+    ap.add_argument(
+        "--nets",
+        help="comma list of: " + ", ".join(name for name, _ in NETWORKS) + " (default all)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     limit_threads(args.threads)

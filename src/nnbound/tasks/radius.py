@@ -213,7 +213,7 @@ def certified_radius(
             confirm=cond64.margin if cond64 is not None else None,
             # Priors from a first failure pay when interval bounds pick later layers'
             # candidates (three or more relaxed layers), see bracketed_binary_search.
-            first_scale=1.0 if relaxed_count(net) > 2 else 0.1,
+            first_scale=1.0 if relaxed_count(net) > 2 else 0.5,
             max_steps=steps,
         )
     return radius

@@ -203,7 +203,9 @@ def bracketed_binary_search(
     faster than first order), whose bounds then serve every later, smaller eps as a prior: on
     a 7-layer MLP that made the search 2.5x faster than starting below the root. Where priors
     do not matter, 0.1 (an evaluation near half the root, whose curvature makes the next
-    estimate close) was ~15% faster (a 2-hidden-layer MLP).
+    estimate close) was ~15% faster (a 2-hidden-layer MLP); with the chord estimate 0.5 took
+    fewer evaluations still (``mnist-fc-3layer``, 40 images: 5.35 per image against 5.9 at
+    0.1 and 5.7 at 1; a random 784-256-256-10: 4.9 against 5.6).
 
     ``confirm`` (optional) is a more precise ``margin`` (float64 for a float32 ``margin``):
     every returned radius is then certified by it. The evaluation expected to give the final
