@@ -186,3 +186,28 @@ def test_bracketed_search_confirms_every_radius(roots: list[float], shift: float
     same = bracketed_binary_search(margin, m0, 0.005, slope0=slope, confirm=margin)
     want = batched_binary_search(lambda r, e: margin(r, e) > 0, len(roots), 0.005)
     assert torch.equal(same, want)
+
+
+def test_bracketed_search_does_not_creep_below_a_knee() -> None:
+    """A bound falling gently to its root and steeply past it (a deep network's layer bounds
+    blowing up) drew root estimates just above each certified eps from the far, steep failure:
+    the search crept up in tiny steps (23-55 evaluations per row here). The chord through the
+    last two certified points reaches the root in a few, with the reference's result."""
+    t = torch.tensor([0.00218, 0.0123, 0.31], dtype=torch.float64)
+
+    def margin(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        past = torch.clamp(eps / t[rows] - 1, min=0)
+        return 0.005 * (1 - eps / t[rows]) - 5.0 * past**2
+
+    evaluations = torch.zeros(3, dtype=torch.int64)
+
+    def counted(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        evaluations[rows] += 1
+        return margin(rows, eps)
+
+    m0 = margin(torch.arange(3), torch.zeros(3, dtype=torch.float64))
+    # a slope at the centre 27 times the bound's (the first-order root far too small)
+    got = bracketed_binary_search(counted, m0, 0.005, slope0=0.135 / t, max_steps=15)
+    want = batched_binary_search(lambda r, e: margin(r, e) > 0, 3, 0.005, max_steps=15)
+    assert torch.equal(got, want)
+    assert int(evaluations.max()) <= 12

@@ -50,6 +50,7 @@ class Network:
     # The dtype of a network without any tensor (only activations, flatten, pooling): it has
     # no weights to carry one, so ``to(dtype=...)`` records it here.
     empty_dtype: torch.dtype | None = field(default=None, compare=False, repr=False)
+    _shapes: tuple[Shape, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -82,12 +83,13 @@ class Network:
                         f"layer {i} {key} is {t.dtype} on {t.device}, but earlier tensors are "
                         f"{ref.dtype} on {ref.device}; use Network.to()"
                     )
-        self.shapes  # noqa: B018 - validates that the shapes chain
+        # Validates that the shapes chain; kept, since layers are frozen and the bound
+        # passes read the shapes a dozen times per call (a millisecond per one-image radius
+        # search when they were recomputed each time).
+        object.__setattr__(self, "_shapes", tuple(self._chain_shapes()))
 
     # -- shapes ---------------------------------------------------------------------------
-    @property
-    def shapes(self) -> list[Shape]:
-        """``shapes[i]`` is the input shape of layer i; ``shapes[-1]`` the output shape."""
+    def _chain_shapes(self) -> list[Shape]:
         out = [self.input_shape]
         for i, layer in enumerate(self.layers):
             try:
@@ -95,6 +97,11 @@ class Network:
             except InputError as exc:
                 raise InputError(f"layer {i} ({type(layer).__name__}): {exc}") from None
         return out
+
+    @property
+    def shapes(self) -> list[Shape]:
+        """``shapes[i]`` is the input shape of layer i; ``shapes[-1]`` the output shape."""
+        return list(self._shapes)
 
     @property
     def output_shape(self) -> Shape:
