@@ -74,7 +74,7 @@ def check_options(method: str, layer_method: str, direction: int, shift: int) ->
     return m
 
 
-def _check_fastlip(net: Network) -> None:
+def check_fastlip(net: Network) -> None:
     for act in net.activations:
         if not act.op.traits.piecewise_linear:
             raise UnsupportedError(
@@ -153,7 +153,7 @@ def jacobian_bounds(
     method = check_options(method, layer_method, direction, shift)
     net = sequential_network(net)
     if method == "fastlip":
-        _check_fastlip(net)
+        check_fastlip(net)
     if method == "crown-jacobian":
         return _propagation_jacobian(net, ball, C, layer_method, reference)
     lb = layerwise_bounds(net, ball, layer_method, C, reference=reference)
