@@ -199,6 +199,60 @@ def _fit_one(
     return c, loc, scale
 
 
+def batch_objective(
+    neg_r: np.ndarray, penalty: float, index: int
+) -> Callable[[list[tuple[int, list[float]]]], list[float]]:
+    """``_objective(penalty, index)`` at many points at once (for
+    :func:`~nnbound.clever.nelder_mead.minimize_many`): the same values bit for bit -- the
+    per-point scalars by the same scalar calls, the per-sample terms row by row of one 2-D
+    pass (numpy's loops run each row as the 1-D call would: same operand strides, same
+    pairwise sum), and :func:`penalized_nll` itself for a point with a sample outside the
+    support or a non-finite log-density (whose masked sums it must reproduce)."""
+    from scipy import special
+
+    single = _objective(penalty, index)
+    n = len(neg_r)
+
+    def values(points: list[tuple[int, list[float]]]) -> list[float]:
+        thetas = np.array([p for _, p in points], dtype=np.float64).reshape(-1, 3)
+        out: list[float] = [math.inf] * len(points)
+        ok = [i for i, t in enumerate(thetas) if t[0] > 0 and not t[2] <= 0]
+        if not ok:
+            return out
+        th = thetas[ok]
+        c, loc, scale = th[:, 0:1], th[:, 1:2], th[:, 2:3]
+        y = (neg_r[None, :] - loc) / scale
+        with np.errstate(invalid="ignore"):
+            inside = ((y >= 0) & (y <= np.inf)).all(1)
+        log_c = np.array([[np.log(t[0])] for t in th])  # scalar calls, as penalized_nll
+        logpdf = log_c + special.xlogy(c - 1, y) - pow(y, c)
+        clean = inside & np.isfinite(logpdf).all(1)
+        totals = np.sum(logpdf, axis=1)
+        for row, i in enumerate(ok):
+            t = thetas[i]
+            if not clean[row]:
+                out[i] = single(t, neg_r)
+                continue
+            value = -totals[row] + 0 * _LOGXMAX * 100 + n * np.log(t[2])
+            out[i] = value + penalty * t[index] ** 2 if penalty else value
+        return out
+
+    return values
+
+
+def fit_starts(
+    neg_r: np.ndarray, c_inits: Sequence[float], penalty: float, index: int, rule: str
+) -> list[tuple[float, float, float] | None]:
+    """:func:`_fit_one` for every initial shape, the starts' Nelder-Mead runs in lockstep with
+    their objective batched (:func:`batch_objective`): the same results, several times
+    faster when the maxima are few."""
+    from nnbound.clever.nelder_mead import minimize_many
+
+    starts = [[float(c0), *start_values(neg_r, float(c0), rule)] for c0 in c_inits]
+    finals = minimize_many(batch_objective(neg_r, penalty, index), starts, 1e-4, 1e-4)
+    return [(c, loc, scale) if c > 0 and scale > 0 else None for c, loc, scale in finals]
+
+
 def fit_reverse_weibull(
     maxima: Sequence[float] | np.ndarray,
     *,
@@ -255,17 +309,15 @@ def fit_reverse_weibull(
     from scipy import stats
 
     neg_r = (top - s) / span
-    objective = _objective(
-        shape_reg if method == "mle_reg" else 0.0, 2 if penalise == "scale" else 0
-    )
+    penalty = shape_reg if method == "mle_reg" else 0.0
     best: tuple[float, float, float, float, float, float] | None = None
     best_p = math.nan
     # scipy warns (overflow, invalid value, divide by zero) while Nelder-Mead probes absurd
     # parameters; those probes are rejected by the penalised likelihood, the warnings are noise.
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        for c0 in c_init:
-            fit = _fit_one(neg_r, float(c0), objective, start)
+        fits = fit_starts(neg_r, c_init, penalty, 2 if penalise == "scale" else 0, start)
+        for c0, fit in zip(c_init, fits, strict=True):
             if fit is None:
                 continue
             c, loc, scale = fit
