@@ -204,37 +204,44 @@ def batch_objective(
 ) -> Callable[[list[tuple[int, list[float]]]], list[float]]:
     """``_objective(penalty, index)`` at many points at once (for
     :func:`~nnbound.clever.nelder_mead.minimize_many`): the same values bit for bit -- the
-    per-point scalars by the same scalar calls, the per-sample terms row by row of one 2-D
-    pass (numpy's loops run each row as the 1-D call would: same operand strides, same
-    pairwise sum), and :func:`penalized_nll` itself for a point with a sample outside the
-    support or a non-finite log-density (whose masked sums it must reproduce)."""
+    per-sample terms row by row of one 2-D pass (numpy's loops run each row as the 1-D call
+    would: same operand strides, same pairwise sum; its array ``log`` equals its scalar one),
+    the penalty by the same scalar power, and for a point with a sample outside the support
+    or a non-finite log-density the masked sums of :func:`penalized_nll` on the same terms
+    (``tests/unit/test_clever_fit_batched.py`` checks the equality)."""
     from scipy import special
 
-    single = _objective(penalty, index)
     n = len(neg_r)
 
     def values(points: list[tuple[int, list[float]]]) -> list[float]:
         thetas = np.array([p for _, p in points], dtype=np.float64).reshape(-1, 3)
         out: list[float] = [math.inf] * len(points)
-        ok = [i for i, t in enumerate(thetas) if t[0] > 0 and not t[2] <= 0]
-        if not ok:
+        rows = np.nonzero((thetas[:, 0] > 0) & ~(thetas[:, 2] <= 0))[0]
+        if rows.size == 0:
             return out
-        th = thetas[ok]
+        th = thetas[rows]
         c, loc, scale = th[:, 0:1], th[:, 1:2], th[:, 2:3]
         y = (neg_r[None, :] - loc) / scale
         with np.errstate(invalid="ignore"):
-            inside = ((y >= 0) & (y <= np.inf)).all(1)
-        log_c = np.array([[np.log(t[0])] for t in th])  # scalar calls, as penalized_nll
-        logpdf = log_c + special.xlogy(c - 1, y) - pow(y, c)
-        clean = inside & np.isfinite(logpdf).all(1)
+            inside = (y >= 0) & (y <= np.inf)
+        # np.log of an array equals np.log of each element (checked); pow per row as 1-D
+        logpdf = np.log(c) + special.xlogy(c - 1, y) - pow(y, c)
+        n_log_scale = n * np.log(th[:, 2])
+        all_in = inside.all(1)
+        clean = all_in & np.isfinite(logpdf).all(1)
         totals = np.sum(logpdf, axis=1)
-        for row, i in enumerate(ok):
-            t = thetas[i]
-            if not clean[row]:
-                out[i] = single(t, neg_r)
-                continue
-            value = -totals[row] + 0 * _LOGXMAX * 100 + n * np.log(t[2])
-            out[i] = value + penalty * t[index] ** 2 if penalty else value
+        for j, i in enumerate(rows.tolist()):
+            if clean[j]:
+                value = -totals[j] + 0 * _LOGXMAX * 100 + n_log_scale[j]
+            else:
+                # penalized_nll's masked sums: the inside samples' terms (elementwise the
+                # same values), then the finite ones, summed as that compacted array
+                part = logpdf[j] if all_in[j] else logpdf[j][inside[j]]
+                finite = np.isfinite(part)
+                n_bad = int(n - part.size) + int(part.size - np.count_nonzero(finite))
+                total = np.sum(part[finite])
+                value = -total + n_bad * _LOGXMAX * 100 + n_log_scale[j]
+            out[i] = value + penalty * thetas[i, index] ** 2 if penalty else value
         return out
 
     return values
