@@ -85,7 +85,7 @@ def lipschitz_sweep(
     direction: int,
     shift: int,
     *,
-    chunk: int = SWEEP_CHUNK,
+    chunk: int | None = None,
 ) -> SweepResult:
     """Lipschitz constants of ``spec[b] f`` ``(B, S, outputs)`` over the p-balls of radius
     ``eps[b, k]`` ``(B, K)`` around ``x[b]`` (``method`` recurjac or fastlip, the options
@@ -93,6 +93,10 @@ def lipschitz_sweep(
     if method == "fastlip":
         check_fastlip(net)
     b, k = eps.shape
+    if chunk is None:
+        # a small net: one batched layer-wise pass beats skipping its cheap deep layers
+        # (mnist-fc-3layer, 21 radii: 10-20% faster than chunks of 4)
+        chunk = SWEEP_CHUNK if net.num_parameters >= PER_ROW_ELEMENTS else k
     pre = sweep_pre_bounds(net, x, eps, p, layer_method, chunk=chunk)
     rows_spec = spec.to(net.dtype).repeat_interleave(k, dim=0)  # (B * K, S, outputs)
     chain = build_chain(net, pre, rows_spec)
