@@ -11,10 +11,18 @@ saturated that way, the layer-wise pass of a larger radius stops before it: the 
 its last needed activation (the deepest, hence dearest ones) are never bounded, and their
 bounds are set to ``(-inf, inf)`` (whose derivative interval is the whole range).
 
-The radii of each centre are processed in ascending order, ``chunk`` at a time (one batched
-layer-wise pass per chunk over every centre's rows of that chunk); a chunk learns from the
-ones before it. Layers whose activation has no attained whole range (tanh, sigmoid: the
-derivative range ``(0, 1]`` of tanh is never an interval's image) never saturate.
+Bounds over a larger ball around the same centre hold over a smaller one, so they may be
+intersected into its pass (``layerwise_bounds(prior=...)``), which then bounds only the
+neurons they leave unstable: on a ReLU net the states they prove are the states a fresh pass
+finds (the same numbers), on a smooth net the bounds get tighter (never looser).
+
+Order: with ``chunk >= K`` every radius goes in one batched pass (small nets). Otherwise
+every ``chunk``-th radius (ascending order per centre) is bounded first, upwards, learning
+where layers saturate; then the radii in between, downwards, each with the bounds of the
+next larger radius as prior (measured on a 784-[1024]x6-10 ReLU MLP, 21 radii: the layer
+bounds about 1.5-2x faster than chunks of 4 upwards). Layers whose activation has no
+attained whole range (tanh, sigmoid: the derivative range ``(0, 1]`` of tanh is never an
+interval's image) never saturate.
 """
 
 from __future__ import annotations
@@ -83,8 +91,10 @@ def sweep_pre_bounds(
     # sat_eps[b, a]: the smallest radius of centre b over which activation acts[a] saturated
     sat_eps = torch.full((b, len(acts)), math.inf, dtype=torch.float64)
     order = torch.argsort(eps.to(torch.float64).cpu(), dim=1, stable=True)
-    for start in range(0, k, chunk):
-        cols = order[:, start : start + chunk]  # (B, c): positions of this chunk's radii
+
+    def bound(cols: Tensor, prior_cols: Tensor | None) -> None:
+        """Bound the rows at sorted positions ``cols`` ``(B, c)``, intersecting the bounds of
+        the rows at ``prior_cols`` (a larger radius around the same centre) where given."""
         rows_b = torch.arange(b).unsqueeze(1).expand_as(cols).reshape(-1)
         rows = (rows_b * k + cols.reshape(-1)).tolist()
         radii = eps.to(torch.float64).cpu()[rows_b, cols.reshape(-1)]
@@ -95,14 +105,18 @@ def sweep_pre_bounds(
         needed = len(acts) - tail  # (R,)
         depth = int(needed.max()) if needed.numel() else 0
         if depth == 0:
-            continue
+            return
         end = acts[depth] if depth < len(acts) else len(net.layers)
         prefix = dataclasses.replace(net, layers=net.layers[:end], name=f"{net.name}[:{end}]")
         # one zero spec row: the prefix's own output bounds are not needed
         spec = torch.zeros(1, prefix.num_outputs, dtype=dt, device=dev)
         centres = x[rows_b.to(dev)]
         ball = LpBall.make(centres, radii.to(device=dev, dtype=dt), p)
-        lb = layerwise_bounds(prefix, ball, layer_method, spec)
+        prior = None
+        if prior_cols is not None:
+            src = torch.tensor((rows_b * k + prior_cols.reshape(-1)).tolist(), device=dev)
+            prior = {i: (pre[i][0][src], pre[i][1][src]) for i in acts[:depth]}
+        lb = layerwise_bounds(prefix, ball, layer_method, spec, prior=prior)
         row_t = torch.tensor(rows, device=dev)
         for a, i in enumerate(acts[:depth]):
             lo, up = lb.intermediate.pre[i]
@@ -113,4 +127,17 @@ def sweep_pre_bounds(
             full = saturated(net, i, lo, up).cpu() & (needed > a)
             mins = torch.where(full, radii, torch.full_like(radii, math.inf))
             sat_eps[:, a] = torch.minimum(sat_eps[:, a], mins.reshape(b, -1).amin(1))
+
+    if chunk >= k:
+        bound(order, None)
+        return pre
+    # Probes every ``chunk``-th radius upwards (learning where layers saturate), then the
+    # radii between them downwards, each with the bounds of the next larger radius as prior:
+    # those prove most neurons of a small ball stable, sparing their backward passes.
+    probes = set(range(0, k, chunk))
+    for s in sorted(probes):
+        bound(order[:, s : s + 1], None)
+    for s in range(k - 1, -1, -1):
+        if s not in probes:
+            bound(order[:, s : s + 1], order[:, s + 1 : s + 2] if s + 1 < k else None)
     return pre

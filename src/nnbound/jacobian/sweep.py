@@ -1,10 +1,11 @@
 """Fast-Lip / RecurJac Lipschitz constants over a sweep of radii around the same centres.
 
-The same numbers as :func:`nnbound.jacobian.lipschitz.lipschitz_bounds` on the ``(B, K)``
-ball, computed with less work:
+The numbers of :func:`nnbound.jacobian.lipschitz.lipschitz_bounds` on the ``(B, K)`` ball
+(the same on piecewise-linear nets; on smooth ones never looser, see below), computed with
+less work:
 
-* pre-activation bounds skip the layers a smaller radius saturated
-  (:func:`nnbound.jacobian.saturation.sweep_pre_bounds`);
+* pre-activation bounds skip the layers a smaller radius saturated, and take the bounds of
+  a larger radius as prior (:func:`nnbound.jacobian.saturation.sweep_pre_bounds`);
 * rows of one centre whose derivative intervals are identical (every radius past saturation,
   often the smallest radii too) share one recursion: its result depends on nothing else;
 * each remaining row's chain drops the neurons whose derivative is exactly 0 over its ball
