@@ -69,7 +69,7 @@ def test_sweep_equals_one_plain_pass(
         # tighten a smooth net's derivative intervals: never looser
         assert bool((curve.values <= ref * (1 + 1e-12) + 1e-12).all())
         return
-    # piecewise linear: the larger ball's bounds only confirm the states -- the same numbers
+    # piecewise linear: here the larger ball's bounds only confirm the states -- same numbers
     torch.testing.assert_close(curve.values, ref, rtol=1e-12, atol=1e-12)
     assert torch.equal(curve.unsure, plain.jacobian.unsure[..., 0])
     assert torch.equal(curve.global_bound, plain.global_bound)

@@ -1,8 +1,7 @@
 """Fast-Lip / RecurJac Lipschitz constants over a sweep of radii around the same centres.
 
 The numbers of :func:`nnbound.jacobian.lipschitz.lipschitz_bounds` on the ``(B, K)`` ball
-(the same on piecewise-linear nets; on smooth ones never looser, see below), computed with
-less work:
+(never looser: measured the same on ReLU nets, tighter on smooth ones), with less work:
 
 * pre-activation bounds skip the layers a smaller radius saturated, and take the bounds of
   a larger radius as prior (:func:`nnbound.jacobian.saturation.sweep_pre_bounds`);
