@@ -12,7 +12,8 @@ one image, float32, on
 ``--quick``: 6 radii (``logspace(-3, 0, 5)``) and a 784-[256]x3-10 MLP in place of the 7x1024.
 
 Columns: the 2018 code (its numpy/numba core called per radius with weight lists, as its
-``task_lipschitz`` does, after a warm-up that compiles the kernels; skipped without a
+``task_lipschitz`` does, after a warm-up that compiles the kernels -- a whole untimed sweep
+for nets under 2M weights, where JIT time would otherwise dominate; skipped without a
 checkout or without numba), nnbound's sweep (``lipschitz_curve``), nnbound's single
 batched pass over the ``(1, K)`` ball (``lipschitz_bounds``, what the sweep replaced), the
 ratio 2018 / sweep, and the largest value difference between the 2018 code and the sweep
@@ -113,7 +114,15 @@ def section(
             ref_s, diff, rel = "-", "-", "-"
             if core is not None:
                 values, seconds = reference_sweep(
-                    core, net, x, label, grid.tolist(), jacbndalg=method, layerbndalg=LAYER_METHOD
+                    core,
+                    net,
+                    x,
+                    label,
+                    grid.tolist(),
+                    jacbndalg=method,
+                    layerbndalg=LAYER_METHOD,
+                    # steady state where that costs little: a whole untimed sweep first
+                    warm_sweep=net.num_parameters < 1 << 21,
                 )
                 d = np.abs(ours - values)
                 ref_s = f"{seconds:.2f}"
