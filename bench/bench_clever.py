@@ -34,6 +34,7 @@ import warnings
 
 import numpy as np
 import torch
+from art_peer import art_classifier
 
 from nnbound.clever import Clever
 from nnbound.data.registry import load_dataset
@@ -48,18 +49,11 @@ ART_NORM = {"1": 1, "2": 2, "inf": np.inf}
 def run_art(
     model: torch.nn.Module, x: np.ndarray, nb_batches: int, batch_size: int, seed: int
 ) -> tuple[dict[str, float], float] | None:
-    try:
-        from art.estimators.classification import PyTorchClassifier
-        from art.metrics import clever_u
-    except ImportError:
+    clf = art_classifier(model, x.shape, 10, (-0.5, 0.5))
+    if clf is None:
         return None
-    clf = PyTorchClassifier(
-        model=model,
-        loss=torch.nn.CrossEntropyLoss(),
-        input_shape=x.shape,
-        nb_classes=10,
-        clip_values=(-0.5, 0.5),
-    )
+    from art.metrics import clever_u
+
     scores = {}
     t0 = time.perf_counter()
     with warnings.catch_warnings():

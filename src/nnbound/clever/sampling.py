@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -80,6 +81,7 @@ def unit_l2_ball(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    normals: torch.dtype = torch.float64,
 ) -> Tensor:
     """``(count, dim)`` points uniform in the unit L2 ball (the reference's exact sampler).
 
@@ -87,9 +89,13 @@ def unit_l2_ball(
     ``P(dim/2, ||z||^2/2)`` (regularised lower incomplete gamma = its CDF) is ``U(0, 1)`` and
     ``radius = P^(1/dim)`` has the ``r^dim`` law of the ball. The gamma function is evaluated
     in float64: in float32 and large ``dim`` it loses the last digits of the radius.
+    ``normals`` is the dtype ``z`` is drawn in (then used in float64): float32 for float32
+    samples, whose digits it fills, is ~4x faster on a CPU (torch draws float64 normals one
+    at a time, float32 ones vectorised).
     """
     _check_count(count, dim)
-    z = torch.randn(count, dim, generator=generator, device=device, dtype=torch.float64)
+    z = torch.randn(count, dim, generator=generator, device=device, dtype=normals)
+    z = z.to(torch.float64)
     s2 = (z * z).sum(1, keepdim=True)
     radius = torch.special.gammainc(torch.full_like(s2, dim / 2.0), s2 / 2.0) ** (1.0 / dim)
     return (z * (radius / s2.sqrt())).to(dtype)
@@ -230,14 +236,13 @@ class Sampler:
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """``(count, dim)`` perturbations ``delta`` (before clipping)."""
+        draw: dict[str, Any] = {"generator": generator, "device": device, "dtype": torch.float64}
+        if self.norm == "2" and dtype != torch.float64:
+            draw["normals"] = torch.float32  # what float32 samples can hold, drawn 4x faster
         if self.mode == "ball":
-            u = _BALLS[self.norm](
-                count, dim, generator=generator, device=device, dtype=torch.float64
-            )
+            u = _BALLS[self.norm](count, dim, **draw)
             return (u * self.radius).to(dtype)
-        u = _REFERENCE_BASE[self.norm](
-            count, dim, generator=generator, device=device, dtype=torch.float64
-        )
+        u = _REFERENCE_BASE[self.norm](count, dim, **draw)
         a, b = REFERENCE_SCALE[self.norm]
         if a == b:
             s = torch.full((count, 1), self.radius, device=device, dtype=torch.float64)

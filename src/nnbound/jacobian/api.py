@@ -75,7 +75,7 @@ def check_options(method: str, layer_method: str, direction: int, shift: int) ->
     return m
 
 
-def _check_fastlip(net: Network) -> None:
+def check_fastlip(net: Network) -> None:
     for act in net.activations:
         if not act.op.traits.piecewise_linear:
             raise UnsupportedError(
@@ -162,7 +162,7 @@ def jacobian_bounds(
         return _propagation_jacobian(chain or net, ball, C, layer_method, reference, alpha)
     net = sequential_network(net)
     if method == "fastlip":
-        _check_fastlip(net)
+        check_fastlip(net)
     if alpha.enabled:
         raise InputError(f"alpha-optimisation applies to crown-jacobian, not {method}")
     lb = layerwise_bounds(net, ball, layer_method, C, reference=reference)

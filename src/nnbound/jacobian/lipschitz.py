@@ -21,12 +21,31 @@ from nnbound.bounds.methods import _spec_tensor
 from nnbound.bounds.spectral import spectral_lipschitz
 from nnbound.jacobian.alpha_jacobian import NO_ALPHA, JacobianAlpha
 from nnbound.jacobian.api import jacobian_bounds, sequential_network
-from nnbound.jacobian.recurjac import abs_sum_upper, dual_norm_rows
+from nnbound.jacobian.recurjac import Chain, Recursion, abs_sum_upper, dual_norm_rows
 from nnbound.jacobian.result import JacobianBounds, LipschitzBounds
 from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import dual_norm, parse_norm
+
+
+def chain_lipschitz(
+    ch: Chain,
+    rec: Recursion | None,
+    shifted: tuple[Tensor, Tensor] | None,
+    lo: Tensor,
+    up: Tensor,
+    q: float,
+    method: str,
+    direction: int,
+    shift: int,
+    refine: bool = True,
+) -> Tensor:
+    """Fast-Lip / RecurJac constants ``(N, S)`` in the dual norm ``q`` from the bounds
+    ``(N, S, n)`` of a chain's Jacobian (with RecurJac's q = 1 refinement when ``refine``)."""
+    if q == 1.0 and refine and method == "recurjac":
+        return abs_sum_upper(ch, lo, up, direction=direction, shift=shift, rec=rec, shifted=shifted)
+    return dual_norm_rows(lo, up, q)
 
 
 def lipschitz_from_jacobian(jac: JacobianBounds, p: float | str, *, refine: bool = True) -> Tensor:
@@ -38,16 +57,10 @@ def lipschitz_from_jacobian(jac: JacobianBounds, p: float | str, *, refine: bool
     lead = jac.lower.shape[: jac.lower.dim() - dims]
     lo = jac.lower.reshape(-1, lead[-1], math.prod(jac.lower.shape[len(lead) :]))
     up = jac.upper.reshape(lo.shape)
-    if q == 1.0 and refine and jac.method == "recurjac" and jac._state is not None:
+    if jac.method != "crown-jacobian" and jac._state is not None:
         st = jac._state
-        value = abs_sum_upper(
-            st.chain,
-            lo,
-            up,
-            direction=jac.direction,
-            shift=jac.shift,
-            rec=st.rec,
-            shifted=st.shifted,
+        value = chain_lipschitz(
+            st.chain, st.rec, st.shifted, lo, up, q, jac.method, jac.direction, jac.shift, refine
         )
     elif jac.method == "crown-jacobian":
         # summed in float64 and nudged up: a float32 sum of hundreds of terms can round down

@@ -228,9 +228,34 @@ def _chunk(batch: int, rows: int, widths: list[int]) -> int:
     return max(1, _CHUNK_ELEMENTS // max(1, batch * rows * max(widths)))
 
 
+def _needed_columns(ch: Chain, k: int) -> Tensor | None:
+    """Columns of ``Y_k`` (``k >= 1``) whose bounds the recursion reads: those of neurons
+    whose derivative interval below is not a single value in some row. Where ``d`` is fixed
+    the term ``y d w`` is linear in ``y`` whatever its sign, so the bounds of ``y`` are never
+    used (:func:`_level_table`); skipping those columns (every stable ReLU) is exact.
+    ``None``: all of them (level 0, a structural block, or no column to skip)."""
+    m = ch.mats[k]
+    if k == 0 or isinstance(m, BlockOp):
+        return None
+    free = (ch.dlo[k - 1] != ch.dhi[k - 1]).any(0)
+    if bool(free.all()):
+        return None
+    return torch.nonzero(free).squeeze(1)
+
+
+def _spread(values: Tensor, cols: Tensor, width: int, fill: float) -> Tensor:
+    """``values`` ``(B, R, len(cols))`` placed at columns ``cols`` of a ``(B, R, width)``
+    tensor holding ``fill`` elsewhere (an unknown bound: -inf below, +inf above)."""
+    out = values.new_full((*values.shape[:-1], width), fill)
+    out[..., cols] = values
+    return out
+
+
 def recurjac_levels(ch: Chain) -> tuple[list[tuple[Tensor, Tensor]], Recursion]:
     """RecurJac bounds ``(lower, upper)`` ``(B, R, c_k)`` of every ``Y_k``, ``k = 0..K``
-    (``Y_K`` exact), and the recursion object (reused by the Linf refinement)."""
+    (``Y_K`` exact), and the recursion object (reused by the Linf refinement). For ``k >= 1``
+    only the columns the recursion reads are bounded (:func:`_needed_columns`); the others
+    are ``(-inf, inf)``."""
     k_total = len(ch.mats)
     rec = Recursion(ch)
     levels: list[tuple[Tensor, Tensor]] = [(ch.end, ch.end)] * (k_total + 1)
@@ -246,6 +271,9 @@ def recurjac_levels(ch: Chain) -> tuple[list[tuple[Tensor, Tensor]], Recursion]:
         )
     for k in range(k_total - 1, -1, -1):
         m = ch.mats[k]
+        need = _needed_columns(ch, k)
+        if need is not None:
+            m = m.transpose(-1, -2)[..., need, :].transpose(-1, -2)
         n_cols = m.shape[-1]
         step = _chunk(b, r, widths[k:])
         lows, ups = [], []
@@ -256,7 +284,14 @@ def recurjac_levels(ch: Chain) -> tuple[list[tuple[Tensor, Tensor]], Recursion]:
             w = part.unsqueeze(1) if part.dim() == 3 else part
             ups.append(rec.upper(k, w))
             lows.append(-rec.upper(k, -w))
+        if not ups:  # no column needed (every derivative below is fixed)
+            ups = lows = [ch.end.new_zeros(b, r, 0)]
         lo, up = torch.cat(lows, -1), torch.cat(ups, -1)
+        if need is not None:
+            lo, up = (
+                _spread(lo, need, ch.mats[k].shape[-1], -math.inf),
+                _spread(up, need, ch.mats[k].shape[-1], math.inf),
+            )
         levels[k] = (lo, torch.maximum(up, lo))
         if k > 0:
             rec.set_bounds(k, *levels[k])

@@ -25,8 +25,9 @@ from torch import Tensor
 
 from nnbound.errors import InputError
 from nnbound.jacobian.alpha_jacobian import NO_ALPHA, JacobianAlpha
-from nnbound.jacobian.api import check_options
+from nnbound.jacobian.api import check_options, sequential_network
 from nnbound.jacobian.lipschitz import gradient_dual_norm, lipschitz_bounds, opnorm_global_lipschitz
+from nnbound.jacobian.sweep import lipschitz_sweep
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import parse_norm
@@ -135,22 +136,35 @@ def lipschitz_curve(
 ) -> LipschitzCurve:
     """Local Lipschitz constants of logit ``classes[b]`` at ``x[b]`` for each radius of
     ``grid`` (``(K,)`` shared or ``(B, K)`` per input), all evaluated in one batched call."""
-    check_options(method, layer_method, direction, shift)
+    method = check_options(method, layer_method, direction, shift)
     p = parse_norm(norm)
     x = net.check_input(x)
     b = x.shape[0]
     grid = grid.to(torch.float64)
     eps = grid.unsqueeze(0).expand(b, -1) if grid.dim() == 1 else grid
     spec = class_spec(classes.to(x.device), net.num_outputs, net.dtype)
-    ball = LpBall.make(x, eps.to(device=x.device, dtype=x.dtype), p)
     with torch.no_grad():
-        res = lipschitz_bounds(net, ball, spec, method, layer_method, direction, shift, alpha=alpha)
+        if method == "crown-jacobian":
+            ball = LpBall.make(x, eps.to(device=x.device, dtype=x.dtype), p)
+            res = lipschitz_bounds(
+                net, ball, spec, method, layer_method, direction, shift, alpha=alpha
+            )
+            values, unsure, whole = res.value, res.jacobian.unsure, res.global_bound
+        else:
+            if alpha.enabled:
+                raise InputError(f"alpha-optimisation applies to crown-jacobian, not {method}")
+            # the same constants, with the layer bounds and recursions shared across radii
+            sw = lipschitz_sweep(
+                sequential_network(net), x, eps, spec, p, method, layer_method, direction, shift
+            )
+            values, unsure = sw.values.reshape(b, -1, 1), sw.unsure.reshape(b, -1, 1)
+            whole = sw.global_bound.reshape(b, -1)
         opnorm = opnorm_global_lipschitz(net, spec, p)[:, 0]
     return LipschitzCurve(
         eps.cpu(),
-        res.value[..., 0].to(torch.float64).cpu(),
-        res.jacobian.unsure[..., 0].cpu(),
-        res.global_bound.cpu(),
+        values[..., 0].to(torch.float64).cpu(),
+        unsure[..., 0].cpu(),
+        whole.cpu(),
         gradient_dual_norm(net, x, spec, p)[:, 0].to(torch.float64).cpu(),
         opnorm.to(torch.float64).cpu(),
     )

@@ -1,0 +1,130 @@
+"""The Lipschitz sweep (layer bounds that skip saturated layers and take the next larger
+ball's bounds as prior, one recursion per distinct row, inactive neurons dropped, only the
+Jacobian columns the recursion reads) gives the numbers of one plain pass over the whole
+``(B, K)`` ball on piecewise-linear nets, never looser ones on smooth nets, and stays sound."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import random_network
+from nnbound.jacobian import jacobian_bounds
+from nnbound.jacobian.lipschitz import lipschitz_bounds
+from nnbound.jacobian.recurjac import Chain, _needed_columns
+from nnbound.jacobian.saturation import sweep_pre_bounds
+from nnbound.jacobian.sweep import PER_ROW_ELEMENTS
+from nnbound.sets.lp_ball import LpBall
+from nnbound.tasks.lipschitz import class_spec, eps_grid, lipschitz_curve
+
+
+def _plain(net, x, classes, grid, p, method, direction=-1, shift=0):
+    eps = grid.unsqueeze(0).expand(x.shape[0], -1).to(x.dtype)
+    ball = LpBall.make(x, eps, p)
+    spec = class_spec(classes, net.num_outputs, x.dtype)
+    with torch.no_grad():
+        return lipschitz_bounds(net, ball, spec, method, "crown-general", direction, shift)
+
+
+CASES = [
+    ("relu", "inf", "recurjac", -1, 0),
+    ("relu", "inf", "fastlip", -1, 0),
+    ("relu", 2.0, "recurjac", -1, 0),
+    ("relu", 1.0, "recurjac", 1, 0),
+    ("relu", "inf", "recurjac", 1, 1),
+    ("leaky_relu", "inf", "recurjac", -1, 0),
+    ("tanh", 2.0, "recurjac", -1, 0),
+]
+
+
+@pytest.mark.parametrize(("act", "p", "method", "direction", "shift"), CASES)
+@pytest.mark.parametrize("per_row", [False, True])
+def test_sweep_equals_one_plain_pass(
+    act: str,
+    p: object,
+    method: str,
+    direction: int,
+    shift: int,
+    per_row: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if per_row:  # force the per-row (compressed) recursion on this small net
+        monkeypatch.setattr("nnbound.jacobian.sweep.PER_ROW_ELEMENTS", 0)
+    net = random_network(act, [12, 16, 16, 16, 4], seed=3)
+    x = torch.randn(3, 12, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    classes = net(x).argmax(1)
+    grid = eps_grid(3.0, 12, -3, math.log10(3.0))  # reaches saturation for the ReLU nets
+    curve = lipschitz_curve(
+        net, x, classes, grid, norm=p, method=method, direction=direction, shift=shift
+    )
+    plain = _plain(net, x, classes, grid, p, method, direction, shift)
+    ref = plain.value[..., 0]
+    if act == "tanh" and per_row:
+        # the bounds of the next larger ball, intersected in (sound: it contains this one),
+        # tighten a smooth net's derivative intervals: never looser
+        assert bool((curve.values <= ref * (1 + 1e-12) + 1e-12).all())
+        return
+    # piecewise linear: here the larger ball's bounds only confirm the states -- same numbers
+    torch.testing.assert_close(curve.values, ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(curve.unsure, plain.jacobian.unsure[..., 0])
+    assert torch.equal(curve.global_bound, plain.global_bound)
+    assert PER_ROW_ELEMENTS > 0
+
+
+def test_saturated_layers_are_skipped_and_take_their_whole_range() -> None:
+    net = random_network("relu", [10, 20, 20, 20, 3], seed=5)
+    x = torch.randn(2, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eps = torch.tensor([0.0, 0.01, 5.0, 10.0, 50.0], dtype=torch.float64).expand(2, -1)
+    pre = sweep_pre_bounds(net, x, eps, math.inf, "crown-general", chunk=1)
+    deep = max(pre)
+    lo, up = pre[deep]
+    # the largest balls are past saturation: the deepest layer was never bounded
+    assert bool(torch.isinf(lo.reshape(2, 5, -1)[:, -1]).all())
+    # wherever a layer was bounded, the bounds are the plain pass's; eps 0 and 0.01 always
+    ball = LpBall.make(x, eps, math.inf)
+    plain = jacobian_bounds(net, ball).layer_bounds.intermediate.pre
+    for i, (lo, up) in pre.items():
+        done = torch.isfinite(lo.reshape(10, -1)).all(1)
+        assert bool(done.reshape(2, 5)[:, :2].all())
+        # (equal up to the rounding of differently batched products)
+        torch.testing.assert_close(lo[done], plain[i][0][done], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(up[done], plain[i][1][done], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_sweep_is_sound_against_sampled_gradients(
+    act: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("nnbound.jacobian.sweep.PER_ROW_ELEMENTS", 0)  # probes and priors
+    net = random_network(act, [8, 24, 24, 24, 3], seed=11)
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    classes = net(x).argmax(1)
+    grid = eps_grid(1.0, 8, -2, 0)
+    curve = lipschitz_curve(net, x, classes, grid, norm="inf", method="recurjac")
+    gen = torch.Generator().manual_seed(9)
+    for k, e in enumerate(grid.tolist()):
+        pts = x.unsqueeze(1) + e * (
+            2 * torch.rand(2, 256, 8, generator=gen, dtype=torch.float64) - 1
+        )
+        pts = pts.reshape(-1, 8).requires_grad_(True)
+        out = net(pts)
+        sel = out.gather(1, classes.repeat_interleave(256).unsqueeze(1)).sum()
+        (g,) = torch.autograd.grad(sel, pts)
+        gmax = g.abs().sum(1).reshape(2, 256).amax(1)
+        assert bool((gmax <= curve.values[:, k] * (1 + 1e-9) + 1e-12).all())
+
+
+def test_only_columns_below_free_derivatives_are_needed() -> None:
+    m = torch.randn(3, 4, dtype=torch.float64)
+    end = torch.randn(1, 1, 3, dtype=torch.float64)
+    d_lo = torch.tensor([[0.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
+    d_hi = torch.tensor([[1.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
+    one = torch.ones(1, 3, dtype=torch.float64)
+    ch = Chain((torch.randn(4, 2, dtype=torch.float64), m), end, (d_lo, one), (d_hi, one))
+    assert _needed_columns(ch, 0) is None
+    assert _needed_columns(ch, 1).tolist() == [0]
