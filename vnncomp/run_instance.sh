@@ -5,7 +5,7 @@
 # installed), unsat, timeout, unknown -- or "error" when the instance cannot be handled (an
 # operator without a rule, a malformed file). nnbound keeps TIMEOUT itself (within about a
 # second); a hard stop at TIMEOUT + 30 s guards against anything that does not, and writes
-# "timeout".
+# "timeout". NNBOUND_DEVICE (cpu by default; cuda, cuda:N, auto) picks the device.
 set -u
 if [ "$#" -ne 6 ] || [ "$1" != "v1" ]; then
     echo "usage: $0 v1 CATEGORY ONNX VNNLIB RESULTFILE TIMEOUT" >&2
@@ -27,7 +27,8 @@ if [ "$HARD" = "0" ]; then
 fi
 # The result goes to a temporary file first: the harness never reads a half-written one.
 timeout --signal=KILL "$HARD" "$PY" -m nnbound verify "$ONNX" "$VNNLIB" \
-    --timeout "$TIMEOUT" --result "$TMP/result.txt" --quiet > /dev/null
+    --timeout "$TIMEOUT" --result "$TMP/result.txt" --device "${NNBOUND_DEVICE:-cpu}" \
+    --quiet > /dev/null
 RC=$?
 if [ -s "$TMP/result.txt" ]; then
     cp "$TMP/result.txt" "$RESULT.part" && mv "$RESULT.part" "$RESULT"

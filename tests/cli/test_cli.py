@@ -224,6 +224,14 @@ def test_demo_prints_a_table(capsys) -> None:
     assert "Certified untargeted radius, Linf" in out and "crown" in out
 
 
+def test_demo_json_names_its_device(capsys) -> None:
+    argv = ["demo", "--numimage", "1", "--methods", "crown", "--norms", "i", "--steps", "3"]
+    code, out, _ = run(capsys, *argv, "--device", "cpu", "--json")
+    rec = json.loads(out)
+    assert code == 0 and rec["provenance"]["device"] == "cpu"
+    assert rec["radius"]["i"]["crown"][0] > 0
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

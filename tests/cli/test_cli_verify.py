@@ -60,6 +60,20 @@ def test_unsat_instance_and_json(capsys, tmp_path: Path) -> None:
     assert rec["result"] == "sat" and rec["timeout"] == 20.0
     assert len(rec["counterexample"]["x"]) == 5 and len(rec["counterexample"]["y"]) == 5
     assert rec["provenance"]["dtype"] == "float64"
+    assert rec["provenance"]["device"] == "cpu"
+
+
+def test_device_option_runs_there_and_is_recorded(capsys, tmp_path: Path) -> None:
+    """``--device`` moves the network before the search; the record names the device (CUDA
+    itself is covered by tests/gpu, which skips without it)."""
+    code, out, _ = run(capsys, "verify", str(UNSAT_NET), str(PROP), "--json", "--device", "cpu")
+    assert code == 0 and json.loads(out)["provenance"]["device"] == "cpu"
+    plain = tmp_path / "plain.csv"
+    plain.write_text(f"{UNSAT_NET},{PROP},30\n")
+    code, out, _ = run(capsys, "verify", "--batch", str(plain), "--json", "--device", "cpu")
+    rec = json.loads(out)
+    assert code == 0 and rec["instances"][0]["result"] == "unsat"
+    assert rec["provenance"]["device"] == "cpu"
 
 
 def test_batch_runs_every_instance_and_summarises(capsys, tmp_path: Path) -> None:
@@ -111,12 +125,19 @@ def test_batch_headerless_csv_and_wrong_expectations_exit_1(capsys, tmp_path: Pa
         (["verify", str(SAT_NET), str(PROP), "--timeout", "inf"], "--timeout"),
         (["verify", "--batch", "x.csv", "--timeout", "nan"], "--timeout"),
         (["verify", "--batch", "missing.csv"], "cannot read"),
+        (["verify", str(SAT_NET), str(PROP), "--device", "gpu"], "unknown device 'gpu'"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(capsys, argv: list[str], message: str) -> None:
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
     assert err.startswith("nnbound: error:") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: the option is valid")
+def test_cuda_without_cuda_is_a_clear_error(capsys) -> None:
+    code, out, err = run(capsys, "verify", str(SAT_NET), str(PROP), "--device", "cuda")
+    assert code == 2 and out == "" and "CUDA is not available" in err
 
 
 def test_malformed_property_names_its_line(capsys, tmp_path: Path) -> None:

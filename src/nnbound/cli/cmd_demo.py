@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from nnbound.cli.common import note, print_json
+from nnbound.cli.common import note, print_json, resolve_device
+from nnbound.report.provenance import provenance
 from nnbound.report.tables import render_table
 from nnbound.tasks.radius import certified_radius
 from nnbound.tasks.targets import select_targets
@@ -33,6 +34,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norms", default="i,2", help="comma list of norms (default i,2)")
     p.add_argument("--methods", default=",".join(DEMO_METHODS))
     p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
@@ -64,13 +66,15 @@ def _model_and_data(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
     net, data, label = _model_and_data(args)
-    net = net.to(dtype=torch.float32)
+    net = net.to(device=device, dtype=torch.float32)
     with torch.no_grad():
-        logits = net(net.check_input(data.images)).cpu()
+        logits = net(net.check_input(data.images.to(device))).cpu()
     acc = float((logits.argmax(1) == data.labels).double().mean())
     sel = select_targets(logits, data.labels, "untargeted", num_images=args.numimage)
-    x = net.check_input(data.images[sel.indices])
+    x = net.check_input(data.images[sel.indices].to(device))
+    labels, targets = sel.labels.to(device), sel.targets.to(device)
     note(
         args,
         f"model {label}: accuracy {acc * 100:.1f}% on {len(data.labels)} {data.name} test "
@@ -86,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
         for m in methods:
             t0 = time.perf_counter()
             with torch.no_grad():
-                r = certified_radius(
-                    net, x, sel.labels, sel.targets, norm=norm, method=m, steps=args.steps
-                )
+                r = certified_radius(net, x, labels, targets, norm=norm, method=m, steps=args.steps)
             timing[norm][m] = (time.perf_counter() - t0) / max(1, len(sel.indices))
             results[norm][m] = r.tolist()
     if args.json:
@@ -100,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 "labels": sel.labels.tolist(),
                 "radius": results,
                 "time_s_per_image": timing,
+                "provenance": provenance(device=device, dtype=torch.float32),
             }
         )
         return 0

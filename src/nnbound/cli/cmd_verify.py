@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nnbound.cli.common import note, print_json
+import torch
+
+from nnbound.cli.common import note, print_json, resolve_device
 from nnbound.errors import InputError, NnboundError
 from nnbound.report.atomic import write_text_atomic
 from nnbound.report.provenance import provenance
@@ -53,6 +55,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="torch CPU threads (default 1: branch and bound runs many small tensor ops, "
         "which extra threads slow down on a busy machine; 0 keeps torch's default)",
     )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu | cuda[:N] | auto (cuda when available); default cpu",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON record on stdout")
     p.add_argument("--quiet", action="store_true", help="no notes on stderr")
 
@@ -77,16 +84,15 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise InputError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
-        import torch
-
         # Measured on a shared 2-core machine: ACAS Xu branch and bound ran 11x slower with 2
         # threads than with 1 (thread-pool spinning on small ops while other jobs hold the
         # cores).
         torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     if args.batch:
         if args.model or args.property:
             raise InputError("give either MODEL PROPERTY or --batch CSV, not both")
-        return _run_batch(args)
+        return _run_batch(args, device)
     if not args.model or not args.property:
         raise InputError("verify needs MODEL and PROPERTY (or --batch CSV)")
     from nnbound.verify.verifier import verify_files
@@ -95,12 +101,14 @@ def run(args: argparse.Namespace) -> int:
     if args.result:
         # a previous run's answer must not outlive this run: if it is interrupted, no file
         discard_stale(args.result)
-    res = verify_files(args.model, args.property, timeout=timeout, options=_options(args))
+    res = verify_files(
+        args.model, args.property, timeout=timeout, options=_options(args), device=device
+    )
     if args.result:
         _write(args.result, res.result_text())
     if args.json:
         rec = _record(res, model=str(args.model), property=str(args.property), timeout=timeout)
-        rec["provenance"] = provenance(device="cpu", dtype=_f64(), seed=args.seed)
+        rec["provenance"] = provenance(device=device, dtype=torch.float64, seed=args.seed)
         print_json(rec)
     else:
         sys.stdout.write(res.result_text())
@@ -116,12 +124,6 @@ def _timeout(value: float, what: str = "--timeout") -> float:
     from nnbound.verify.deadline import checked_timeout
 
     return checked_timeout(value, what)
-
-
-def _f64():
-    import torch
-
-    return torch.float64
 
 
 def _write(path: str, text: str) -> None:
@@ -218,7 +220,7 @@ def verdict(result: str, expected: str) -> str:
     return "-"
 
 
-def _run_batch(args: argparse.Namespace) -> int:
+def _run_batch(args: argparse.Namespace, device: torch.device) -> int:
     from nnbound.verify.verifier import verify_files
 
     cap = None if args.timeout is None else _timeout(args.timeout)
@@ -233,7 +235,11 @@ def _run_batch(args: argparse.Namespace) -> int:
         timeout = inst["timeout"] if cap is None else min(inst["timeout"], cap)
         try:
             res = verify_files(
-                inst["onnx"], inst["vnnlib"], timeout=timeout, options=_options(args)
+                inst["onnx"],
+                inst["vnnlib"],
+                timeout=timeout,
+                options=_options(args),
+                device=device,
             )
         except NnboundError as exc:
             records.append(_error_record(inst, timeout, exc))
@@ -263,7 +269,8 @@ def _run_batch(args: argparse.Namespace) -> int:
         _write_csv(args.result, records)
         Path(partial).unlink(missing_ok=True)
     if args.json:
-        print_json({"instances": records, "summary": summary})
+        prov = provenance(device=device, dtype=torch.float64, seed=args.seed)
+        print_json({"instances": records, "summary": summary, "provenance": prov})
     else:
         rows = [
             [

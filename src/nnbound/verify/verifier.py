@@ -361,16 +361,20 @@ def verify_files(
     *,
     timeout: float = 60.0,
     options: VerifyOptions | None = None,
+    device: torch.device | str | None = None,
 ) -> VerificationResult:
-    """Load an ONNX (or any supported) model and a VNN-LIB file and :func:`verify` them; a
-    ``sat`` result also records whether onnxruntime agrees (``stats["onnxruntime_agrees"]``)
-    and becomes ``unknown`` when it does not.
+    """Load an ONNX (or any supported) model and a VNN-LIB file and :func:`verify` them on
+    ``device`` (default: where the loader puts the network, the CPU); a ``sat`` result also
+    records whether onnxruntime agrees (``stats["onnxruntime_agrees"]``) and becomes
+    ``unknown`` when it does not.
     The timeout counts from the call (loading included)."""
     from nnbound.network.load import load_model
 
     timeout = checked_timeout(timeout)
     start = time.monotonic()
     net = load_model(model)
+    if device is not None:
+        net = net.to(device=torch.device(device))
     prop = read_vnnlib(prop_path)
     left = timeout - (time.monotonic() - start)
     if left <= 0:
