@@ -8,7 +8,12 @@ Prints one line per instance as it finishes, then a table per family: instances,
 (unsat + sat), unsat / sat / unknown / timeout / error (an instance nnbound refuses: an
 operator without a rule...), wrong answers against the expected ones (must be 0; a sat whose
 counterexample onnxruntime rejects also counts as wrong), the median time of the solved
-ones, and the largest overshoot of the time limit (the deadline's slack).
+ones, and the largest overshoot of the time limit (the deadline's slack). Beside them, the
+competition winner's published results for the same instances (``bench/vnncomp_published.csv``,
+alpha-beta-CROWN, quoted from the VNN-COMP result repositories; see ``vnncomp_published.md``):
+how many of the run instances it decided (sat or unsat) out of those it has a result for, the
+median of its published times on those, and ``disagree``, the instances where nnbound and the
+winner decided opposite answers. Its times come from the competition's own hardware.
 
 Generated instances (``--generated``; ONNX + VNN-LIB written to a temporary folder, no
 reference answers): ``gen-acas``, a random 5-input ReLU network with 6 hidden layers of 50
@@ -43,11 +48,30 @@ VNNCOMP = Path("/work/shared/benchmarks/vnncomp")
 GRAPHS = Path("/work/shared/benchmarks/vnncomp_graphs")
 RESULT_WORDS = ("unsat", "sat", "unknown", "timeout", "error")
 MNIST_NET = VNNCOMP / "mnist_fc" / "onnx" / "mnist-net_256x2.onnx"
+PUBLISHED = Path(__file__).with_name("vnncomp_published.csv")
+
+Published = dict[tuple[str, str, str], tuple[str, float | None]]
+
+
+def load_published(path: Path = PUBLISHED) -> Published:
+    """The winner's published (result, run seconds) per (benchmark, onnx, vnnlib) as written in
+    the instances.csv files; an empty result means the winner has none. {} without the file."""
+    if not path.exists():
+        return {}
+    with open(path) as fh:
+        return {
+            (r["benchmark"], r["onnx"], r["vnnlib"]): (
+                r["result"],
+                float(r["time_s"]) if r["time_s"] else None,
+            )
+            for r in csv.DictReader(fh)
+        }
 
 
 def shared_instances(families: set[str] | None, per_family: int) -> list[dict]:
     """Every instance of both shared folders (duplicates once), optionally only some families
     and an evenly spaced sample of at most ``per_family`` of each (0: all)."""
+    published = load_published()
     out: list[dict] = []
     seen: set[tuple[str, str]] = set()
     for folder in (VNNCOMP, GRAPHS):
@@ -74,6 +98,7 @@ def shared_instances(families: set[str] | None, per_family: int) -> list[dict]:
                         "vnnlib": folder / r["vnnlib"],
                         "timeout": float(r["timeout_s"]),
                         "expected": r.get("expected", ""),
+                        "winner": published.get((family, r["onnx"], r["vnnlib"]), ("", None)),
                     }
                 )
     return out
@@ -159,6 +184,7 @@ def run_one(inst: dict, cap: float) -> dict:
     check = verdict(result, inst["expected"])
     if result == "sat" and agrees is False:
         check = "WRONG"  # the counterexample is not one for onnxruntime
+    winner, winner_time = inst.get("winner", ("", None))
     return {
         "group": inst["group"],
         "network": Path(inst["onnx"]).name,
@@ -170,7 +196,18 @@ def run_one(inst: dict, cap: float) -> dict:
         "stage": stage,
         "check": check,
         "ort": {True: "yes", False: "NO", None: "-"}[agrees],
+        "winner": winner,
+        "winner_time": winner_time,
+        "disagree": {result, winner} == {"sat", "unsat"},  # opposite decided answers
     }
+
+
+def winner_text(rec: dict) -> str:
+    """`` winner=<result> <time>s`` for the per-instance line ('' without a published one)."""
+    if not rec["winner"]:
+        return ""
+    took = rec["winner_time"]
+    return f"  winner={rec['winner']}" + ("" if took is None else f" {took:.1f}s")
 
 
 def family_rows(records: list[dict]) -> list[list]:
@@ -182,6 +219,8 @@ def family_rows(records: list[dict]) -> list[list]:
         solved = [r["time"] for r in sub if r["result"] in ("sat", "unsat")]
         decided = sum(r["expected"] in ("sat", "unsat") for r in sub)
         correct = sum(r["check"] == "ok" for r in sub)
+        published = sum(bool(r["winner"]) for r in sub)
+        won = [r["winner_time"] for r in sub if r["winner"] in ("sat", "unsat")]
         rows.append(
             [
                 g,
@@ -192,6 +231,9 @@ def family_rows(records: list[dict]) -> list[list]:
                 sum(r["check"] == "WRONG" for r in sub),
                 float(np.median(solved)) if solved else "-",
                 max(r["time"] - r["limit"] for r in sub),
+                f"{len(won)}/{published}" if published else "-",
+                float(np.median(won)) if won else "-",
+                sum(r["disagree"] for r in sub),
             ]
         )
     return rows
@@ -223,14 +265,16 @@ def main() -> None:
             print(
                 f"[{k}/{len(instances)}] {rec['group']:9s} {rec['network']} {rec['property']}: "
                 f"{rec['result']} ({rec['time']:.2f} s, {rec['stage']})"
-                f"{'  WRONG' if rec['check'] == 'WRONG' else ''}",
+                f"{'  WRONG' if rec['check'] == 'WRONG' else ''}{winner_text(rec)}"
+                f"{'  DISAGREE' if rec['disagree'] else ''}",
                 flush=True,
             )
         wall = time.perf_counter() - start
     if args.verbose:
         print()
         keys = ["group", "network", "property", "expected", "result", "time", "stage", "check"]
-        print(render_table([*keys, "ort"], [[r[k] for k in [*keys, "ort"]] for r in records]))
+        keys += ["ort", "winner"]
+        print(render_table(keys, [[r[k] for k in keys] for r in records]))
     print()
     print(f"per-instance cap {args.cap:g} s, torch threads {args.threads}, wall {wall:.1f} s")
     print(
@@ -244,6 +288,9 @@ def main() -> None:
                 "wrong",
                 "median_solved_s",
                 "max_over_limit_s",
+                "winner_solved",
+                "winner_median_s",
+                "disagree",
             ],
             family_rows(records),
             digits=2,
