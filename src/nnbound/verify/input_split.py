@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from nnbound.bounds.alpha_crown import LinearBoundResult, Pre, linear_bounds
+from nnbound.bounds.forward_linear import forward_bounds
 from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.sets.box import Box
@@ -52,6 +53,7 @@ def input_split(
     batch: int = 1024,
     alpha_steps: int = 0,
     max_domains: int = 500_000,
+    forward: bool = False,
 ) -> BabResult:
     """Decide one disjunct, or all disjuncts of a :class:`SpecBatch` together (``unsat``:
     none has a counterexample; ``sat``: the first one found).
@@ -66,11 +68,15 @@ def input_split(
         batch: sub-domains bounded together.
         alpha_steps: alpha-CROWN steps per batch (0: CROWN only).
         max_domains: open sub-domains allowed before giving up with ``unknown``.
+        forward: intermediate bounds of each batch of boxes by forward mode where exact
+            (:mod:`nnbound.bounds.forward_linear`) instead of backward passes.
     """
     specs = spec if isinstance(spec, SpecBatch) else SpecBatch.make([spec])
     counters = {"domains": 0, "rounds": 0}
     try:
-        return _search(net, specs, deadline, root_pre, batch, alpha_steps, max_domains, counters)
+        return _search(
+            net, specs, deadline, root_pre, batch, alpha_steps, max_domains, counters, forward
+        )
     except DeadlineReached:
         return _stop(TIMEOUT, counters["domains"], counters["rounds"])
 
@@ -84,6 +90,7 @@ def _bound_boxes(
     prior: Pre | None,
     alpha_steps: int,
     deadline: float,
+    forward: bool,
 ) -> tuple[LinearBoundResult, Tensor]:
     """Bounds of each box's own disjunct rows (``specs`` a row per box); returns the engine
     result and the ``(M, G)`` groups refuted (an empty box refutes everything)."""
@@ -94,12 +101,17 @@ def _bound_boxes(
     def refuted(lower: Tensor, empty: Tensor) -> Tensor:
         return (specs.group_max(lower) > 0) | ~specs.exists | empty.unsqueeze(1)
 
+    known = None
+    if forward:
+        got = forward_bounds(graph, box, Deadline(deadline).checkpoint)
+        known = {n: b for n, b in got.pre.items() if n in got.exact and n != graph.input_name}
     res = linear_bounds(
         graph,
         box,
         rows,
         -specs.d,
         prior=prior,
+        crown_pre=known,
         steps=alpha_steps,
         optimize_intermediate=False,
         stop=lambda lower, empty: bool((refuted(lower, empty) | ~open_groups).all()),
@@ -117,6 +129,7 @@ def _search(
     alpha_steps: int,
     max_domains: int,
     counters: dict[str, int],
+    forward: bool,
 ) -> BabResult:
     """:func:`input_split`'s search; ``counters`` (domains, rounds) stay readable when a
     bound pass raises :class:`DeadlineReached`."""
@@ -145,7 +158,9 @@ def _search(
         # Children inherit the parent's pre-activation bounds: valid on any sub-box, and
         # they leave far fewer neurons needing a backward pass.
         prior = _fields_pre(block, acts) if acts else None
-        res, refuted = _bound_boxes(graph, own, lo, hi, open_groups, prior, alpha_steps, deadline)
+        res, refuted = _bound_boxes(
+            graph, own, lo, hi, open_groups, prior, alpha_steps, deadline, forward
+        )
         open_groups = open_groups & ~refuted
         alive = open_groups.any(1)
         if not bool(alive.any()):

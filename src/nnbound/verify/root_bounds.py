@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from nnbound.bounds.alpha_crown import Pre, linear_bounds
+from nnbound.bounds.forward_linear import forward_bounds
 from nnbound.network.graph import Graph
 from nnbound.sets.box import Box
 from nnbound.verify.deadline import Deadline
@@ -57,15 +58,20 @@ def root_bounds(
     alpha_steps: int,
     optimize_intermediate: bool | None,
     per_pass: int,
+    forward: bool = False,
 ) -> RootOutcome:
     """Bound every disjunct of ``batch`` over its whole box: CROWN, then ``alpha_steps``
     alpha-CROWN steps on those CROWN leaves open (``optimize_intermediate`` as in
-    :func:`~nnbound.bounds.alpha_crown.linear_bounds`); ``per_pass`` disjuncts at a time."""
+    :func:`~nnbound.bounds.alpha_crown.linear_bounds`); ``per_pass`` disjuncts at a time.
+    With ``forward``, intermediate tensors take forward-mode bounds
+    (:mod:`nnbound.bounds.forward_linear`: boxes with few free coordinates) where those
+    never fell back to interval arithmetic, instead of backward passes."""
     refuted_by = {"crown": 0, "alpha-crown": 0}
     left: list[tuple[StackedSpec, Pre]] = []
     for k0 in range(0, batch.size, per_pass):
         chunk = batch.select(torch.arange(k0, min(batch.size, k0 + per_pass)))
-        closed, pre = _pass(graph, chunk, 0, None, deadline)
+        known = _forward_pre(graph, chunk, deadline) if forward else None
+        closed, pre = _pass(graph, chunk, 0, None, deadline, known)
         refuted_by["crown"] += int(closed.sum())
         if bool(closed.all()):
             continue
@@ -82,6 +88,18 @@ def root_bounds(
     return RootOutcome(left, refuted_by)
 
 
+def chunk_box(graph: Graph, batch: SpecBatch) -> Box:
+    """The batch's boxes as the graph's input set (a row per disjunct)."""
+    d = batch.size
+    shape = graph.input_shape
+    return Box(batch.lower.reshape(d, *shape), batch.upper.reshape(d, *shape), (d,))
+
+
+def _forward_pre(graph: Graph, batch: SpecBatch, deadline: Deadline) -> Pre:
+    got = forward_bounds(graph, chunk_box(graph, batch), deadline.checkpoint)
+    return {k: v for k, v in got.pre.items() if k in got.exact and k != graph.input_name}
+
+
 def _pass(
     graph: Graph,
     batch: SpecBatch,
@@ -93,8 +111,7 @@ def _pass(
     """One bound run over the batch's boxes: ``(D,)`` disjuncts refuted (or proven empty)
     and the tensors' bounds (``crown_pre``: a CROWN run's, reused by an alpha-CROWN run)."""
     d = batch.size
-    shape = graph.input_shape
-    box = Box(batch.lower.reshape(d, *shape), batch.upper.reshape(d, *shape), (d,))
+    box = chunk_box(graph, batch)
     rows = batch.C.reshape(d, batch.num_rows, *graph.output_shape)
 
     def proven(lower: Tensor, empty: Tensor) -> bool:
