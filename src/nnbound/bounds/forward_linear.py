@@ -43,8 +43,9 @@ _SIGNED_PARAMS: dict[str, tuple[str, ...]] = {
     "flatten": (),
     "reshape": (),
 }
-# Coefficients one chunk of rows may hold per tensor (rows x K x entries).
-_CHUNK_ELEMENTS = 1 << 24
+# Coefficients one chunk of rows may hold per tensor (rows x K x entries): also the step
+# between deadline checks (a float64 transposed conv of a 1,024-box chunk ran 1.5 s).
+_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass
