@@ -82,7 +82,7 @@ COMMANDS: dict[str, tuple[list[str], Fields, float]] = {
     ),
 }
 NO_DTYPE = {"demo", "verify"}  # demo: float32 only; verify: always float64
-NO_PROVENANCE = {"predict": "predict's --json record has no provenance, so names no device"}
+NO_PROVENANCE: dict[str, str] = {}
 
 
 def device_commands() -> set[str]:

@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from nnbound.cli.common import add_model_args, load_inputs, load_model_arg, print_json
+from nnbound.report.provenance import provenance
 from nnbound.report.tables import render_table
 
 HELP = "logits of inputs from a .npy/.npz file"
@@ -28,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         logits = net(inputs.x).cpu()
     if args.json:
-        print_json({"logits": logits.tolist(), "predicted": logits.argmax(1).tolist()})
+        prov = provenance(device=inputs.x.device, dtype=inputs.x.dtype)
+        record = {"logits": logits.tolist(), "predicted": logits.argmax(1).tolist()}
+        print_json({**record, "provenance": prov})
         return 0
     rows = [[i, int(row.argmax()), *[float(v) for v in row]] for i, row in enumerate(logits)]
     headers = ["input", "predicted", *[f"logit{j}" for j in range(logits.shape[1])]]
