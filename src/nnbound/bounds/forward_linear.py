@@ -5,8 +5,9 @@ Each tensor ``t`` gets two affine functions of the box's free coordinates ``z in
 their extremes over the box are its interval bounds. A linear operator maps the midpoint
 function exactly and the half-width function by the absolute value of its matrix
 (``W L + W^- (U - L)`` written as ``W M -+ |W| R``); an element-wise activation composes its
-relaxation lines with ``L`` and ``U`` by the sign of each slope; every other operator falls
-back to its interval rule (constant functions from then on).
+relaxation lines with ``L`` and ``U`` by the sign of each slope, a product or quotient of
+two computed tensors its McCormick planes term by term; every other operator falls back to
+its interval rule (constant functions from then on).
 
 Why: a backward (CROWN) pass costs the number of bounded entries times the network, so a
 generator with 30,000-entry feature maps costs minutes per box, while these functions cost
@@ -27,7 +28,9 @@ import torch
 from torch import Tensor
 
 from nnbound.network.graph import Graph, Node
+from nnbound.ops.add import align, broadcast_shape
 from nnbound.ops.base import Interval, Op, OpKind
+from nnbound.ops.bilinear import MulOp
 from nnbound.ops.registry import DEFAULT_OPTIONS, get_op
 from nnbound.sets.box import Box
 
@@ -181,7 +184,43 @@ def _rule(op: Op, node: Node, ins: list[_Affine], bounds: list[Interval], k: int
             lines.upper_slope, lines.upper_bias, fn.upper_a, fn.upper_c, fn.lower_a, fn.lower_c
         )
         return _Affine(lo_a, lo_c, up_a, up_c)
+    if isinstance(op, MulOp):
+        return _product(op, node, ins, bounds)
     return None
+
+
+def _product(op: MulOp, node: Node, ins: list[_Affine], bounds: list[Interval]) -> _Affine:
+    """``x * y`` (or ``x / y``) between its McCormick planes in ``(x, y)``, each plane's terms
+    bounded on its side by the inputs' functions by the sign of their coefficients."""
+    out_shape = broadcast_shape([tuple(b[0].shape[1:]) for b in bounds], op.name)
+    rank = len(out_shape)
+    planes = op.planes(node, bounds, out_shape)
+    fx, fy = (
+        _Affine(
+            align(f.lower_a, 2, rank),
+            align(f.lower_c, 1, rank),
+            align(f.upper_a, 2, rank),
+            align(f.upper_c, 1, rank),
+        )
+        for f in ins
+    )
+    sides = []
+    for upper in (False, True):
+        ax, ay, c = planes.side(upper)
+        terms = [
+            _compose(ax, c, *(_sides(fx, upper))),
+            _compose(ay, torch.zeros_like(c), *(_sides(fy, upper))),
+        ]
+        sides.append((terms[0][0] + terms[1][0], terms[0][1] + terms[1][1]))
+    (lo_a, lo_c), (up_a, up_c) = sides
+    return _Affine(lo_a, lo_c, up_a, up_c)
+
+
+def _sides(fn: _Affine, upper: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The function pair ordered (same side, other side) for ``_compose``."""
+    if upper:
+        return fn.upper_a, fn.upper_c, fn.lower_a, fn.lower_c
+    return fn.lower_a, fn.lower_c, fn.upper_a, fn.upper_c
 
 
 def _compose(

@@ -217,6 +217,28 @@ class MulOp(Op):
             ly, uy = reciprocal_interval(ly, uy)  # r = 1 / y
         return [lx, ux, ly, uy]
 
+    def planes(self, node: Node, bounds: list[Interval], out_shape: Shape) -> Planes:
+        """Per-entry planes in ``(x, y)`` bounding the output on the inputs' box (``(N,
+        *out_shape)`` each, the working dtype, intercepts moved outward)."""
+        dtype = bounds[0][0].dtype
+        lx, ux, lr, ur = self._box(node, bounds, out_shape)
+        planes = mccormick(lx, ux, lr, ur)
+        reach_y = _reach(lr, ur)
+        if self.divide:
+            ly, uy = _f64_box(bounds, out_shape)[2:]
+            r = reciprocal_lines(ly, uy)
+            # z >= ax x + ar r + c: r by its lower line where ar >= 0, its upper line elsewhere
+            planes = Planes(
+                planes.ax_l,
+                pick(planes.ay_l, r.lower_slope, r.upper_slope),
+                planes.c_l + pick(planes.ay_l, r.lower_bias, r.upper_bias),
+                planes.ax_u,
+                pick(planes.ay_u, r.upper_slope, r.lower_slope),
+                planes.c_u + pick(planes.ay_u, r.upper_bias, r.lower_bias),
+            )
+            reach_y = _reach(ly, uy)
+        return outward(planes, _reach(lx, ux), reach_y, dtype)
+
     def interval(self, node: Node, bounds: list[Interval]) -> Interval:
         dtype = bounds[0][0].dtype
         out_shape = broadcast_shape([tuple(b[0].shape[1:]) for b in bounds], self.name)
@@ -240,24 +262,7 @@ class MulOp(Op):
         out_shape: Shape,
         options: RelaxOptions,
     ) -> Backward:
-        dtype = bounds[0][0].dtype
-        lx, ux, lr, ur = self._box(node, bounds, out_shape)
-        planes = mccormick(lx, ux, lr, ur)
-        reach_y = _reach(lr, ur)
-        if self.divide:
-            ly, uy = _f64_box(bounds, out_shape)[2:]
-            r = reciprocal_lines(ly, uy)
-            # z >= ax x + ar r + c: r by its lower line where ar >= 0, its upper line elsewhere
-            planes = Planes(
-                planes.ax_l,
-                pick(planes.ay_l, r.lower_slope, r.upper_slope),
-                planes.c_l + pick(planes.ay_l, r.lower_bias, r.upper_bias),
-                planes.ax_u,
-                pick(planes.ay_u, r.upper_slope, r.lower_slope),
-                planes.c_u + pick(planes.ay_u, r.upper_bias, r.lower_bias),
-            )
-            reach_y = _reach(ly, uy)
-        planes = outward(planes, _reach(lx, ux), reach_y, dtype)
+        planes = self.planes(node, bounds, out_shape)
         return _two_input_backward(planes, a_lower, a_upper, in_shapes)
 
     def summary(self, node: Node) -> str:
