@@ -62,6 +62,9 @@ from nnbound.verify.spec_batch import SpecBatch
 from nnbound.verify.vnnlib import Property, read_vnnlib
 
 RESULTS = (UNSAT, SAT, UNKNOWN, TIMEOUT)
+# Coefficients of the widest tensor one input-split round may carry on wide graphs (a cGAN
+# round of 1,024 boxes overran a deadline by 3.8 s).
+_ROUND_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,11 @@ def _decide(
     free = max(s.free_dims for s in specs)
     forward = low_dim and widest >= opts.forward_width_per_free * max(1, free)
     run.stats["forward_intermediate"] = forward
+    # Boxes per input-split round: a round's final backward pass carries coefficients of the
+    # widest tensor for every box, and deadlines are checked between its nodes.
+    box_batch = opts.input_batch
+    if forward:
+        box_batch = max(1, min(box_batch, _ROUND_ELEMENTS // widest))
     roots = root_bounds(
         graph,
         batch,
@@ -275,7 +283,7 @@ def _decide(
                 spec,
                 deadline.end,
                 root_pre=pre,
-                batch=opts.input_batch,
+                batch=box_batch,
                 alpha_steps=opts.input_alpha_steps,
                 forward=forward,
             )
