@@ -16,6 +16,9 @@ vary (VNN-COMP's GAN and database-index properties: 1-5 of them). Where an opera
 back, the functions below it are as loose as interval arithmetic: :attr:`ForwardBounds.exact`
 names the tensors whose functions never passed through a fallback, for which the bounds are
 worth keeping instead of a backward pass.
+
+The arithmetic is the graph's dtype with no outward rounding, as the verifier's float64
+passes are: meant for float64 graphs.
 """
 
 from __future__ import annotations
