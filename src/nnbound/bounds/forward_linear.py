@@ -84,6 +84,11 @@ class ForwardBounds:
     pre: dict[str, Interval]
     exact: frozenset[str]
 
+    def exact_pre(self, graph: Graph) -> dict[str, Interval]:
+        """The bounds of the exact tensors other than the input: what may stand in for
+        their backward passes."""
+        return {k: v for k, v in self.pre.items() if k in self.exact and k != graph.input_name}
+
 
 def free_coordinates(box: Box) -> int:
     """The largest number of coordinates any row of ``box`` lets vary."""

@@ -103,8 +103,7 @@ def _bound_boxes(
 
     known = None
     if forward:
-        got = forward_bounds(graph, box, Deadline(deadline).checkpoint)
-        known = {n: b for n, b in got.pre.items() if n in got.exact and n != graph.input_name}
+        known = forward_bounds(graph, box, Deadline(deadline).checkpoint).exact_pre(graph)
     res = linear_bounds(
         graph,
         box,

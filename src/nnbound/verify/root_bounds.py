@@ -96,8 +96,7 @@ def chunk_box(graph: Graph, batch: SpecBatch) -> Box:
 
 
 def _forward_pre(graph: Graph, batch: SpecBatch, deadline: Deadline) -> Pre:
-    got = forward_bounds(graph, chunk_box(graph, batch), deadline.checkpoint)
-    return {k: v for k, v in got.pre.items() if k in got.exact and k != graph.input_name}
+    return forward_bounds(graph, chunk_box(graph, batch), deadline.checkpoint).exact_pre(graph)
 
 
 def _pass(
