@@ -35,6 +35,9 @@ def _start(*argv: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # A shell's background job ignores SIGINT and its children inherit that (Python then
+        # installs no KeyboardInterrupt handler): the child starts with the default action.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
