@@ -23,7 +23,6 @@ passes are: meant for float64 graphs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -104,8 +103,7 @@ def forward_bounds(
     tensor; ``checkpoint`` runs before each node."""
     n = box.lower.shape[0]
     k = max(1, free_coordinates(box))
-    widest = max([graph.num_inputs, *(math.prod(s) for s in graph.shapes.values())])
-    rows = max(1, _CHUNK_ELEMENTS // (k * widest))
+    rows = max(1, _CHUNK_ELEMENTS // (k * graph.widest))
     parts = [
         _chunk_bounds(graph, box.lower[r : r + rows], box.upper[r : r + rows], checkpoint)
         for r in range(0, n, rows)

@@ -177,6 +177,11 @@ class Graph:
         return torch.device("cpu")
 
     @property
+    def widest(self) -> int:
+        """Entries of the largest tensor (the input included): what sizes passes and chunks."""
+        return max(math.prod(s) for s in self.shapes.values())
+
+    @property
     def producers(self) -> dict[str, Node]:
         """The node writing each tensor (the graph input has none)."""
         return {node.output: node for node in self.nodes}

@@ -101,9 +101,8 @@ def _bound_boxes(
     def refuted(lower: Tensor, empty: Tensor) -> Tensor:
         return (specs.group_max(lower) > 0) | ~specs.exists | empty.unsqueeze(1)
 
-    known = None
-    if forward:
-        known = forward_bounds(graph, box, Deadline(deadline).checkpoint).exact_pre(graph)
+    checkpoint = Deadline(deadline).checkpoint
+    known = forward_bounds(graph, box, checkpoint).exact_pre(graph) if forward else None
     res = linear_bounds(
         graph,
         box,
@@ -114,7 +113,7 @@ def _bound_boxes(
         steps=alpha_steps,
         optimize_intermediate=False,
         stop=lambda lower, empty: bool((refuted(lower, empty) | ~open_groups).all()),
-        checkpoint=Deadline(deadline).checkpoint,
+        checkpoint=checkpoint,
     )
     return res, refuted(res.lower, res.empty)
 

@@ -9,7 +9,6 @@ optimisation step (it raises :class:`~nnbound.verify.deadline.DeadlineReached`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -45,8 +44,7 @@ class RootOutcome:
 def disjuncts_per_pass(graph: Graph, batch: SpecBatch, limit: int) -> int:
     """How many disjuncts one root pass takes: at most ``limit``, and within
     :data:`_ELEMENT_BUDGET` coefficients."""
-    widest = max([graph.num_inputs, *(math.prod(s) for s in graph.shapes.values())])
-    per_row = max(1, batch.num_rows) * widest
+    per_row = max(1, batch.num_rows) * graph.widest
     return max(1, min(limit, _ELEMENT_BUDGET // per_row))
 
 
@@ -88,7 +86,7 @@ def root_bounds(
     return RootOutcome(left, refuted_by)
 
 
-def chunk_box(graph: Graph, batch: SpecBatch) -> Box:
+def _chunk_box(graph: Graph, batch: SpecBatch) -> Box:
     """The batch's boxes as the graph's input set (a row per disjunct)."""
     d = batch.size
     shape = graph.input_shape
@@ -96,7 +94,7 @@ def chunk_box(graph: Graph, batch: SpecBatch) -> Box:
 
 
 def _forward_pre(graph: Graph, batch: SpecBatch, deadline: Deadline) -> Pre:
-    return forward_bounds(graph, chunk_box(graph, batch), deadline.checkpoint).exact_pre(graph)
+    return forward_bounds(graph, _chunk_box(graph, batch), deadline.checkpoint).exact_pre(graph)
 
 
 def _pass(
@@ -110,7 +108,7 @@ def _pass(
     """One bound run over the batch's boxes: ``(D,)`` disjuncts refuted (or proven empty)
     and the tensors' bounds (``crown_pre``: a CROWN run's, reused by an alpha-CROWN run)."""
     d = batch.size
-    box = chunk_box(graph, batch)
+    box = _chunk_box(graph, batch)
     rows = batch.C.reshape(d, batch.num_rows, *graph.output_shape)
 
     def proven(lower: Tensor, empty: Tensor) -> bool:

@@ -30,7 +30,6 @@ bounds always run on the graph engine.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,15 +236,14 @@ def _decide(
     # there, only a few steps on the final bound's parameters (cheap), no intermediate ones.
     steps = min(opts.root_alpha_steps, 5) if low_dim else opts.root_alpha_steps
     batch = SpecBatch.make(specs)
-    widest = max(math.prod(s) for s in graph.shapes.values())
     free = max(s.free_dims for s in specs)
-    forward = low_dim and widest >= opts.forward_width_per_free * max(1, free)
+    forward = low_dim and graph.widest >= opts.forward_width_per_free * max(1, free)
     run.stats["forward_intermediate"] = forward
     # Boxes per input-split round: a round's final backward pass carries coefficients of the
     # widest tensor for every box, and deadlines are checked between its nodes.
     box_batch = opts.input_batch
     if forward:
-        box_batch = max(1, min(box_batch, _ROUND_ELEMENTS // widest))
+        box_batch = max(1, min(box_batch, _ROUND_ELEMENTS // graph.widest))
     roots = root_bounds(
         graph,
         batch,
