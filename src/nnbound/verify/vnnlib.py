@@ -23,11 +23,13 @@ counterexample region over that box. Anything outside the subset raises
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -91,14 +93,13 @@ class Property:
 
 
 # -- s-expressions ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Atom:
+# Named tuples: a megabyte property makes hundreds of thousands of them.
+class _Atom(NamedTuple):
     text: str
     line: int
 
 
-@dataclass(frozen=True)
-class _List:
+class _List(NamedTuple):
     items: tuple[_Atom | _List, ...]
     line: int
 
@@ -106,49 +107,37 @@ class _List:
 _Node = _Atom | _List
 
 
-def _tokenize(text: str, source: str) -> list[tuple[str, int]]:
-    tokens: list[tuple[str, int]] = []
-    line = 1
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\n":
-            line += 1
-            i += 1
-        elif ch.isspace():
-            i += 1
-        elif ch == ";":
-            while i < n and text[i] != "\n":
-                i += 1
-        elif ch in "()":
-            tokens.append((ch, line))
-            i += 1
-        elif ch in '|"':
-            raise InputError(f"{source}:{line}: quoted symbols and strings are not supported")
-        else:
-            j = i
-            while j < n and not text[j].isspace() and text[j] not in "();":
-                j += 1
-            tokens.append((text[i:j], line))
-            i = j
-    return tokens
+# A newline, a comment, a parenthesis or a symbol; other whitespace is skipped between
+# matches. One regular-expression scan instead of a Python loop per character: nn4sys
+# properties run to megabytes.
+_TOKEN = re.compile(r"\n|;[^\n]*|[()]|[^\s();]+")
 
 
 def _parse_sexprs(text: str, source: str) -> list[_Node]:
-    tokens = _tokenize(text, source)
     stack: list[tuple[list[_Node], int]] = []
     top: list[_Node] = []
-    for tok, line in tokens:
-        if tok == "(":
-            stack.append(([], line))
-        elif tok == ")":
+    current = top  # the list the next node joins
+    line = 1
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        first = tok[0]
+        if first == "(":
+            stack.append((current, line))
+            current = []
+        elif first == ")":
             if not stack:
                 raise InputError(f"{source}:{line}: unbalanced ')'")
-            items, start = stack.pop()
-            node = _List(tuple(items), start)
-            (stack[-1][0] if stack else top).append(node)
+            parent, start = stack.pop()
+            parent.append(_List(tuple(current), start))
+            current = parent
+        elif first == "\n":
+            line += 1
+        elif first == ";":
+            continue
+        elif first in '|"':
+            raise InputError(f"{source}:{line}: quoted symbols and strings are not supported")
         else:
-            (stack[-1][0] if stack else top).append(_Atom(tok, line))
+            current.append(_Atom(tok, line))
     if stack:
         raise InputError(f"{source}:{stack[-1][1]}: '(' is never closed")
     return top
@@ -189,12 +178,12 @@ class _Reader:
     # terms --------------------------------------------------------------------------------
     def term(self, node: _Node) -> _Linear:
         if isinstance(node, _Atom):
-            if _NUMBER.match(node.text):
-                return {}, float(node.text)
-            m = _VARIABLE.match(node.text)
-            if m is None:
+            value = _symbol(node.text)
+            if isinstance(value, float):
+                return {}, value
+            if value is None:
                 raise self.error(node.line, f"unknown symbol {node.text!r} in a term")
-            key = (m.group(1), int(m.group(2)))
+            key = value
             if key not in self.declared:
                 raise self.error(node.line, f"variable {node.text} is used but never declared")
             return {key: 1.0}, 0.0
@@ -260,6 +249,12 @@ class _Reader:
         if op in ("<=", ">=", "<", ">", "="):
             if len(children) < 2:
                 raise self.error(node.line, f"({op}) needs two terms")
+            if len(children) == 2 and op in ("<=", ">=") and all(
+                isinstance(t, _Atom) for t in children
+            ):
+                fast = self.atom_bound(op, children, node.line)  # type: ignore[arg-type]
+                if fast is not None:
+                    return [[fast]]
             terms = [self.term(t) for t in children]
             records: list[tuple] = []
             for left, right in itertools.pairwise(terms):
@@ -276,6 +271,20 @@ class _Reader:
         if op == "not":
             raise self.error(node.line, "(not ...) is outside the VNN-LIB subset; use <, >")
         raise self.error(node.line, f"unsupported operator {op!r} in a formula")
+
+    def atom_bound(self, op: str, children: list[_Atom], line: int) -> tuple | None:
+        """``(<= X_i c)``-style bounds of one declared input by a number, the bulk of large
+        properties, without building linear terms; None for any other pair of atoms."""
+        left, right = _symbol(children[0].text), _symbol(children[1].text)
+        if isinstance(left, tuple) and isinstance(right, float):
+            var, value, upper = left, right, op == "<="
+        elif isinstance(right, tuple) and isinstance(left, float):
+            var, value, upper = right, left, op == ">="
+        else:
+            return None
+        if var[0] != "X" or var not in self.declared:
+            return None
+        return ("xhi" if upper else "xlo", var[1], value, line)
 
     def constraint(self, expr: _Linear, strict: bool, line: int) -> tuple:
         """Record of ``expr <= 0`` (``< 0`` if strict)."""
@@ -300,6 +309,16 @@ class _Reader:
         if kinds == {"Y"}:
             return ("y", coefs, -const, strict, line)
         raise self.error(line, "a constraint mixing X and Y variables is outside the subset")
+
+
+@functools.lru_cache(maxsize=65536)
+def _symbol(text: str) -> float | tuple[str, int] | None:
+    """A term atom: its number, its variable ``(kind, index)``, or None (memoised: the same
+    few symbols recur throughout a file)."""
+    if _NUMBER.match(text):
+        return float(text)
+    m = _VARIABLE.match(text)
+    return None if m is None else (m.group(1), int(m.group(2)))
 
 
 def _combine(args: list[_Linear], weights: list[float]) -> _Linear:
