@@ -249,8 +249,10 @@ class _Reader:
         if op in ("<=", ">=", "<", ">", "="):
             if len(children) < 2:
                 raise self.error(node.line, f"({op}) needs two terms")
-            if len(children) == 2 and op in ("<=", ">=") and all(
-                isinstance(t, _Atom) for t in children
+            if (
+                len(children) == 2
+                and op in ("<=", ">=")
+                and all(isinstance(t, _Atom) for t in children)
             ):
                 fast = self.atom_bound(op, children, node.line)  # type: ignore[arg-type]
                 if fast is not None:
