@@ -11,9 +11,12 @@ counterexample onnxruntime rejects also counts as wrong), the median time of the
 ones, and the largest overshoot of the time limit (the deadline's slack). Beside them, the
 competition winner's published results for the same instances (``bench/vnncomp_published.csv``,
 alpha-beta-CROWN, quoted from the VNN-COMP result repositories; see ``vnncomp_published.md``):
-how many of the run instances it decided (sat or unsat) out of those it has a result for, the
-median of its published times on those, and ``disagree``, the instances where nnbound and the
-winner decided opposite answers. Its times come from the competition's own hardware.
+how many of the run instances it decided (sat or unsat) out of those it has a result for
+(``winner_solved``, at the competition's full limits), how many of those it decided within
+the limit this run gave nnbound (``winner_in_limit``: published time <= ``min(cap,
+timeout)``; its times include its start-up), the median of its published times on those,
+and ``disagree``, the instances where nnbound and the winner decided opposite answers. Its
+times come from the competition's own hardware.
 
 Generated instances (``--generated``; ONNX + VNN-LIB written to a temporary folder, no
 reference answers): ``gen-acas``, a random 5-input ReLU network with 6 hidden layers of 50
@@ -221,6 +224,13 @@ def family_rows(records: list[dict]) -> list[list]:
         correct = sum(r["check"] == "ok" for r in sub)
         published = sum(bool(r["winner"]) for r in sub)
         won = [r["winner_time"] for r in sub if r["winner"] in ("sat", "unsat")]
+        # The winner's decisions that came within the limit this run gave nnbound.
+        in_limit = sum(
+            r["winner"] in ("sat", "unsat")
+            and r["winner_time"] is not None
+            and r["winner_time"] <= r["limit"]
+            for r in sub
+        )
         rows.append(
             [
                 g,
@@ -232,6 +242,7 @@ def family_rows(records: list[dict]) -> list[list]:
                 float(np.median(solved)) if solved else "-",
                 max(r["time"] - r["limit"] for r in sub),
                 f"{len(won)}/{published}" if published else "-",
+                f"{in_limit}/{published}" if published else "-",
                 float(np.median(won)) if won else "-",
                 sum(r["disagree"] for r in sub),
             ]
@@ -289,6 +300,7 @@ def main() -> None:
                 "median_solved_s",
                 "max_over_limit_s",
                 "winner_solved",
+                "winner_in_limit",
                 "winner_median_s",
                 "disagree",
             ],
