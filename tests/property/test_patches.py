@@ -12,6 +12,7 @@ path there.
 from __future__ import annotations
 
 import importlib
+import math
 import random
 import sys
 from pathlib import Path
@@ -181,3 +182,63 @@ def test_resnet_passes_carry_patches(monkeypatch: pytest.MonkeyPatch) -> None:
     slow = graph_bounds(graph, ball, "crown", patches=False)
     torch.testing.assert_close(fast.lower, slow.lower, rtol=0, atol=1e-9)
     torch.testing.assert_close(fast.upper, slow.upper, rtol=0, atol=1e-9)
+
+
+def _sliced_input_graph(seed: int):
+    """A U-Net-like head: the image's first three channels through conv-relu-conv-relu, the
+    last channel (a 1x1 conv of it) added; the input slices keep every row and column."""
+    from graph_factory import GraphBuilder
+
+    b = GraphBuilder((4, 9, 11), torch.Generator().manual_seed(seed))
+    rgb = b.node("slice", ["input"], attrs={"starts": (0,), "ends": (3,), "axes": (0,)})
+    mask = b.node("slice", ["input"], attrs={"starts": (3,), "ends": (4,), "axes": (0,)})
+    x = b.act(b.conv(rgb, 6), "relu")
+    x = b.act(b.conv(x, 5), "relu")
+    x = b.node("add", [b.conv(x, 2, k=1), b.conv(mask, 2, k=1)])
+    return b.graph(b.dense(b.act(x, "relu"), 3))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_patches_through_input_slices_equal_dense(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Channel slices of the input keep rows as patches down to a box input, where each
+    window is concretized alone: the same bounds as dense rows, for boxes and balls."""
+    calls = []
+    mod = importlib.import_module("nnbound.bounds.patches")
+    original = mod.Patches.box_bounds
+
+    def counted(self, *args, **kwargs):
+        calls.append(self.window)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(mod.Patches, "box_bounds", counted)
+    graph = _sliced_input_graph(seed)
+    gen = torch.Generator().manual_seed(seed)
+    center = torch.rand(2, 4, 9, 11, generator=gen, dtype=F64)
+    for input_set in _sets(center, gen):
+        calls.clear()
+        fast = graph_bounds(graph, input_set, "crown")
+        slow = graph_bounds(graph, input_set, "crown", patches=False)
+        assert bool(calls) == isinstance(input_set, Box)
+        torch.testing.assert_close(fast.lower, slow.lower, rtol=0, atol=1e-9)
+        torch.testing.assert_close(fast.upper, slow.upper, rtol=0, atol=1e-9)
+        for name, (lo, up) in slow.intermediate.pre.items():
+            torch.testing.assert_close(fast.intermediate.pre[name][0], lo, rtol=0, atol=1e-9)
+            torch.testing.assert_close(fast.intermediate.pre[name][1], up, rtol=0, atol=1e-9)
+
+
+def test_row_elements_follow_the_receptive_field() -> None:
+    """A patches row's largest tensor: its window grown through each 3x3 convolution (two
+    of them reach 5x5 on the input's three sliced channels), the whole tensor past an
+    operator without a patches rule."""
+    from nnbound.bounds.patches_rules import row_elements
+
+    graph = _sliced_input_graph(0)
+    convs = [n.output for n in graph.nodes if n.op == "conv2d"]
+    # Rows of the second conv's output: 6 x 3 x 3 on the first relu, 3 x 5 x 5 on the slice
+    # and 4 x 5 x 5 on the input (channels padded back).
+    assert row_elements(graph, convs[1]) == max(6 * 9, 4 * 25, 5)
+    assert row_elements(graph, convs[0]) == 4 * 9
+    flat = next(n.output for n in graph.nodes if n.op == "flatten")
+    assert row_elements(graph, flat) == max(math.prod(graph.shapes[n]) for n in graph.shapes)

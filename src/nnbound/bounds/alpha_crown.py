@@ -48,6 +48,7 @@ from nnbound.bounds.graph_bounds import _candidates, needs_bounds
 from nnbound.bounds.linear import padded_indices, start_rows
 from nnbound.bounds.methods import _spec_tensor, get_method
 from nnbound.bounds.patches import Coefficients, Patches
+from nnbound.bounds.patches_rules import row_elements
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.errors import InputError
 from nnbound.network.chain_graph import network_to_graph, node_layer
@@ -232,8 +233,13 @@ class _Run:
             lo, up = lo.maximum(known[0]), up.minimum(known[1])
         candidates = _candidates(self.need[name], lo, up, True, self.options)
         if known is None and bool(candidates.any()):
-            width = max(math.prod(self.graph.shapes[k.output]) for k in self.graph.ancestors(name))
-            width = max(width, self.graph.num_inputs)
+            if len(self.graph.shapes[name]) == 3:
+                width = row_elements(self.graph, name)  # rows start as patches (see start)
+            else:
+                width = max(
+                    math.prod(self.graph.shapes[k.output]) for k in self.graph.ancestors(name)
+                )
+                width = max(width, self.graph.num_inputs)
             flat_lo, flat_up = lo.reshape(self.n, -1).clone(), up.reshape(self.n, -1).clone()
             for rows, group_idx in _row_groups(candidates, width):
                 sub = state if rows is None else state.rows(rows)

@@ -33,7 +33,7 @@ from nnbound.network.graph import Graph, Node, Shape
 from nnbound.ops.base import Interval, Op, OpKind, RelaxOptions
 from nnbound.ops.registry import get_op
 from nnbound.relax.base import LinearRelaxation
-from nnbound.sets.box import InputSet
+from nnbound.sets.box import Box, InputSet
 
 LineHook = Callable[[Node, LinearRelaxation, Interval], LinearRelaxation]
 """``(node, default lines, input bounds) -> lines`` used instead of the default (alpha-CROWN's
@@ -276,6 +276,10 @@ def backward(
         for name, lo_i, up_i in zip(node.inputs, new_lo, new_up, strict=True):
             acc.add(name, lo_i, up_i)
     pair = acc.pop(graph.input_name)
+    if pair is not None and graph.input_name not in keep:
+        ends = _patches_at_box(state.input_set, pair, c_lo, c_up)
+        if ends is not None:
+            return ends[0], ends[1], kept
     a_lo, a_up = _dense_pair(*pair) if pair is not None else (None, None)
     if graph.input_name in keep and pair is not None:
         kept[graph.input_name] = (a_lo, a_up)
@@ -285,6 +289,29 @@ def backward(
     if c_up is not None:
         out_up = state.input_set.concretize(a_up, c_up)[1] if a_up is not None else c_up
     return out_lo, out_up, kept
+
+
+def _patches_at_box(
+    input_set: InputSet,
+    pair: tuple[Coefficients | None, Coefficients | None],
+    c_lo: Tensor | None,
+    c_up: Tensor | None,
+) -> tuple[Tensor | None, Tensor | None] | None:
+    """The pass's bounds where it reaches a box input with patches on every side it carries
+    (each row's window concretized alone: no dense rows), else None."""
+    if not isinstance(input_set, Box):
+        return None
+    a_lo, a_up = pair
+    if not all(a is None or isinstance(a, Patches) for a in (a_lo, a_up)):
+        return None
+    lo, up = input_set.box()
+    shared = a_up.box_bounds(lo, up) if a_lo is a_up and isinstance(a_up, Patches) else None
+    out_lo, out_up = c_lo, c_up
+    if isinstance(a_lo, Patches) and c_lo is not None:
+        out_lo = c_lo + (shared or a_lo.box_bounds(lo, up))[0]
+    if isinstance(a_up, Patches) and c_up is not None:
+        out_up = c_up + (shared or a_up.box_bounds(lo, up))[1]
+    return out_lo, out_up
 
 
 def _bias_shift(

@@ -30,6 +30,7 @@ from nnbound.bounds.methods import (
     get_method,
 )
 from nnbound.bounds.patches import Patches
+from nnbound.bounds.patches_rules import row_elements
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.chain_graph import node_layer
@@ -119,8 +120,11 @@ def tighten_tensor(
     if not isinstance(layer, (Dense, Conv2d)):
         layer = None
 
-    width = max(math.prod(graph.shapes[n.output]) for n in graph.ancestors(name))
-    width = max(width, graph.num_inputs)
+    if state.patches and len(shape) == 3:
+        width = row_elements(graph, name)  # rows start as patches (see bound_slice)
+    else:
+        width = max(math.prod(graph.shapes[n.output]) for n in graph.ancestors(name))
+        width = max(width, graph.num_inputs)
     # Candidates bounded in one pass per input-set row: every tensor the pass holds is
     # (rows, candidates, width), so a wide layer's candidates go in slices (cache-sized on a
     # CPU, as the chain path's chunks; larger on a GPU, whose kernels want the work).

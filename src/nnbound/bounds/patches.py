@@ -138,6 +138,24 @@ class Patches:
         picked = self.gather(full.unsqueeze(0))
         return (self.values * picked).flatten(2).sum(-1)
 
+    def box_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact min and max of each row's ``A . x`` over the boxes ``lower <= x <= upper``
+        (``(N or 1, C, H, W)``): ``(N, U)`` each, from the windows alone (entries past the
+        image are zero)."""
+        centre = self.gather((lower + upper) / 2)
+        radius = self.gather((upper - lower) / 2)
+        mid = (self.values * centre).flatten(2).sum(-1)
+        dev = (self.values.abs() * radius).flatten(2).sum(-1)
+        return mid - dev, mid + dev
+
+    def with_channels(self, channels: slice, count: int) -> Patches:
+        """The rows on a tensor of ``count`` channels of which this one holds ``channels``
+        (the same windows; zero on the other channels)."""
+        n, u, _, ph, pw = self.values.shape
+        values = self.values.new_zeros(n, u, count, ph, pw)
+        values[:, :, channels] = self.values
+        return replace(self, values=values, shape=(count, *self.shape[1:]))
+
     def scale(self, s: Tensor) -> Patches:
         """Entry-wise product with ``s`` broadcastable to ``(C, H, W)``."""
         full = s.to(self.values.dtype).expand(self.shape)

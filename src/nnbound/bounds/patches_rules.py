@@ -5,17 +5,21 @@ coefficients (:func:`transpose` returns ``None``), so the engine's contract is u
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from nnbound.bounds.linear import through_lines
 from nnbound.bounds.patches import Patches
-from nnbound.network.graph import Node, Shape
+from nnbound.network.graph import Graph, Node, Shape
 from nnbound.network.layers import Conv2d
 from nnbound.ops.add import AddOp
-from nnbound.ops.base import Op
+from nnbound.ops.base import Op, OpKind
 from nnbound.ops.layer_backed import LayerOp
+from nnbound.ops.registry import get_op
 from nnbound.ops.scale import ScaleOp
+from nnbound.ops.slice import SliceOp, plan
 from nnbound.relax.base import LinearRelaxation
 
 
@@ -36,6 +40,11 @@ def transpose(
             layer.weight, layer.stride, layer.padding, layer.dilation, layer.groups, in_shapes[0]
         )
         return [_kept(moved)]
+    if isinstance(op, SliceOp):
+        channels = _channel_slice(node, in_shapes[0])
+        if channels is None:
+            return None
+        return [a.with_channels(channels, in_shapes[0][0])]
     if any(tuple(s) != tuple(out_shape) for s in in_shapes):
         return None  # a broadcast input: its adjoint sums over axes, done densely
     if isinstance(op, ScaleOp):
@@ -46,6 +55,21 @@ def transpose(
     if isinstance(op, AddOp):
         return [a if sign > 0 else -a for sign in op._signs(len(in_shapes))]
     return None
+
+
+def _channel_slice(node: Node, in_shape: Shape) -> slice | None:
+    """The channels a slice of an image tensor keeps when it keeps every row and column in
+    order (patches pass it by padding channels), else None."""
+    if len(in_shape) != 3:
+        return None
+    p = plan(node, in_shape)
+    whole = all(
+        sl.indices(size) == (0, size, 1)
+        for sl, size in zip(p.slices[1:], in_shape[1:], strict=True)
+    )
+    if p.flips or not whole:
+        return None
+    return p.slices[0]
 
 
 def through_lines_patches(
@@ -80,4 +104,71 @@ def through_lines_patches(
     return p_lo, c_lo, p_up, c_up
 
 
-__all__ = ["through_lines_patches", "transpose"]
+def row_elements(graph: Graph, name: str) -> int:
+    """The most coefficients one row of a patches pass started on image tensor ``name`` holds
+    on any tensor it reaches: its window there (grown through each convolution), or the whole
+    tensor from where the rules above stop keeping patches. What sizes a pass's slice of rows:
+    the widest tensor overstates a patches row by up to the image area (a U-Net's CROWN pass
+    went from thousands of small slices to a few)."""
+    # The window per tensor, (rows, cols); None: dense from here back to the input.
+    windows: dict[str, tuple[int, int] | None] = {name: (1, 1)}
+    most = 1
+    for node in reversed(graph.ancestors(name)):
+        if node.output not in windows:
+            continue
+        window = windows.pop(node.output)
+        most = max(most, _elements(graph.shapes[node.output], window))
+        for inp, grown in zip(node.inputs, _through(graph, node, window), strict=True):
+            if inp in windows and (windows[inp] is None or grown is None):
+                windows[inp] = None
+            elif inp in windows:
+                old = windows[inp]
+                assert old is not None and grown is not None
+                windows[inp] = (max(old[0], grown[0]), max(old[1], grown[1]))
+            else:
+                windows[inp] = grown
+    for tensor, window in windows.items():
+        most = max(most, _elements(graph.shapes[tensor], window))
+    return most
+
+
+def _elements(shape: Shape, window: tuple[int, int] | None) -> int:
+    if window is None or len(shape) != 3:
+        return math.prod(shape)
+    c, h, w = shape
+    return c * min(h, window[0]) * min(w, window[1])
+
+
+def _through(
+    graph: Graph, node: Node, window: tuple[int, int] | None
+) -> list[tuple[int, int] | None]:
+    """The window a row has on each input of ``node`` given its window on the output, as
+    :func:`transpose` and :func:`through_lines_patches` carry it (None: dense)."""
+    dense: list[tuple[int, int] | None] = [None] * len(node.inputs)
+    if window is None:
+        return dense
+    op = get_op(node.op, node)
+    in_shapes = [graph.shapes[i] for i in node.inputs]
+    out_shape = graph.shapes[node.output]
+    if op.kind is OpKind.ELEMENTWISE:
+        return [window]
+    if op.kind is not OpKind.LINEAR:
+        return dense
+    if isinstance(op, LayerOp):
+        layer = op.layer(node)
+        if not isinstance(layer, Conv2d) or len(in_shapes[0]) != 3:
+            return dense
+        (kh, kw), (sy, sx), (dy, dx) = layer.weight.shape[-2:], layer.stride, layer.dilation
+        grown = ((window[0] - 1) * sy + dy * (kh - 1) + 1, (window[1] - 1) * sx + dx * (kw - 1) + 1)
+        _, h, w = in_shapes[0]
+        return [grown if grown[0] * grown[1] < h * w else None]
+    if isinstance(op, SliceOp):
+        return [window if _channel_slice(node, in_shapes[0]) is not None else None]
+    if any(tuple(s) != tuple(out_shape) for s in in_shapes):
+        return dense
+    if isinstance(op, (ScaleOp, AddOp)):
+        return [window] * len(node.inputs)
+    return dense
+
+
+__all__ = ["row_elements", "through_lines_patches", "transpose"]
