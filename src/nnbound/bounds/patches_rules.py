@@ -122,6 +122,9 @@ def row_elements(graph: Graph, name: str) -> int:
             if inp in windows and (windows[inp] is None or grown is None):
                 windows[inp] = None
             elif inp in windows:
+                # Two paths meet (a residual block): patches add on the union of the
+                # windows, here the larger of each side (residual windows are centred
+                # alike). A size for slicing passes, never a matter of soundness.
                 old = windows[inp]
                 assert old is not None and grown is not None
                 windows[inp] = (max(old[0], grown[0]), max(old[1], grown[1]))
