@@ -124,9 +124,11 @@ class _Run:
         checkpoint: Callable[[], None] | None = None,
         split_points: dict[str, Tensor] | None = None,
         crown_pre: Pre | None = None,
+        settled: dict[str, Tensor] | None = None,
     ) -> None:
         self.graph, self.input_set, self.options = graph, input_set, options
         self.crown_pre = crown_pre or {}
+        self.settled = settled or {}
         self.checkpoint = checkpoint
         self.n = input_set.center.shape[0]
         self.device = input_set.center.device
@@ -232,6 +234,10 @@ class _Run:
             # reproduce these bounds.
             lo, up = lo.maximum(known[0]), up.minimum(known[1])
         candidates = _candidates(self.need[name], lo, up, True, self.options)
+        settled = self.settled.get(name)
+        if settled is not None:
+            # Rows whose prior is already this pass's bound for the tensor.
+            candidates = candidates & ~settled.reshape(-1, 1)
         if known is None and bool(candidates.any()):
             if len(self.graph.shapes[name]) == 3:
                 width = row_elements(self.graph, name)  # rows start as patches (see start)
@@ -454,6 +460,7 @@ def linear_bounds(
     checkpoint: Callable[[], None] | None = None,
     split_points: dict[str, Tensor] | None = None,
     crown_pre: Pre | None = None,
+    settled: dict[str, Tensor] | None = None,
 ) -> LinearBoundResult:
     """CROWN (``steps = 0``) or alpha-CROWN lower bounds of ``spec @ graph(x) + const``.
 
@@ -489,6 +496,10 @@ def linear_bounds(
             otherwise (domains, ``prior``, splits, ``options``): the first (CROWN) pass takes
             these bounds as its own instead of recomputing them, and the result is the same
             (alpha-CROWN on what CROWN left open).
+        settled: ``{tensor: (N,) bool}`` rows whose ``prior`` for that tensor is already what
+            the first pass would compute (branch and bound: a child whose new split is not
+            upstream of the tensor has its parent's bounds); their backward passes for it
+            are skipped. Any rows may be marked: ``prior`` holds, so bounds stay sound.
 
     Returns:
         :class:`LinearBoundResult`; ``lower`` is never below the first pass's (the first
@@ -497,7 +508,9 @@ def linear_bounds(
     n = input_set.center.shape[0]
     if const is None:
         const = torch.zeros(n, spec.shape[1], dtype=spec.dtype, device=spec.device)
-    run = _Run(graph, input_set, options, prior, splits, checkpoint, split_points, crown_pre)
+    run = _Run(
+        graph, input_set, options, prior, splits, checkpoint, split_points, crown_pre, settled
+    )
     keep_set = frozenset(keep)
     with torch.no_grad():
         state0, empty = run.hidden(None, None)

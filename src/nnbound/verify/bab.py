@@ -104,6 +104,7 @@ def _bound(
     warm: Params | None = None,
     deadline: float = math.inf,
     split_points: dict[str, Tensor] | None = None,
+    settled: dict[str, Tensor] | None = None,
 ) -> tuple[LinearBoundResult, Tensor]:
     """Bounds of every row over the boxes ``lo``/``hi`` ``(M, n)``; returns the engine result
     and ``(M, G)`` groups refuted (an empty domain refutes everything)."""
@@ -130,6 +131,7 @@ def _bound(
         warm=warm,
         checkpoint=Deadline(deadline).checkpoint,
         split_points=split_points,
+        settled=settled,
     )
     refuted = (spec.group_max(res.lower) > 0) | res.empty.unsqueeze(1)
     return res, refuted
@@ -259,6 +261,10 @@ def _relu_split(
     relu_outputs = tuple(out for t in acts for out, _ in relus[t])
     keys = param_keys(graph, graph.ancestors(graph.output), DEFAULT_OPTIONS)
     first: dict[str, Tensor] = {"open": all_open, **_pre_fields(res0.pre, names)}
+    # Per domain, the tensors whose bounds its parent already computed with the same splits
+    # upstream (its own split is not an ancestor of them): no backward passes for those.
+    first["settled"] = torch.zeros(1, len(names), dtype=torch.bool, device=dev)
+    unaffected = _unaffected(graph, acts, names).to(dev)
     s_rows = spec.num_rows
     for i, t in enumerate(acts):
         first[f"s{i}"] = torch.zeros_like(res0.pre[t][0], dtype=torch.int8)
@@ -301,6 +307,7 @@ def _relu_split(
                 "beta": {t: block[f"b{i}"] for i, t in enumerate(acts)},
             },
             deadline=deadline,
+            settled={name: block["settled"][:, j] for j, name in enumerate(names)},
         )
         open_groups = open_groups & ~refuted
         alive = open_groups.any(1)
@@ -355,6 +362,8 @@ def _relu_split(
                 continue
             idx, flat, open_groups, k = idx[keep], flat[keep], open_groups[keep], int(keep.sum())
         children: dict[str, Tensor] = {"open": torch.cat([open_groups, open_groups])}
+        split_at = torch.bucketize(flat, torch.tensor(offsets[1:], device=dev), right=True)
+        children["settled"] = torch.cat([unaffected[split_at]] * 2)
         children.update(_pre_fields(res.pre, names, idx, repeat=2))
         for field_name, got in [
             *((f"a{i}", res.params.get("alpha", {}).get(key)) for i, key in enumerate(keys)),
@@ -376,6 +385,18 @@ def _relu_split(
     if unresolved:
         return _stop(UNKNOWN, visited, rounds, reason=f"{unresolved} leaves undecided")
     return _stop(UNSAT, visited, rounds)
+
+
+def _unaffected(graph: Graph, acts: list[str], names: list[str]) -> Tensor:
+    """``(len(acts), len(names))``: whether tensor ``names[j]``'s bounds do not depend on the
+    relaxation of ``acts[p]`` (it is not a strict ancestor of ``names[j]``), so a split on
+    ``acts[p]`` leaves them as they were."""
+    out = torch.ones(len(acts), len(names), dtype=torch.bool)
+    for j, name in enumerate(names):
+        upstream = {t for node in graph.ancestors(name) for t in node.inputs}
+        for p, act in enumerate(acts):
+            out[p, j] = act == name or act not in upstream
+    return out
 
 
 # Margin a float64 dual certificate must clear (its own rounding is ~1e-15 of the terms).
