@@ -162,18 +162,24 @@ def test_patches_bounds_equal_dense_bounds(seed: int, f32: bool) -> None:
                 torch.testing.assert_close(f_up, up, rtol=0, atol=atol * sc, msg=name)
 
 
-def test_resnet_passes_carry_patches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a ResNet's 12x12 feature maps the passes do go through convolutions as patches
-    (the equality above is not only dense against dense), and the bounds still agree."""
-    calls = []
-    mod = importlib.import_module("nnbound.bounds.patches")
-    original = mod.Patches.conv_transpose
+def _record_windows(monkeypatch: pytest.MonkeyPatch, method: str) -> list:
+    """The window of every Patches whose ``method`` is called from now on."""
+    calls: list = []
+    cls = importlib.import_module("nnbound.bounds.patches").Patches
+    original = getattr(cls, method)
 
-    def counted(self, *args, **kwargs):
+    def recorded(self, *args, **kwargs):
         calls.append(self.window)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(mod.Patches, "conv_transpose", counted)
+    monkeypatch.setattr(cls, method, recorded)
+    return calls
+
+
+def test_resnet_passes_carry_patches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a ResNet's 12x12 feature maps the passes do go through convolutions as patches
+    (the equality above is not only dense against dense), and the bounds still agree."""
+    calls = _record_windows(monkeypatch, "conv_transpose")
     graph = resnet_graph((4, 6), 1, input_shape=(3, 12, 12), classes=4, seed=3)
     x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(0), dtype=F64)
     ball = LpBall.make(x, 0.01, "inf")
@@ -204,15 +210,7 @@ def test_patches_through_input_slices_equal_dense(
 ) -> None:
     """Channel slices of the input keep rows as patches down to a box input, where each
     window is concretized alone: the same bounds as dense rows, for boxes and balls."""
-    calls = []
-    mod = importlib.import_module("nnbound.bounds.patches")
-    original = mod.Patches.box_bounds
-
-    def counted(self, *args, **kwargs):
-        calls.append(self.window)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(mod.Patches, "box_bounds", counted)
+    calls = _record_windows(monkeypatch, "box_bounds")
     graph = _sliced_input_graph(seed)
     gen = torch.Generator().manual_seed(seed)
     center = torch.rand(2, 4, 9, 11, generator=gen, dtype=F64)
