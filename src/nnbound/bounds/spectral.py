@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from nnbound.errors import InputError, UnsupportedError
-from nnbound.network.layers import NONLINEAR_TYPES, Activation, Layer, MaxPool2d, Shape
+from nnbound.network.layers import NONLINEAR_TYPES, Activation, Dense, Layer, MaxPool2d, Shape
 from nnbound.network.network import Network
 from nnbound.relax.maxpool import maxpool_lipschitz
 
@@ -57,6 +57,8 @@ def block_matrix(
                 "folded into a matrix (methods that fold linear blocks, such as the Jacobian "
                 "bounds and quad, do not support it)"
             )
+    if end == start + 1 and isinstance(layers[start], Dense):
+        return layers[start].weight  # already the matrix (the product below would be I W)
     n_out = math.prod(shapes[end])
     n_in = math.prod(shapes[start])
     if n_out * n_in > _MAX_DENSE_ELEMENTS:

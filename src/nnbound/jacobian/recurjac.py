@@ -38,6 +38,7 @@ start the recursion.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -150,18 +151,45 @@ def interval_step(
     return plo @ mp + phi @ mn, phi @ mp + plo @ mn
 
 
+def _columns(mask: Tensor) -> Tensor | None:
+    """Indices of the neurons ``mask`` ``(..., c)`` marks in some row (``None``: all)."""
+    hit = mask.reshape(-1, mask.shape[-1]).any(0)
+    return None if bool(hit.all()) else torch.nonzero(hit).squeeze(1)
+
+
+def _at(t: Tensor, cols: Tensor | None) -> Tensor:
+    return t if cols is None else t.index_select(-1, cols)
+
+
 @dataclass(frozen=True, eq=False)
 class _Level:
-    """Per-neuron tables of one level for the functional recursion, each ``(B, R, 1, c)``:
-    the coefficient picked for ``w > 0`` / ``w <= 0`` on sure terms (0 on unsure ones), and the
-    max / min of ``y d`` on unsure terms (0 on sure ones)."""
+    """Per-neuron tables of one level for the functional recursion.
+
+    ``pick_pos`` / ``pick_neg`` ``(B, R, 1, len(live))``: the coefficient picked for ``w > 0``
+    / ``w <= 0`` on sure terms (0 on unsure ones), at the ``live`` neurons alone (``None``:
+    all): a neuron picked 0 in every row (each unsure term, each inactive ReLU) passes nothing
+    up, so the next matrix product needs only the live columns, and a level without a live
+    neuron ends the recursion (the reference's ``cu + cl + ce > 0`` test, for a whole level).
+    ``unsure_max`` / ``unsure_min`` ``(B, R, len(unsure), 1)``: the max / min of ``y d`` on
+    unsure terms (0 on sure ones), at the ``unsure`` neurons alone (``None``: all), as columns
+    for a matrix-vector product."""
 
     pick_pos: Tensor
     pick_neg: Tensor
+    live: Tensor | None
     unsure_max: Tensor
     unsure_min: Tensor
+    unsure: Tensor | None
     has_unsure: bool
     fixed: bool  # one coefficient whatever the sign of w (every derivative is known)
+
+    @property
+    def dead(self) -> bool:
+        return self.live is not None and self.live.numel() == 0
+
+    def widened(self, lo_pick: Tensor, hi_pick: Tensor) -> _Level:
+        """This level with every neuron live (picks ``lo_pick`` / ``hi_pick`` in full)."""
+        return dataclasses.replace(self, pick_pos=lo_pick, pick_neg=hi_pick, live=None)
 
 
 def _level_table(lo: Tensor, up: Tensor, glo: Tensor, ghi: Tensor) -> _Level:
@@ -176,14 +204,26 @@ def _level_table(lo: Tensor, up: Tensor, glo: Tensor, ghi: Tensor) -> _Level:
     pick_pos = torch.where(sure, torch.where(neg, gl, gh), zero)
     pick_neg = torch.where(sure, torch.where(neg, gh, gl), zero)
     ylo, yhi = interval_product(lo, up, gl, gh)
+    live = _columns((pick_pos != 0) | (pick_neg != 0))
+    unsure = _columns(~sure)
+    as_column = lambda t: _at(t, unsure).transpose(-1, -2)  # noqa: E731
     return _Level(
-        pick_pos,
-        pick_neg,
-        torch.where(sure, zero, yhi),
-        torch.where(sure, zero, ylo),
+        _at(pick_pos, live),
+        _at(pick_neg, live),
+        live,
+        as_column(torch.where(sure, zero, yhi)),
+        as_column(torch.where(sure, zero, ylo)),
+        unsure,
         has_unsure=not bool(sure.all()),
         fixed=bool((pick_pos == pick_neg).all()),
     )
+
+
+def _live_columns(m: Mat, live: Tensor | None) -> Mat:
+    """``M`` restricted to the columns ``live`` (a block op, or ``None``: all of it)."""
+    if live is None or isinstance(m, BlockOp):
+        return m
+    return m.index_select(-1, live)
 
 
 class Recursion:
@@ -194,13 +234,25 @@ class Recursion:
         self.ch = ch
         k = len(ch.mats)
         self.tables: list[_Level | None] = [None] * k
+        # mats_in[j]: M_j taking only the live neurons of level j - 1 (set with that level)
+        self.mats_in: list[Mat] = list(ch.mats)
         # Level K is the exact end: its sign is known everywhere.
         self.set_bounds(k, ch.end, ch.end)
 
     def set_bounds(self, level: int, lo: Tensor, up: Tensor) -> None:
         """Register the element-wise bounds of ``Y_level`` (``level >= 1``)."""
         j = level - 1
-        self.tables[j] = _level_table(lo, up, self.ch.dlo[j], self.ch.dhi[j])
+        t = _level_table(lo, up, self.ch.dlo[j], self.ch.dhi[j])
+        above = self.ch.mats[j + 1] if j + 1 < len(self.ch.mats) else None
+        if isinstance(above, BlockOp) and t.live is not None and not t.dead:
+            # A block op cannot drop input columns: the level keeps its full width.
+            full = [_spread(pick, t.live, lo.shape[-1], 0.0) for pick in (t.pick_pos, t.pick_neg)]
+            t = t.widened(*full)
+        self.tables[j] = t
+        if above is not None:
+            self.mats_in[j + 1] = _live_columns(above, t.live)
+        else:
+            self.end = self.ch.end if t.live is None else self.ch.end[..., t.live]
 
     def upper(self, level: int, w: Tensor) -> Tensor:
         """Upper bound of ``Y_level . c`` where ``w = M_level c`` ``(B, R, T, c_{level+1})``
@@ -211,17 +263,22 @@ class Recursion:
         acc = torch.zeros((ch.batch, ch.rows, w.shape[-2]), dtype=w.dtype, device=w.device)
         for j in range(level, k):
             if j > level:
-                w = apply_matrix(w, ch.mats[j])
+                w = apply_matrix(w, self.mats_in[j])
             t = self.tables[j]
             assert t is not None, "bounds of a deeper level are missing"
             # Skipping the work a level does not need (no unsure term; derivatives all known,
             # typical of small balls) is what keeps this fast: each pass is over B R T c values.
-            positive = None if t.fixed and not t.has_unsure else w > 0
             if t.has_unsure:
-                acc = acc + (w * torch.where(positive, t.unsure_max, t.unsure_min)).sum(-1)
-            w = w * (t.pick_pos if t.fixed else torch.where(positive, t.pick_pos, t.pick_neg))
+                # sum over unsure neurons of w * (y d max if w > 0 else y d min)
+                wu = _at(w, t.unsure)
+                gain = wu.clamp(min=0) @ t.unsure_max + wu.clamp(max=0) @ t.unsure_min
+                acc = acc + gain.squeeze(-1)
+            if t.dead:
+                return acc  # nothing passes this level: the levels above add 0
+            w = _at(w, t.live)
+            w = w * (t.pick_pos if t.fixed else torch.where(w > 0, t.pick_pos, t.pick_neg))
         # The last coefficients multiply the exact end: one batched matrix-vector product.
-        return acc + (w @ ch.end.unsqueeze(-1)).squeeze(-1)
+        return acc + (w @ self.end.unsqueeze(-1)).squeeze(-1)
 
 
 def _chunk(batch: int, rows: int, widths: list[int]) -> int:
