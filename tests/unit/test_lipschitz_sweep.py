@@ -85,15 +85,30 @@ def test_saturated_layers_are_skipped_and_take_their_whole_range() -> None:
     lo, up = pre[deep]
     # the largest balls are past saturation: the deepest layer was never bounded
     assert bool(torch.isinf(lo.reshape(2, 5, -1)[:, -1]).all())
-    # wherever a layer was bounded, the bounds are the plain pass's; eps 0 and 0.01 always
+    # wherever a layer was bounded, the bounds are the plain pass's (eps 0 and 0.01 always),
+    # except at a row's deepest bounded layer, which is read only for its ReLU states: there
+    # the states are the plain pass's
     ball = LpBall.make(x, eps, math.inf)
     plain = jacobian_bounds(net, ball).layer_bounds.intermediate.pre
+    done = {i: torch.isfinite(lo.reshape(10, -1)).all(1) for i, (lo, _) in pre.items()}
+    deeper = {i: torch.zeros(10, dtype=torch.bool) for i in pre}
+    for i in pre:
+        for k in pre:
+            if k > i:
+                deeper[i] |= done[k]
     for i, (lo, up) in pre.items():
-        done = torch.isfinite(lo.reshape(10, -1)).all(1)
-        assert bool(done.reshape(2, 5)[:, :2].all())
+        assert bool(done[i].reshape(2, 5)[:, :2].all())
+        inner = done[i] & deeper[i]
         # (equal up to the rounding of differently batched products)
-        torch.testing.assert_close(lo[done], plain[i][0][done], rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(up[done], plain[i][1][done], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(lo[inner], plain[i][0][inner], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(up[inner], plain[i][1][inner], rtol=1e-12, atol=1e-12)
+        last = done[i] & ~deeper[i]
+        assert bool(last.any()) or i != deep
+        for ours, theirs in (
+            (lo[last] >= 0, plain[i][0][last] >= 0),
+            (up[last] <= 0, plain[i][1][last] <= 0),
+        ):
+            assert torch.equal(ours, theirs)
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh"])

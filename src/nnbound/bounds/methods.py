@@ -172,12 +172,12 @@ def _tighten(
     intersect: bool,
     width: int,
     rows_per_group: int,
-    bound_rows: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    bound_rows: Callable[[Tensor, Tensor], tuple[Tensor | None, Tensor | None]],
 ) -> tuple[Tensor, Tensor]:
     """Bounds of the neurons ``candidates`` (``(N, M)`` bool mask over the flat pre-activation)
     from ``bound_rows(rows, idx)`` (ball rows ``rows``, their candidates' padded flat indices
-    ``idx``; returns lower and upper ``(len(rows), U)``), written into ``lower``/``upper``
-    (kept where tighter when ``intersect``).
+    ``idx``; returns lower and upper ``(len(rows), U)``, either ``None`` when that side is not
+    computed), written into ``lower``/``upper`` (kept where tighter when ``intersect``).
 
     Rows are grouped by how many candidates they have (largest first) so that padding every
     row of a group to the group's largest count wastes little work; a group holds at most
@@ -202,6 +202,8 @@ def _tighten(
         new_lo, new_up = bound_rows(rows, idx)
         has_any = (counts[rows] > 0).unsqueeze(1)
         for flat, new, take in ((flat_lo, new_lo, torch.maximum), (flat_up, new_up, torch.minimum)):
+            if new is None:  # a side not asked for keeps its bounds
+                continue
             block = flat[rows]
             old = block.gather(1, idx)
             best = take(old, new) if intersect else new
@@ -218,21 +220,57 @@ def _tighten_by_backward_pass(
     lower: Tensor,
     upper: Tensor,
     intersect: bool,
+    sides: tuple[bool, bool] = (True, True),
 ) -> tuple[Tensor, Tensor]:
     """Backward-pass bounds of the neurons ``candidates`` of activation ``j`` (see
-    :func:`_tighten`)."""
+    :func:`_tighten`), of the sides ``(lower, upper)`` that ``sides`` asks for."""
     layers, shapes = net.layers, net.shapes
 
-    def bound_rows(rows: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    def bound_rows(rows: Tensor, idx: Tensor) -> tuple[Tensor | None, Tensor | None]:
         sub_ball = ball.rows(rows)
         sub_lines = {k: _line_rows(v, rows) for k, v in lines.items()}
         a, const, end = start_rows(layers, shapes, j, idx, ball.center.dtype, ball.center.device)
-        c_lo, c_up = backward_linear_bounds(layers, shapes, end, a, const, sub_lines, sub_ball)
-        assert c_lo is not None and c_up is not None
-        return c_lo, c_up
+        return backward_linear_bounds(
+            layers, shapes, end, a, const, sub_lines, sub_ball, lower=sides[0], upper=sides[1]
+        )
 
     width = max(math.prod(s) for s in shapes[: j + 1])
     return _tighten(candidates, lower, upper, intersect, width, _ROWS_PER_GROUP, bound_rows)
+
+
+def _tighten_signs(
+    net: Network,
+    j: int,
+    ball: InputSet,
+    lines: dict[int, LinearRelaxation | MaxPoolLines],
+    candidates: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_tighten_by_backward_pass` for a layer whose bounds are read only for their sign
+    (a ReLU's state): a neuron positive at the centre can only be proved active, by its lower
+    bound, one negative only inactive, by its upper bound, so each gets that one side (its
+    other side keeps its interval bound, which the centre's value already puts on the same
+    side of 0 as a backward pass would): the same states for half the products. Neurons at
+    exactly 0 get both sides. The centre need not lie in the set for soundness: only the
+    tightness of the states relies on it."""
+    n = candidates.shape[0]
+    with torch.no_grad():
+        centre = ball.center
+        for layer in net.layers[:j]:
+            centre = layer.forward(centre)
+    z0 = centre.reshape(n, -1)
+    for picked, sides in (
+        (z0 > 0, (True, False)),
+        (z0 < 0, (False, True)),
+        (z0 == 0, (True, True)),
+    ):
+        mask = candidates & picked
+        if bool(mask.any()):
+            lower, upper = _tighten_by_backward_pass(
+                net, j, ball, lines, mask, lower, upper, True, sides
+            )
+    return lower, upper
 
 
 def _tighten_by_split(
@@ -294,6 +332,7 @@ def layerwise_bounds(
     tangent: TangentRule = TangentRule.EXACT,
     prior: dict[int, tuple[Tensor, Tensor]] | None = None,
     centre_cache: CentreProducts | None = None,
+    last_signs_only: bool = False,
 ) -> Bounds:
     """Bounds of ``C @ net(x)`` for every x in ``ball`` with a layer-wise method.
 
@@ -316,6 +355,11 @@ def layerwise_bounds(
             with it, the second activation of an MLP is bounded by
             :func:`~nnbound.bounds.centre_split.split_backward_bounds` (the same bounds up to
             rounding, multiplying only the unstable first-layer neurons' columns).
+        last_signs_only: the caller reads the last relaxed layer's bounds only for the state
+            of each ReLU there (which side of 0 they lie on; a Jacobian chain's derivative
+            intervals): each of its neurons then gets only the side of its bound that can
+            settle its state (:func:`_tighten_signs`). Its bounds, and the spec's, are then
+            looser on the other side; the states are the same. Ignored with ``reference``.
 
     Returns:
         :class:`Bounds` with ``lower``/``upper`` of shape ``(*ball.batch_shape, S)``.
@@ -390,6 +434,14 @@ def layerwise_bounds(
                         intersect,
                         relax[j].kinks if last else None,
                     )
+                elif (
+                    last_signs_only
+                    and intersect
+                    and pos == len(acts) - 1
+                    and isinstance(layers[j], Activation)
+                    and relax[j].kinks == (0.0,)
+                ):
+                    lo, up = _tighten_signs(net, j, ball, lines, candidates, lo, up)
                 else:
                     lo, up = _tighten_by_backward_pass(
                         net, j, ball, lines, candidates, lo, up, intersect

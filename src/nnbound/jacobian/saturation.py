@@ -117,7 +117,8 @@ def sweep_pre_bounds(
         if prior_cols is not None:
             src = torch.tensor((rows_b * k + prior_cols.reshape(-1)).tolist(), device=dev)
             prior = {i: (pre[i][0][src], pre[i][1][src]) for i in acts[:depth]}
-        lb = layerwise_bounds(prefix, ball, layer_method, spec, prior=prior)
+        # the prefix's last activation is read only for its derivative intervals (states)
+        lb = layerwise_bounds(prefix, ball, layer_method, spec, prior=prior, last_signs_only=True)
         row_t = torch.tensor(rows, device=dev)
         for a, i in enumerate(acts[:depth]):
             lo, up = lb.intermediate.pre[i]
