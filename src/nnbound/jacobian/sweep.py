@@ -44,19 +44,22 @@ class SweepResult:
 
 def _compressed(chain: JacobianChain, row: int) -> JacobianChain:
     """Row ``row`` of ``chain`` without the neurons whose derivative is exactly 0."""
-    keep = [(lo[row] != 0) | (hi[row] != 0) for lo, hi in zip(chain.dlo, chain.dhi, strict=True)]
-    if not all(bool(m.any()) for m in keep):  # a dead layer: J = 0, keep the shapes
+    keep = [
+        torch.nonzero((lo[row] != 0) | (hi[row] != 0)).squeeze(1)
+        for lo, hi in zip(chain.dlo, chain.dhi, strict=True)
+    ]
+    if not all(idx.numel() for idx in keep):  # a dead layer: J = 0, keep the shapes
         return _select(chain, torch.tensor([row], device=chain.last.device))
     mats = []
     for k, w in enumerate(chain.weights):
         assert isinstance(w, Tensor)
-        w = w[keep[k]]
-        mats.append(w if k == 0 else w[:, keep[k - 1]])
+        w = w.index_select(0, keep[k])
+        mats.append(w if k == 0 else w.index_select(1, keep[k - 1]))
     return JacobianChain(
         tuple(mats),
-        chain.last[row : row + 1][..., keep[-1]],
-        tuple(lo[row : row + 1][:, m] for lo, m in zip(chain.dlo, keep, strict=True)),
-        tuple(hi[row : row + 1][:, m] for hi, m in zip(chain.dhi, keep, strict=True)),
+        chain.last[row : row + 1].index_select(-1, keep[-1]),
+        tuple(lo[row : row + 1].index_select(1, i) for lo, i in zip(chain.dlo, keep, strict=True)),
+        tuple(hi[row : row + 1].index_select(1, i) for hi, i in zip(chain.dhi, keep, strict=True)),
         chain.piecewise_linear,
         chain.global_range,
     )
