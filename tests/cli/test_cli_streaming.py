@@ -96,9 +96,9 @@ def test_text_mode_interrupt_prints_finished_lines_and_an_interrupted_summary(
 
     monkeypatch.setattr(robustness, "certified_radius", interrupted_third_time)
     argv = ["robustness", "mnist-fc-3layer", "--numimage", "8", "--steps", "3", "--quiet"]
-    assert main(argv) == 130
+    assert main([*argv, "--batch-size", "2"]) == 130
     lines = capsys.readouterr().out.splitlines()
-    # spans of 1 and 2 images finished before the third was interrupted
+    # spans of 1 and 2 images (the batch) finished before the third was interrupted
     assert [v.split(",")[0] for v in lines[:-1]] == [f"[L1] id = {i}" for i in range(3)]
     assert lines[-1].startswith("[L0] model = mnist-fc-3layer")
     assert lines[-1].endswith("numimage = 3, interrupted")

@@ -289,8 +289,8 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         _csv_header(ev_methods=methods)
     try:
-        # Chunks of 1, 2, 4, ... inputs up to --batch-size: the first sandwich shows after one
-        # input's work, later chunks keep the batched passes' speed.
+        # One input, then growing chunks up to --batch-size (growing_spans): the first sandwich
+        # shows after one input's work, later chunks keep the batched passes' speed.
         for lo, hi in growing_spans(len(sel.indices), settings.batch_size):
             part = evaluate(
                 net,
