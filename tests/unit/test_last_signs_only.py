@@ -5,13 +5,16 @@ bounds the full pass's, and every bound still hold at sampled points of the ball
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.helpers import random_network
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import random_network
 from nnbound.bounds.methods import layerwise_bounds
 from nnbound.sets.lp_ball import LpBall
 

@@ -5,6 +5,7 @@ Jacobian columns the recursion reads) gives the numbers of one plain pass over t
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -143,3 +144,41 @@ def test_only_columns_below_free_derivatives_are_needed() -> None:
     ch = Chain((torch.randn(4, 2, dtype=torch.float64), m), end, (d_lo, one), (d_hi, one))
     assert _needed_columns(ch, 0) is None
     assert _needed_columns(ch, 1).tolist() == [0]
+
+
+def test_probes_turn_dense_where_layers_start_to_saturate(monkeypatch) -> None:
+    """Sparse probes upwards until one finds many unstable neurons, then every radius upwards,
+    then the rest downwards; the derivative states are those of one batched pass."""
+    import nnbound.jacobian.saturation as saturation
+    from nnbound.jacobian.chain import build_chain
+
+    net = random_network("relu", [10, 24, 24, 24, 3], seed=7)
+    x = torch.randn(1, 10, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    eps = eps_grid(3.0, 16, -3, math.log10(3.0)).unsqueeze(0)
+    seen: list[float] = []
+    real = saturation.layerwise_bounds
+
+    def spy(prefix, ball, *args, **kwargs):
+        seen.append(float(ball.eps.reshape(-1)[0]))
+        return real(prefix, ball, *args, **kwargs)
+
+    monkeypatch.setattr(saturation, "layerwise_bounds", spy)
+    pre = sweep_pre_bounds(net, x, eps, math.inf, "crown-general", chunk=4)
+    radii = eps[0].tolist()
+    positions = [radii.index(r) for r in seen]
+    upward = 1
+    while upward < len(positions) and positions[upward] > positions[upward - 1]:
+        upward += 1
+    steps = [b - a for a, b in itertools.pairwise(positions[:upward])]
+    # sparse probes (stride 4) until the switch, then every radius; the rest downwards
+    assert 4 in steps and 1 in steps and steps == sorted(steps, reverse=True)
+    assert set(steps) == {4, 1}
+    # (radii past the last upward call had every layer saturated: nothing left to bound)
+    rest = [i for i in range(positions[upward - 1]) if i not in positions[:upward]]
+    assert positions[upward:] == rest[::-1]
+    monkeypatch.setattr(saturation, "layerwise_bounds", real)
+    batched = sweep_pre_bounds(net, x, eps, math.inf, "crown-general", chunk=len(radii))
+    spec = torch.zeros(len(radii), 1, 3, dtype=torch.float64)
+    ours, theirs = build_chain(net, pre, spec), build_chain(net, batched, spec)
+    for a, b in zip(ours.dlo + ours.dhi, theirs.dlo + theirs.dhi, strict=True):
+        assert torch.equal(a, b)
