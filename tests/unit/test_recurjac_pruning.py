@@ -4,10 +4,13 @@ level where none passes: the bounds must be those of the full-width recursion wr
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nnbound.jacobian import collapsed
 from nnbound.jacobian.recurjac import Chain, Recursion, recurjac_levels
 
 
@@ -31,7 +34,9 @@ def _plain_upper(
     return acc + (w @ ch.end.unsqueeze(-1)).squeeze(-1)
 
 
-def _random_chain(seed: int, widths: list[int], dead: float, fixed: float, rows: int) -> Chain:
+def _random_chain(
+    seed: int, widths: list[int], dead: float, fixed: float, rows: int, batch: int = 1
+) -> Chain:
     gen = torch.Generator().manual_seed(seed)
     mats = tuple(
         torch.randn(widths[i + 1], widths[i], generator=gen, dtype=torch.float64)
@@ -39,18 +44,18 @@ def _random_chain(seed: int, widths: list[int], dead: float, fixed: float, rows:
     )
     dlo, dhi = [], []
     for c in widths[1:]:
-        u = torch.rand(1, c, generator=gen, dtype=torch.float64)
-        stable = torch.rand(1, c, generator=gen, dtype=torch.float64) < fixed
-        active = torch.rand(1, c, generator=gen, dtype=torch.float64) >= dead
+        u = torch.rand(batch, c, generator=gen, dtype=torch.float64)
+        stable = torch.rand(batch, c, generator=gen, dtype=torch.float64) < fixed
+        active = torch.rand(batch, c, generator=gen, dtype=torch.float64) >= dead
         lo = torch.where(stable, active.to(torch.float64), torch.zeros_like(u))
         hi = torch.where(stable, active.to(torch.float64), torch.ones_like(u))
         dlo.append(lo)
         dhi.append(hi)
-    end = torch.randn(1, rows, widths[-1], generator=gen, dtype=torch.float64)
+    end = torch.randn(batch, rows, widths[-1], generator=gen, dtype=torch.float64)
     return Chain(mats, end, tuple(dlo), tuple(dhi))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
     depth=st.integers(1, 4),
@@ -58,10 +63,29 @@ def _random_chain(seed: int, widths: list[int], dead: float, fixed: float, rows:
     dead=st.floats(0.0, 1.0),
     fixed=st.floats(0.0, 1.0),
     rows=st.integers(1, 3),
+    batch=st.integers(1, 3),
 )
-def test_pruned_recursion_equals_full_width(seed, depth, width, dead, fixed, rows):
-    ch = _random_chain(seed, [width + 1] + [width] * depth, dead, fixed, rows)
+def test_pruned_recursion_equals_full_width(seed, depth, width, dead, fixed, rows, batch):
+    ch = _random_chain(seed, [width + 1] + [width] * depth, dead, fixed, rows, batch)
+    # both the full-width recursion and the one collapsed onto the free neurons
+    for threshold in (-1.0, 1.0):
+        with _collapse_below(threshold):
+            _check_against_plain(ch, rows)
+
+
+@contextlib.contextmanager
+def _collapse_below(threshold: float):
+    saved = collapsed.COLLAPSE_BELOW
+    collapsed.COLLAPSE_BELOW = threshold
+    try:
+        yield
+    finally:
+        collapsed.COLLAPSE_BELOW = saved
+
+
+def _check_against_plain(ch: Chain, rows: int) -> None:
     levels, rec = recurjac_levels(ch)
+    assert (rec.collapsed is not None) == (collapsed.COLLAPSE_BELOW > 0)
     for k in range(len(ch.mats)):
         cols = ch.mats[k].shape[1]
         w = ch.mats[k].T.reshape(1, 1, cols, -1).expand(1, rows, -1, -1)

@@ -38,7 +38,6 @@ start the recursion.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -46,6 +45,8 @@ import torch
 from torch import Tensor
 
 from nnbound.errors import UnsupportedError
+from nnbound.jacobian.collapsed import collapse, collapsed_upper, set_level
+from nnbound.jacobian.level_table import Level, at, interval_product, level_table
 from nnbound.jacobian.linop import BlockOp
 
 Mat = Tensor | BlockOp
@@ -128,12 +129,6 @@ def apply_matrix(c: Tensor, m: Mat) -> Tensor:
     return c @ m.transpose(1, 2).unsqueeze(1)
 
 
-def interval_product(lo: Tensor, up: Tensor, glo: Tensor, ghi: Tensor) -> tuple[Tensor, Tensor]:
-    """Bounds of ``y * d`` for ``y in [lo, up]``, ``d in [glo, ghi]`` (element-wise)."""
-    corners = torch.stack([lo * glo, lo * ghi, up * glo, up * ghi])
-    return corners.amin(0), corners.amax(0)
-
-
 def interval_step(
     lo: Tensor, up: Tensor, glo: Tensor, ghi: Tensor, m: Mat
 ) -> tuple[Tensor, Tensor]:
@@ -151,74 +146,6 @@ def interval_step(
     return plo @ mp + phi @ mn, phi @ mp + plo @ mn
 
 
-def _columns(mask: Tensor) -> Tensor | None:
-    """Indices of the neurons ``mask`` ``(..., c)`` marks in some row (``None``: all)."""
-    hit = mask.reshape(-1, mask.shape[-1]).any(0)
-    return None if bool(hit.all()) else torch.nonzero(hit).squeeze(1)
-
-
-def _at(t: Tensor, cols: Tensor | None) -> Tensor:
-    return t if cols is None else t.index_select(-1, cols)
-
-
-@dataclass(frozen=True, eq=False)
-class _Level:
-    """Per-neuron tables of one level for the functional recursion.
-
-    ``pick_pos`` / ``pick_neg`` ``(B, R, 1, len(live))``: the coefficient picked for ``w > 0``
-    / ``w <= 0`` on sure terms (0 on unsure ones), at the ``live`` neurons alone (``None``:
-    all): a neuron picked 0 in every row (each unsure term, each inactive ReLU) passes nothing
-    up, so the next matrix product needs only the live columns, and a level without a live
-    neuron ends the recursion (the reference's ``cu + cl + ce > 0`` test, for a whole level).
-    ``unsure_max`` / ``unsure_min`` ``(B, R, len(unsure), 1)``: the max / min of ``y d`` on
-    unsure terms (0 on sure ones), at the ``unsure`` neurons alone (``None``: all), as columns
-    for a matrix-vector product."""
-
-    pick_pos: Tensor
-    pick_neg: Tensor
-    live: Tensor | None
-    unsure_max: Tensor
-    unsure_min: Tensor
-    unsure: Tensor | None
-    has_unsure: bool
-    fixed: bool  # one coefficient whatever the sign of w (every derivative is known)
-
-    @property
-    def dead(self) -> bool:
-        return self.live is not None and self.live.numel() == 0
-
-    def widened(self, lo_pick: Tensor, hi_pick: Tensor) -> _Level:
-        """This level with every neuron live (picks ``lo_pick`` / ``hi_pick`` in full)."""
-        return dataclasses.replace(self, pick_pos=lo_pick, pick_neg=hi_pick, live=None)
-
-
-def _level_table(lo: Tensor, up: Tensor, glo: Tensor, ghi: Tensor) -> _Level:
-    lo, up = lo.unsqueeze(2), up.unsqueeze(2)
-    gl, gh = glo[:, None, None, :], ghi[:, None, None, :]
-    neg = up <= 0
-    pos = lo >= 0
-    sure = neg | pos | (gl == gh)
-    zero = torch.zeros((), dtype=lo.dtype, device=lo.device)
-    # Upper bound of y * d * w with the sign of y known: y <= 0 wants the smallest d when
-    # w > 0, y >= 0 the largest (the reference checks y <= 0 first; a fixed d is either end).
-    pick_pos = torch.where(sure, torch.where(neg, gl, gh), zero)
-    pick_neg = torch.where(sure, torch.where(neg, gh, gl), zero)
-    ylo, yhi = interval_product(lo, up, gl, gh)
-    live = _columns((pick_pos != 0) | (pick_neg != 0))
-    unsure = _columns(~sure)
-    as_column = lambda t: _at(t, unsure).transpose(-1, -2)  # noqa: E731
-    return _Level(
-        _at(pick_pos, live),
-        _at(pick_neg, live),
-        live,
-        as_column(torch.where(sure, zero, yhi)),
-        as_column(torch.where(sure, zero, ylo)),
-        unsure,
-        has_unsure=not bool(sure.all()),
-        fixed=bool((pick_pos == pick_neg).all()),
-    )
-
-
 def _live_columns(m: Mat, live: Tensor | None) -> Mat:
     """``M`` restricted to the columns ``live`` (a block op, or ``None``: all of it)."""
     if live is None or isinstance(m, BlockOp):
@@ -233,7 +160,9 @@ class Recursion:
     def __init__(self, ch: Chain) -> None:
         self.ch = ch
         k = len(ch.mats)
-        self.tables: list[_Level | None] = [None] * k
+        self.tables: list[Level | None] = [None] * k
+        dense = all(isinstance(m, Tensor) for m in ch.mats)
+        self.collapsed = collapse(ch.mats, ch.end, ch.dlo, ch.dhi) if dense else None  # type: ignore[arg-type]
         # mats_in[j]: M_j taking only the live neurons of level j - 1 (set with that level)
         self.mats_in: list[Mat] = list(ch.mats)
         # Level K is the exact end: its sign is known everywhere.
@@ -242,13 +171,16 @@ class Recursion:
     def set_bounds(self, level: int, lo: Tensor, up: Tensor) -> None:
         """Register the element-wise bounds of ``Y_level`` (``level >= 1``)."""
         j = level - 1
-        t = _level_table(lo, up, self.ch.dlo[j], self.ch.dhi[j])
+        t = level_table(lo, up, self.ch.dlo[j], self.ch.dhi[j])
         above = self.ch.mats[j + 1] if j + 1 < len(self.ch.mats) else None
         if isinstance(above, BlockOp) and t.live is not None and not t.dead:
             # A block op cannot drop input columns: the level keeps its full width.
             full = [_spread(pick, t.live, lo.shape[-1], 0.0) for pick in (t.pick_pos, t.pick_neg)]
             t = t.widened(*full)
         self.tables[j] = t
+        if self.collapsed is not None:
+            set_level(self.collapsed, j, lo, up, self.ch.dlo[j], self.ch.dhi[j])
+            return
         if above is not None:
             self.mats_in[j + 1] = _live_columns(above, t.live)
         else:
@@ -258,6 +190,10 @@ class Recursion:
         """Upper bound of ``Y_level . c`` where ``w = M_level c`` ``(B, R, T, c_{level+1})``
         is given (so callers can start from a column of ``M_level`` without forming ``c``);
         returns ``(B, R, T)``."""
+        if self.collapsed is not None:
+            start = self.tables[level]
+            assert start is not None, "bounds of a deeper level are missing"
+            return collapsed_upper(self.collapsed, start, level, w)
         ch = self.ch
         k = len(ch.mats)
         acc = torch.zeros((ch.batch, ch.rows, w.shape[-2]), dtype=w.dtype, device=w.device)
@@ -270,12 +206,12 @@ class Recursion:
             # typical of small balls) is what keeps this fast: each pass is over B R T c values.
             if t.has_unsure:
                 # sum over unsure neurons of w * (y d max if w > 0 else y d min)
-                wu = _at(w, t.unsure)
+                wu = at(w, t.unsure)
                 gain = wu.clamp(min=0) @ t.unsure_max + wu.clamp(max=0) @ t.unsure_min
                 acc = acc + gain.squeeze(-1)
             if t.dead:
                 return acc  # nothing passes this level: the levels above add 0
-            w = _at(w, t.live)
+            w = at(w, t.live)
             w = w * (t.pick_pos if t.fixed else torch.where(w > 0, t.pick_pos, t.pick_neg))
         # The last coefficients multiply the exact end: one batched matrix-vector product.
         return acc + (w @ self.end.unsqueeze(-1)).squeeze(-1)
@@ -289,7 +225,8 @@ def _needed_columns(ch: Chain, k: int) -> Tensor | None:
     """Columns of ``Y_k`` (``k >= 1``) whose bounds the recursion reads: those of neurons
     whose derivative interval below is not a single value in some row. Where ``d`` is fixed
     the term ``y d w`` is linear in ``y`` whatever its sign, so the bounds of ``y`` are never
-    used (:func:`_level_table`); skipping those columns (every stable ReLU) is exact.
+    used (:func:`~nnbound.jacobian.level_table.level_table`); skipping those columns (every
+    stable ReLU) is exact.
     ``None``: all of them (level 0, a structural block, or no column to skip)."""
     m = ch.mats[k]
     if k == 0 or isinstance(m, BlockOp):
