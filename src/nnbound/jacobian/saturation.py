@@ -109,6 +109,8 @@ def sweep_pre_bounds(
     sat_eps = torch.full((b, len(acts)), math.inf, dtype=torch.float64)
     order = torch.argsort(eps.to(torch.float64).cpu(), dim=1, stable=True)
 
+    prefixes: dict[int, Network] = {}
+
     def bound(cols: Tensor, prior_cols: Tensor | None) -> float:
         """Bound the rows at sorted positions ``cols`` ``(B, c)``, intersecting the bounds of
         the rows at ``prior_cols`` (a larger radius around the same centre) where given.
@@ -126,7 +128,10 @@ def sweep_pre_bounds(
         if depth == 0:
             return 1.0  # every layer saturated already
         end = acts[depth] if depth < len(acts) else len(net.layers)
-        prefix = dataclasses.replace(net, layers=net.layers[:end], name=f"{net.name}[:{end}]")
+        if end not in prefixes:  # (a new Network checks every weight is finite: once each)
+            layers = net.layers[:end]
+            prefixes[end] = dataclasses.replace(net, layers=layers, name=f"{net.name}[:{end}]")
+        prefix = prefixes[end]
         # one zero spec row: the prefix's own output bounds are not needed
         spec = torch.zeros(1, prefix.num_outputs, dtype=dt, device=dev)
         centres = x[rows_b.to(dev)]
