@@ -25,6 +25,7 @@ def columns(mask: Tensor) -> Tensor | None:
 
 
 def at(t: Tensor, cols: Tensor | None) -> Tensor:
+    """The columns ``cols`` (last axis) of ``t``; ``None``: all of them, no copy."""
     return t if cols is None else t.index_select(-1, cols)
 
 
@@ -54,12 +55,14 @@ class Level:
     def dead(self) -> bool:
         return self.live is not None and self.live.numel() == 0
 
-    def widened(self, lo_pick: Tensor, hi_pick: Tensor) -> Level:
-        """This level with every neuron live (picks ``lo_pick`` / ``hi_pick`` in full)."""
-        return dataclasses.replace(self, pick_pos=lo_pick, pick_neg=hi_pick, live=None)
+    def widened(self, pick_pos: Tensor, pick_neg: Tensor) -> Level:
+        """This level with every neuron live, given its picks over all of them."""
+        return dataclasses.replace(self, pick_pos=pick_pos, pick_neg=pick_neg, live=None)
 
 
 def level_table(lo: Tensor, up: Tensor, glo: Tensor, ghi: Tensor) -> Level:
+    """The table of a level from the bounds ``lo``, ``up`` ``(B, R, c)`` of the partial product
+    above it and its derivative intervals ``glo``, ``ghi`` ``(B, c)``."""
     lo, up = lo.unsqueeze(2), up.unsqueeze(2)
     gl, gh = glo[:, None, None, :], ghi[:, None, None, :]
     neg = up <= 0

@@ -25,6 +25,12 @@ generalisation: for terms of unknown sign the reference assumes ``dlo >= 0`` and
 ``dhi * w * y``; we take the exact interval product (equal when ``dlo >= 0``, which holds for
 every supported activation, and still sound otherwise).
 
+Work the sums do not need is skipped, with the same result: a level carries only its *live*
+neurons (picked nonzero in some row; an unsure term or an inactive ReLU passes nothing up) and a
+level with none ends a functional's recursion (:mod:`nnbound.jacobian.level_table`); a dense
+chain with few *free* neurons (derivative not fixed) recurses on those alone, its fixed
+neurons' linear maps folded once per chain (:mod:`nnbound.jacobian.collapsed`).
+
 Forward mode (``--lipsdir +1``) is the same algorithm on the transposed chain
 ``J^T = M_0^T D_0 ... M_{K-1}^T D_{K-1} E^T``, whose partial products are the products from
 the input side: the "rows" are then input coordinates instead of spec rows.
@@ -161,8 +167,10 @@ class Recursion:
         self.ch = ch
         k = len(ch.mats)
         self.tables: list[Level | None] = [None] * k
-        dense = all(isinstance(m, Tensor) for m in ch.mats)
-        self.collapsed = collapse(ch.mats, ch.end, ch.dlo, ch.dhi) if dense else None  # type: ignore[arg-type]
+        dense = tuple(m for m in ch.mats if isinstance(m, Tensor))
+        self.collapsed = (
+            collapse(dense, ch.end, ch.dlo, ch.dhi) if len(dense) == len(ch.mats) else None
+        )
         # mats_in[j]: M_j taking only the live neurons of level j - 1 (set with that level)
         self.mats_in: list[Mat] = list(ch.mats)
         # Level K is the exact end: its sign is known everywhere.
