@@ -214,3 +214,15 @@ def test_exported_program_errors(tmp_path: Path) -> None:
     (tmp_path / "cut.pt2").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFormatError, match=r"not a readable torch\.export archive"):
         load_model(tmp_path / "cut.pt2")
+
+
+def test_a_weight_made_non_finite_in_place_is_caught_on_the_next_network() -> None:
+    """Finite weights are scanned once per tensor version: a NaN written in place afterwards
+    (a new version) is still refused when another network is built on that weight."""
+    w, b = torch.randn(4, 3), torch.zeros(4)
+    layers = (Dense(w, b), Activation("relu"), Dense(torch.randn(2, 4), torch.zeros(2)))
+    Network(layers, (3,))
+    Network(layers, (3,), name="again")  # the cached scan
+    w[1, 2] = float("nan")
+    with pytest.raises(InputError, match="NaN or inf"):
+        Network(layers, (3,))
