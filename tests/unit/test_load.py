@@ -226,3 +226,12 @@ def test_a_weight_made_non_finite_in_place_is_caught_on_the_next_network() -> No
     w[1, 2] = float("nan")
     with pytest.raises(InputError, match="NaN or inf"):
         Network(layers, (3,))
+
+
+def test_networks_accept_inference_mode_weights() -> None:
+    """Tensors made under ``torch.inference_mode`` have no version counter: still checked."""
+    with torch.inference_mode():
+        w, bad = torch.randn(2, 3), torch.full((2, 3), float("inf"))
+    Network((Dense(w, torch.zeros(2)),), (3,))
+    with pytest.raises(InputError, match="NaN or inf"):
+        Network((Dense(bad, torch.zeros(2)),), (3,))

@@ -32,6 +32,8 @@ _FINITE: dict[int, tuple[weakref.ref[Tensor], int]] = {}
 
 def _finite(t: Tensor) -> bool:
     """Whether every entry of ``t`` is finite (scanned once per tensor and version)."""
+    if t.is_inference():  # inference-mode tensors keep no version counter: scan each time
+        return bool(torch.isfinite(t).all())
     seen = _FINITE.get(id(t))
     if seen is not None and seen[0]() is t and seen[1] == t._version:
         return True
