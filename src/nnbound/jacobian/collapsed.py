@@ -89,16 +89,6 @@ def set_level(cc: CollapsedChain, j: int, lo: Tensor, up: Tensor, dlo: Tensor, d
     )
 
 
-def _step(t: Level, w: Tensor, acc: Tensor) -> tuple[Tensor, Tensor]:
-    """One level's terms: the interval terms added to ``acc``, and the picked coefficients of
-    its live neurons (``(..., len(t.live))``)."""
-    if t.has_unsure:
-        wu = at(w, t.unsure)
-        acc = acc + (wu.clamp(min=0) @ t.unsure_max + wu.clamp(max=0) @ t.unsure_min).squeeze(-1)
-    w = at(w, t.live)
-    return w * (t.pick_pos if t.fixed else torch.where(w > 0, t.pick_pos, t.pick_neg)), acc
-
-
 def _through(picked: Tensor, g: Tensor, cols: Tensor | None) -> Tensor:
     """``G[:, :, cols] picked`` per functional, ``(B, R, T, rows)``, for ``picked``
     ``(B, R, T, len(cols))`` and ``g`` ``(B, rows, c)``."""
@@ -110,22 +100,27 @@ def collapsed_upper(cc: CollapsedChain, start: Level, level: int, w: Tensor) -> 
     ``M_level c`` ``(B, R, T, c_{level+1})`` (or a shared ``(T, c_{level+1})``) in full and
     ``start`` level ``level``'s table."""
     k = cc.depth
-    end = cc.g[(k, k - 1)]  # (B, R, c_K); w may be a shared (T, c) that broadcasts over it
+    pending: dict[int, Tensor] = {}  # w_i at the free neurons of level i, for i > level
+
+    def pass_up(picked: Tensor, lvl: int, live: Tensor | None) -> Tensor:
+        """Add level ``lvl``'s picks (at its neurons ``live``) to every level above; returns
+        their term in the end's functional."""
+        for i in range(lvl + 1, k):
+            part = _through(picked, cc.g[(i, lvl)], live)
+            pending[i] = pending[i] + part if i in pending else part
+        return (picked * at(cc.g[(k, lvl)], live).unsqueeze(2)).sum(-1)
+
+    end = cc.g[(k, level)]  # (B, R, c_{level+1}); w may be a shared (T, c) broadcast over it
     acc = torch.zeros((*end.shape[:2], w.shape[-2]), dtype=w.dtype, device=w.device)
-    picked, acc = _step(start, w, acc)
+    picked, total = start.step(w, acc)
     if start.dead:
-        return acc
-    pending = {i: _through(picked, cc.g[(i, level)], start.live) for i in range(level + 1, k)}
-    end = cc.g[(k, level)]
-    total = acc + (picked * at(end, start.live).unsqueeze(2)).sum(-1)
+        return total
+    total = total + pass_up(picked, level, start.live)
     for lvl in range(level + 1, k):
         t = cc.tables[lvl]
         assert t is not None, "bounds of a deeper level are missing"
-        picked, total = _step(t, pending.pop(lvl), total)
-        if t.dead:
-            continue
-        live = cc.free[lvl] if t.live is None else cc.free[lvl][t.live]
-        for i in range(lvl + 1, k):
-            pending[i] = pending[i] + _through(picked, cc.g[(i, lvl)], live)
-        total = total + (picked * cc.g[(k, lvl)].index_select(-1, live).unsqueeze(2)).sum(-1)
+        picked, total = t.step(pending.pop(lvl), total)
+        if not t.dead:
+            live = cc.free[lvl] if t.live is None else cc.free[lvl][t.live]
+            total = total + pass_up(picked, lvl, live)
     return total

@@ -55,6 +55,18 @@ class Level:
     def dead(self) -> bool:
         return self.live is not None and self.live.numel() == 0
 
+    def step(self, w: Tensor, acc: Tensor) -> tuple[Tensor, Tensor]:
+        """This level's terms for coefficients ``w`` ``(..., c)``: the picked coefficients of
+        its live neurons ``(..., len(live))``, and ``acc`` plus the interval terms (the sum
+        over unsure neurons of ``w`` times the max of ``y d`` where ``w > 0``, else the min)."""
+        if self.has_unsure:
+            wu = at(w, self.unsure)
+            gain = wu.clamp(min=0) @ self.unsure_max + wu.clamp(max=0) @ self.unsure_min
+            acc = acc + gain.squeeze(-1)
+        w = at(w, self.live)
+        picks = self.pick_pos if self.fixed else torch.where(w > 0, self.pick_pos, self.pick_neg)
+        return w * picks, acc
+
     def widened(self, pick_pos: Tensor, pick_neg: Tensor) -> Level:
         """This level with every neuron live, given its picks over all of them."""
         return dataclasses.replace(self, pick_pos=pick_pos, pick_neg=pick_neg, live=None)

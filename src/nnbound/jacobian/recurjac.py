@@ -52,7 +52,7 @@ from torch import Tensor
 
 from nnbound.errors import UnsupportedError
 from nnbound.jacobian.collapsed import collapse, collapsed_upper, set_level
-from nnbound.jacobian.level_table import Level, at, interval_product, level_table
+from nnbound.jacobian.level_table import Level, interval_product, level_table
 from nnbound.jacobian.linop import BlockOp
 
 Mat = Tensor | BlockOp
@@ -210,17 +210,9 @@ class Recursion:
                 w = apply_matrix(w, self.mats_in[j])
             t = self.tables[j]
             assert t is not None, "bounds of a deeper level are missing"
-            # Skipping the work a level does not need (no unsure term; derivatives all known,
-            # typical of small balls) is what keeps this fast: each pass is over B R T c values.
-            if t.has_unsure:
-                # sum over unsure neurons of w * (y d max if w > 0 else y d min)
-                wu = at(w, t.unsure)
-                gain = wu.clamp(min=0) @ t.unsure_max + wu.clamp(max=0) @ t.unsure_min
-                acc = acc + gain.squeeze(-1)
+            w, acc = t.step(w, acc)
             if t.dead:
                 return acc  # nothing passes this level: the levels above add 0
-            w = at(w, t.live)
-            w = w * (t.pick_pos if t.fixed else torch.where(w > 0, t.pick_pos, t.pick_neg))
         # The last coefficients multiply the exact end: one batched matrix-vector product.
         return acc + (w @ self.end.unsqueeze(-1)).squeeze(-1)
 

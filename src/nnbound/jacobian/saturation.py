@@ -77,12 +77,6 @@ def whole_fraction(net: Network, index: int, lo: Tensor, up: Tensor) -> Tensor:
     return ((g_lo <= rng[0]) & (g_hi >= rng[1])).to(torch.float64).mean(-1)
 
 
-def saturated(net: Network, index: int, lo: Tensor, up: Tensor) -> Tensor:
-    """``(N,)`` whether every neuron of activation ``index`` has its whole derivative range
-    over pre-activation bounds ``lo``, ``up`` ``(N, *shape)``."""
-    return whole_fraction(net, index, lo, up) == 1.0
-
-
 def sweep_pre_bounds(
     net: Network,
     x: Tensor,
