@@ -4,9 +4,11 @@ exit code 2, data goes to stdout, notes and progress to stderr."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
+from nnbound.allocator import keep_freed_memory
 from nnbound.errors import NnboundError
 
 # The order subcommands are listed in; any other ``cli/cmd_<name>.py`` module follows.
@@ -52,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if os.environ.get("NNBOUND_KEEP_FREED_MEMORY", "1") != "0":
+        keep_freed_memory()
     try:
         from nnbound.cli.validate import validate_args
 

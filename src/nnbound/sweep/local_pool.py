@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+from nnbound.allocator import keep_freed_memory
 from nnbound.sweep.execute import TaskPayload, TaskResult, run_on_worker
 from nnbound.sweep.executors import Listener
 from nnbound.sweep.models import Model
@@ -24,6 +25,7 @@ _POOL_MODELS: dict[str, Model] = {}
 
 
 def _init_worker(models: Mapping[str, Model]) -> None:
+    keep_freed_memory()  # a worker process is nnbound's own, as the command's is
     _POOL_MODELS.update(models)
 
 
