@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from nnbound.bounds.spectral import block_matrix
 from nnbound.network.layers import Activation, Dense, Flatten
@@ -254,3 +255,35 @@ def unrolled(net: Network) -> Network:
             out.append(layers[end])
         start = end + 1
     return Network(tuple(out), net.input_shape)
+
+
+class TorchCalls(TorchFunctionMode):
+    """Counts the torch calls made inside it (``total``) and, among them, the ones that read a
+    tensor's value on the host (``host_reads``): on a GPU each of those waits for the device
+    to finish (a synchronisation), and each call is a kernel launch or more. A CPU run makes the
+    same calls, so CPU tests can check that a loop's count does not grow with the batch."""
+
+    HOST_READS = frozenset(
+        {
+            "item",
+            "__bool__",
+            "__int__",
+            "__float__",
+            "__index__",
+            "tolist",
+            "numpy",
+            "cpu",
+            "nonzero",
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.host_reads = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.total += 1
+        if getattr(func, "__name__", "") in self.HOST_READS:
+            self.host_reads += 1
+        return func(*args, **(kwargs or {}))

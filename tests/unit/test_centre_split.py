@@ -101,19 +101,19 @@ def test_cache_is_reused_bounded_and_reset_per_network() -> None:
     cache = CentreProducts()
     ball = LpBall.make(x, 0.2, math.inf)
     _assert_same(*_both(net, ball, "crown-adaptive", cache), net)
-    assert len(cache._stored) == len(patterns) == 3
-    stored = dict(cache._stored)
+    assert cache.stored_patterns == len(patterns) == 3
+    stored = cache._g
     _assert_same(*_both(net, LpBall.make(x, 0.1, math.inf), "crown-adaptive", cache), net)
-    assert all(cache._stored[k] is v for k, v in stored.items())
+    assert cache._g is stored  # nothing new computed
     # Nothing stored beyond max_bytes, same bounds.
     tiny = CentreProducts(max_bytes=0)
     _assert_same(*_both(net, ball, "crown-adaptive", tiny), net)
-    assert not tiny._stored
+    assert tiny.stored_patterns == 0
     # Another network empties the cache instead of using the first one's products.
     other = random_network("relu", [6, 10, 8, 4], seed=4)
     _assert_same(*_both(other, ball, "crown-adaptive", cache), other)
-    assert len(cache._stored) == 3
-    assert not any(cache._stored.get(k) is v for k, v in stored.items())
+    assert cache.stored_patterns == 3
+    assert cache._g is not stored and not torch.equal(cache._g, stored)
 
 
 def test_float32_split_agrees_to_rounding() -> None:
@@ -189,10 +189,12 @@ def test_stored_references_bound_the_exact_norms_of_float32_products(p: float) -
     for eps in (0.02, 0.05, 0.049):  # the last two: mostly exact rows from a near reference
         methods.layerwise_bounds(net, LpBall.make(x, eps, p), "crown-adaptive", centre_cache=cache)
     q = LpBall.make(x, 0.1, p).q
-    assert len(cache._references) == 4
-    for ref in cache._references.values():
-        for up, norms in ((True, ref.norm_up), (False, ref.norm_lo)):
-            a = _two_layer_a(net, ref.upper_slope, ref.lower_slope, up)
+    table = cache._tables[q]
+    assert len(cache._slots) == 4 and bool(table.has[:4].all())
+    for slot in range(4):
+        us, ls = table.us[slot], table.ls[slot]
+        for up, norms in ((True, table.norm_up[slot]), (False, table.norm_lo[slot])):
+            a = _two_layer_a(net, us, ls, up)
             exact = a.abs().amax(1) if q == math.inf else torch.linalg.vector_norm(a, q, dim=1)
             assert bool((norms.double() >= exact).all())
             # ... and they are not loose: the exact rows within the slack of their norm.
@@ -215,7 +217,8 @@ def test_float64_evaluation_with_float32_references_equals_plain(p: float) -> No
     ball = LpBall.make(x64, eps, p)
     # The linked references are found for every centre (their weights and centres agree).
     blocks = centre_split.two_dense_blocks(net64, 1, 3)
-    assert all(len(r) == 1 for r in high.references(blocks, x64, ball.q))
+    linked = high.linked_references(blocks, x64, ball.q)
+    assert linked is not None and bool(linked[0].all())
     _assert_same(*_both(net64, ball, "crown-adaptive", high), net64)
     # Another network's float32 cache, or a centre float32 cannot hold, is not used.
     other = random_network("relu", [40, 64, 48, 6], seed=9, dtype=torch.float32)
@@ -225,24 +228,26 @@ def test_float64_evaluation_with_float32_references_equals_plain(p: float) -> No
     )
     high2 = CentreProducts()
     high2.lower_precision = stranger
-    assert all(not r for r in high2.references(blocks, x64, ball.q))
+    assert high2.linked_references(blocks, x64, ball.q) is None
     shifted = x64 + 1e-12
-    assert all(not r for r in high.references(blocks, shifted, ball.q))
+    assert high.linked_references(blocks, shifted, ball.q) is None
     _assert_same(*_both(net64, LpBall.make(shifted, eps, p), "crown-adaptive", high), net64)
 
 
-def test_references_are_bounded_and_evicted_oldest_first() -> None:
+def test_references_are_bounded_and_start_over_past_their_budget() -> None:
     net = random_network("relu", [6, 10, 8, 4], seed=3)
     x = torch.rand(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) - 0.5
     probe = CentreProducts()
     methods.layerwise_bounds(net, LpBall.make(x[:1], 0.2, 2.0), "fastlin", centre_cache=probe)
-    one = probe._reference_bytes
-    assert one > 0
+    one = probe._tables[2.0].row_bytes()
     cache = CentreProducts(max_reference_bytes=3 * one)
+    methods.layerwise_bounds(net, LpBall.make(x[:2], 0.2, 2.0), "fastlin", centre_cache=cache)
+    assert list(cache._slots.values()) == [0, 1]
+    # Five more centres do not fit beside them: the references start over, the first three
+    # of the call are kept, the others not at all.
     methods.layerwise_bounds(net, LpBall.make(x, 0.2, 2.0), "fastlin", centre_cache=cache)
-    assert cache._reference_bytes == 3 * one and len(cache._references) == 3
-    kept = {key[1] for key in cache._references}
-    assert kept == {row.numpy().tobytes() for row in x[2:]}
+    assert set(cache._slots) == {row.numpy().tobytes() for row in x[:3]}
+    assert cache._tables[2.0].has.sum() == 3
     # Bounds stay the plain pass's whatever is stored.
     _assert_same(*_both(net, LpBall.make(x, 0.25, 2.0), "fastlin", cache), net)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nnbound.bounds.centre_split import CentreProducts
+from nnbound.bounds.centre_products import CentreProducts
 from nnbound.bounds.methods import ALL_METHODS, _spec_tensor, layerwise_bounds
 from nnbound.bounds.outward import (
     nan_to_trivial,

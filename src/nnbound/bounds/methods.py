@@ -36,9 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nnbound.bounds.centre_products import CentreProducts, TwoDenseBlocks
 from nnbound.bounds.centre_split import (
-    CentreProducts,
-    TwoDenseBlocks,
     prefilter_bounds,
     split_backward_bounds,
     two_dense_blocks,
@@ -306,8 +305,8 @@ def _tighten_by_split(
     def bound_rows(rows: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         sub_lines = _line_rows(lines, rows)
         assert isinstance(sub_lines, LinearRelaxation)
-        sub_refs = None if refs is None else [refs[i] for i in rows.tolist()]
-        sub_terms = None if terms is None else terms.rows(rows)
+        sub_refs = None if refs is None else (refs, rows)
+        sub_terms = None if terms is None else terms.rows(rows, rows.cpu().numpy())
         return split_backward_bounds(
             blocks, cache, relax, sub_lines, ball.rows(rows), idx, sub_refs, sub_terms
         )

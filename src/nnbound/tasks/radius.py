@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from nnbound.bounds.api import bounds
-from nnbound.bounds.centre_split import CentreProducts
+from nnbound.bounds.centre_products import CentreProducts
 from nnbound.bounds.methods import ALL_METHODS, LAYERWISE_METHODS
 from nnbound.bounds.spectral import spectral_lipschitz
 from nnbound.errors import InputError
