@@ -50,6 +50,7 @@ from nnbound.bounds.methods import _spec_tensor, get_method
 from nnbound.bounds.patches import Coefficients, Patches
 from nnbound.bounds.patches_rules import row_elements
 from nnbound.bounds.result import Bounds, IntermediateBounds
+from nnbound.bounds.work_size import work_elements
 from nnbound.errors import InputError
 from nnbound.network.chain_graph import network_to_graph, node_layer
 from nnbound.network.graph import Graph, Node
@@ -247,12 +248,13 @@ class _Run:
                 )
                 width = max(width, self.graph.num_inputs)
             flat_lo, flat_up = lo.reshape(self.n, -1).clone(), up.reshape(self.n, -1).clone()
-            for rows, group_idx in _row_groups(candidates, width):
+            for rows, group_idx in _row_groups(candidates, width, lo.dtype):
                 sub = state if rows is None else state.rows(rows)
                 # Entries in slices of at most _PASS_ELEMENTS coefficients per pass: each
                 # entry's bound is its own, and a wide layer's thousands of entries would
                 # otherwise be one pass of GBs that no time limit can interrupt.
-                cols = max(1, _PASS_ELEMENTS // (group_idx.shape[0] * width))
+                budget = work_elements(lo.device, lo.dtype, _PASS_ELEMENTS)
+                cols = max(1, budget // (group_idx.shape[0] * width))
                 for c0 in range(0, group_idx.shape[1], cols):
                     idx = group_idx[:, c0 : c0 + cols]
                     target, a, const = self.start(name, idx, patches=True)
@@ -386,22 +388,23 @@ def _keep_tighter(old: Tensor, new: Tensor, lower: bool) -> Tensor:
     return torch.where(better, new, old + zero)
 
 
-def _row_groups(mask: Tensor, width: int) -> list[tuple[Tensor | None, Tensor]]:
+def _row_groups(mask: Tensor, width: int, dtype: torch.dtype) -> list[tuple[Tensor | None, Tensor]]:
     """Rows of ``mask`` ``(N, M)`` with at least one candidate, grouped by candidate count
     (largest first, a group's counts within a factor 2, at most :data:`_GROUP_ROWS` rows and
-    about :data:`_GROUP_ELEMENTS` coefficients of ``width`` each) so that padding each group
-    to its largest count wastes little work: ``[(rows or None for all, padded indices (R,
-    U))]``. Branch and bound bounds hundreds of sub-domains at once, so few large groups
-    matter more here than for single inputs."""
+    about :data:`_GROUP_ELEMENTS` coefficients of ``width`` each, more on a GPU) so that
+    padding each group to its largest count wastes little work: ``[(rows or None for all,
+    padded indices (R, U))]``. Branch and bound bounds hundreds of sub-domains at once, so
+    few large groups matter more here than for single inputs."""
     counts = mask.sum(1)
     order = torch.argsort(counts, descending=True, stable=True)
     sorted_counts = counts[order].tolist()
+    budget = work_elements(mask.device, dtype, _GROUP_ELEMENTS)
     n = len(sorted_counts)
     out: list[tuple[Tensor | None, Tensor]] = []
     start = 0
     while start < n and sorted_counts[start] > 0:
         top = sorted_counts[start]
-        limit = min(_GROUP_ROWS, max(1, _GROUP_ELEMENTS // (top * width)))
+        limit = min(_GROUP_ROWS, max(1, budget // (top * width)))
         stop = start + 1
         while stop < n and stop - start < limit and sorted_counts[stop] * 2 >= top:
             stop += 1

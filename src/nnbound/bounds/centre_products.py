@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from nnbound.bounds.linear import _rows_of, padded_indices
+from nnbound.bounds.work_size import work_elements
 from nnbound.sets.norms import lp_norm
 
 # Elements of the coefficient block one batched product writes (see methods._CHUNK_ELEMENTS).
@@ -346,7 +347,8 @@ def base_products(blocks: TwoDenseBlocks, columns: Tensor, base: Tensor) -> Tens
     """``W2 diag(base_n) W1`` (``(N, K2, n_in)``) for each row of ``base``, over its nonzero
     entries only, a few rows at a time; ``columns`` is ``W2.T`` contiguous."""
     k2, n_in = blocks.w2.shape[0], blocks.w1.shape[1]
-    step = max(1, CHUNK_ELEMENTS // (k2 * n_in))
+    budget = work_elements(base.device, blocks.w1.dtype, CHUNK_ELEMENTS)
+    step = max(1, budget // (k2 * n_in))
     out = blocks.w1.new_empty(base.shape[0], k2, n_in)
     for start in range(0, base.shape[0], step):
         chunk = base[start : start + step]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from nnbound.bounds.work_size import work_elements
 from nnbound.network.graph import Graph, Node
 from nnbound.ops.add import align, broadcast_shape
 from nnbound.ops.base import Interval, Op, OpKind
@@ -100,10 +101,12 @@ def forward_bounds(
 ) -> ForwardBounds:
     """Bounds of every tensor of ``graph`` on each row of ``box`` (see the module docstring),
     in chunks of rows so that no chunk's coefficients pass :data:`_CHUNK_ELEMENTS` per
-    tensor; ``checkpoint`` runs before each node."""
+    tensor (more on a GPU, see :mod:`~nnbound.bounds.work_size`); ``checkpoint`` runs before
+    each node."""
     n = box.lower.shape[0]
     k = max(1, free_coordinates(box))
-    rows = max(1, _CHUNK_ELEMENTS // (k * graph.widest))
+    budget = work_elements(box.lower.device, box.lower.dtype, _CHUNK_ELEMENTS)
+    rows = max(1, budget // (k * graph.widest))
     parts = [
         _chunk_bounds(graph, box.lower[r : r + rows], box.upper[r : r + rows], checkpoint)
         for r in range(0, n, rows)

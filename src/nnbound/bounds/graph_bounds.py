@@ -32,6 +32,7 @@ from nnbound.bounds.methods import (
 from nnbound.bounds.patches import Patches
 from nnbound.bounds.patches_rules import row_elements
 from nnbound.bounds.result import Bounds, IntermediateBounds
+from nnbound.bounds.work_size import work_elements
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.chain_graph import node_layer
 from nnbound.network.graph import Graph, Node
@@ -43,10 +44,6 @@ from nnbound.relax.base import straddles
 from nnbound.relax.s_shaped import TangentRule
 from nnbound.sets.box import InputSet
 from nnbound.sets.lp_ball import LpBall
-
-# Coefficients of one backward pass (candidates x widest tensor) on a GPU: 256 MiB per
-# float32 tensor, of which a pass holds a few.
-_GPU_PASS_ELEMENTS = 1 << 26
 
 
 def relaxed_nodes(graph: Graph, nodes: list[Node] | None = None) -> list[Node]:
@@ -128,7 +125,7 @@ def tighten_tensor(
     # Candidates bounded in one pass per input-set row: every tensor the pass holds is
     # (rows, candidates, width), so a wide layer's candidates go in slices (cache-sized on a
     # CPU, as the chain path's chunks; larger on a GPU, whose kernels want the work).
-    budget = _GPU_PASS_ELEMENTS if ref.is_cuda else _CHUNK_ELEMENTS
+    budget = work_elements(ref.device, ref.dtype, _CHUNK_ELEMENTS)
     per_pass = max(1, budget // width)
 
     def bound_slice(sub: BoundState, idx: Tensor) -> tuple[Tensor, Tensor]:

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nnbound.bounds.work_size import work_elements
 from nnbound.errors import UnsupportedError
 from nnbound.jacobian.collapsed import collapse, collapsed_upper, set_level
 from nnbound.jacobian.level_table import Level, interval_product, level_table
@@ -217,8 +218,9 @@ class Recursion:
         return acc + (w @ self.end.unsqueeze(-1)).squeeze(-1)
 
 
-def _chunk(batch: int, rows: int, widths: list[int]) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(1, batch * rows * max(widths)))
+def _chunk(batch: int, rows: int, widths: list[int], like: Tensor) -> int:
+    budget = work_elements(like.device, like.dtype, _CHUNK_ELEMENTS)
+    return max(1, budget // max(1, batch * rows * max(widths)))
 
 
 def _needed_columns(ch: Chain, k: int) -> Tensor | None:
@@ -269,7 +271,7 @@ def recurjac_levels(ch: Chain) -> tuple[list[tuple[Tensor, Tensor]], Recursion]:
         if need is not None:
             m = m.transpose(-1, -2)[..., need, :].transpose(-1, -2)
         n_cols = m.shape[-1]
-        step = _chunk(b, r, widths[k:])
+        step = _chunk(b, r, widths[k:], m)
         lows, ups = [], []
         for t0 in range(0, n_cols, step):
             # Row j of a chunk is M_k e_j; a block op forms only this chunk of its columns.

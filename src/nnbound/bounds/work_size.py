@@ -1,0 +1,31 @@
+"""How many elements one work tensor of a pass may hold, per device.
+
+On a CPU the passes work in cache-sized chunks (each call site keeps the size measured best
+there: a CNN's CROWN call ran 3x faster at 2^22 elements than at 2^26). A GPU wants the
+opposite: few, large kernels, since each launch costs as much as a small chunk's arithmetic.
+Its chunks are sized from the memory free on the device when the pass starts
+(``torch.cuda.mem_get_info``), so a pass that has the card to itself runs in a few launches
+and one that shares it with other work still fits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Share of the device's free memory one work tensor may take: a pass holds a few of them at
+# once (coefficients, their absolute value, the product's output), and the caching allocator
+# keeps freed blocks beside them.
+GPU_MEMORY_SHARE = 1 / 32
+# Largest work tensor on a GPU whatever the free memory (2^28 float32 elements: 1 GiB).
+GPU_MAX_ELEMENTS = 1 << 28
+
+
+def work_elements(device: torch.device, dtype: torch.dtype, cpu_elements: int) -> int:
+    """Elements of one work tensor of ``dtype`` on ``device``: ``cpu_elements`` off a GPU; on
+    a CUDA device its share of the free memory, at least ``cpu_elements`` and at most
+    :data:`GPU_MAX_ELEMENTS`."""
+    if device.type != "cuda":
+        return cpu_elements
+    free = int(torch.cuda.mem_get_info(device)[0])
+    size = int(free * GPU_MEMORY_SHARE) // torch.empty((), dtype=dtype).element_size()
+    return max(cpu_elements, min(GPU_MAX_ELEMENTS, size))
