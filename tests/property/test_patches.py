@@ -110,6 +110,7 @@ def test_conv_transpose_of_patches_equals_dense(seed: int, groups: int, depth: i
         p.stride,
         (0, 0),
         p.shape,
+        p.grid,
     )
     q = q.with_values(q.values * q.mask())
     total = p.add(q)

@@ -16,12 +16,16 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from graph_factory import resnet_graph
 from helpers import TorchCalls, random_network
+from nnbound.bounds import methods
 from nnbound.bounds.centre_products import CentreProducts
 from nnbound.bounds.methods import layerwise_bounds
+from nnbound.bounds.patches import Patches
 from nnbound.sets.lp_ball import LpBall
 from nnbound.tasks import radius as radius_task
 
+F64 = torch.float64
 # A batch 8x larger may add this fraction of calls (branches taken by some rows only).
 SLACK = 0.1
 
@@ -55,10 +59,9 @@ def test_split_evaluation_calls_do_not_grow_with_the_batch(p: float) -> None:
         assert many <= few * (1 + SLACK), counts
 
 
-def test_radius_search_calls_per_evaluation_do_not_grow_with_the_batch(monkeypatch) -> None:
-    """Whole searches (float32 evaluations and the float64 confirmation): calls per
-    evaluation at 4 and 32 images."""
-    net = random_network("relu", [30, 48, 40, 6], seed=2, dtype=torch.float32)
+def _per_evaluation(monkeypatch, net, x: torch.Tensor, method: str) -> tuple[float, float]:
+    """Torch calls and host reads per evaluation of a whole radius search (float32
+    evaluations and the float64 confirmation) of the images ``x``."""
     evaluations = [0]
     margin = radius_task._Certifier.margin
 
@@ -67,14 +70,49 @@ def test_radius_search_calls_per_evaluation_do_not_grow_with_the_batch(monkeypat
         return margin(self, rows, eps)
 
     monkeypatch.setattr(radius_task._Certifier, "margin", counted)
-    per_evaluation = {}
-    for n in (4, 32):
-        x = _centres(n)
-        with torch.no_grad():
-            labels = net(x).argmax(1)
-        evaluations[0] = 0
-        with TorchCalls() as calls:
-            radius_task.certified_radius(net, x, labels, torch.full((n,), -1), norm="inf")
-        per_evaluation[n] = (calls.total / evaluations[0], calls.host_reads / evaluations[0])
-    for few, many in zip(per_evaluation[4], per_evaluation[32], strict=True):
-        assert many <= few * (1 + SLACK), per_evaluation
+    n = x.shape[0]
+    with torch.no_grad():
+        labels = net(x).argmax(1)
+    with TorchCalls() as calls:
+        radius_task.certified_radius(net, x, labels, torch.full((n,), -1), method=method)
+    return calls.total / evaluations[0], calls.host_reads / evaluations[0]
+
+
+def test_radius_search_calls_per_evaluation_do_not_grow_with_the_batch(monkeypatch) -> None:
+    """An MLP (the centre split) at 4 and 32 images."""
+    net = random_network("relu", [30, 48, 40, 6], seed=2, dtype=torch.float32)
+    few = _per_evaluation(monkeypatch, net, _centres(4), "crown-adaptive")
+    many = _per_evaluation(monkeypatch, net, _centres(32), "crown-adaptive")
+    for a, b in zip(few, many, strict=True):
+        assert b <= a * (1 + SLACK), (few, many)
+
+
+def test_residual_graph_search_reads_per_evaluation_do_not_grow_with_the_batch(
+    monkeypatch,
+) -> None:
+    """A residual CNN (rows as patches) at 2 and 16 images, grouped as on a GPU: a window's
+    padding comes from the rows' grid, not from reading their positions (that read was four
+    synchronisations per patch operation)."""
+    # A GPU's grouping: every row in one pass per layer (a CPU groups 8 rows at a time).
+    monkeypatch.setattr(methods, "group_rows", lambda device, cpu_rows: 1 << 62)
+    graph = resnet_graph((4, 8), 1, input_shape=(1, 8, 8), classes=5, seed=1)
+    graph = graph.to(dtype=torch.float32)
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    few = _per_evaluation(monkeypatch, graph, x[:2], "crown")
+    many = _per_evaluation(monkeypatch, graph, x, "crown")
+    assert many[1] <= few[1] * (1 + SLACK), (few, many)
+
+
+def test_patch_operations_read_nothing_on_the_host() -> None:
+    """Gathering, scattering and carrying rows as patches through a strided, padded
+    convolution: no host read (each was a synchronisation per operation on a GPU)."""
+    idx = torch.tensor([[0, 5, 23, 40], [7, 7, 11, 63]])
+    rows = Patches.identity(idx, (1, 8, 8), torch.float64)
+    weight = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    image = torch.rand(2, 2, 16, 16, dtype=F64)
+    with TorchCalls() as calls:
+        back = rows.conv_transpose(weight, (2, 2), (1, 1), (1, 1), 1, (2, 16, 16))
+        back.gather(image)
+        back.to_dense()
+        back.box_bounds(image, image + 1)
+    assert calls.total > 0 and calls.host_reads == 0

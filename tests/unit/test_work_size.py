@@ -114,3 +114,8 @@ def test_recurjac_does_not_depend_on_the_slices(monkeypatch) -> None:
     got = lipschitz_bounds(net, ball, method="recurjac")
     assert recurjac.__name__ in asked
     torch.testing.assert_close(got.value, want.value, rtol=1e-10, atol=1e-10)
+
+
+def test_rows_per_group_are_capped_on_a_cpu_only() -> None:
+    assert ws.group_rows(torch.device("cpu"), 8) == 8
+    assert ws.group_rows(torch.device("cuda", 0), 8) >= 1 << 31

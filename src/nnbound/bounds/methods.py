@@ -46,7 +46,7 @@ from nnbound.bounds.interval import box_concretize, interval_forward
 from nnbound.bounds.linear import backward_linear_bounds, padded_indices, start_rows
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.bounds.row_norms import first_block_row_norms
-from nnbound.bounds.work_size import work_elements
+from nnbound.bounds.work_size import group_rows, work_elements
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.layers import (
     NONLINEAR_TYPES,
@@ -181,8 +181,8 @@ def _tighten(
 
     Rows are grouped by how many candidates they have (largest first) so that padding every
     row of a group to the group's largest count wastes little work; a group holds at most
-    ``rows_per_group`` rows and about ``_CHUNK_ELEMENTS`` coefficients of ``width`` each (more
-    on a GPU, see :mod:`~nnbound.bounds.work_size`).
+    ``rows_per_group`` rows and about ``_CHUNK_ELEMENTS`` coefficients of ``width`` each (on a
+    CPU; on a GPU no row cap and more elements, see :mod:`~nnbound.bounds.work_size`).
     Padding repeats a row's first candidate, so every write is that neuron's own bound; a row
     without candidates keeps its bounds (as it would if bounded alone).
     """
@@ -192,6 +192,7 @@ def _tighten(
     counts = candidates.sum(1)
     order = torch.argsort(counts, descending=True, stable=True)
     budget = work_elements(lower.device, lower.dtype, _CHUNK_ELEMENTS)
+    rows_per_group = group_rows(lower.device, rows_per_group)
     start = 0
     while start < n:
         largest = int(counts[order[start]])

@@ -36,6 +36,9 @@ class Patches:
         stride, offset: the window of a row at ``(y, x)`` starts at
             ``(y * stride[0] - offset[0], x * stride[1] - offset[1])``.
         shape: ``(C, H, W)`` of the tensor the coefficients are on.
+        grid: ``(H, W)`` of the tensor the rows started on: ``0 <= row_y < grid[0]`` and
+            ``0 <= row_x < grid[1]``, which bounds where any window can reach without
+            reading the positions (a host read, hence a GPU synchronisation, per use).
     """
 
     values: Tensor
@@ -44,6 +47,7 @@ class Patches:
     stride: tuple[int, int]
     offset: tuple[int, int]
     shape: Shape
+    grid: tuple[int, int]
 
     @staticmethod
     def identity(idx: Tensor, shape: Shape, dtype: torch.dtype) -> Patches:
@@ -53,7 +57,7 @@ class Patches:
         chan, pos = idx // (h * w), idx % (h * w)
         values = torch.zeros(n, u, c, 1, 1, dtype=dtype, device=idx.device)
         values.view(n, u, c).scatter_(2, chan.unsqueeze(-1), 1.0)
-        return Patches(values, pos // w, pos % w, (1, 1), (0, 0), shape)
+        return Patches(values, pos // w, pos % w, (1, 1), (0, 0), shape, (h, w))
 
     # -- shape -------------------------------------------------------------------------
     @property
@@ -75,14 +79,15 @@ class Patches:
 
     def _index(self) -> tuple[Tensor, tuple[int, int, int, int]]:
         """Flat positions ``(N, U, ph, pw)`` of every window entry in the image padded by
-        ``(top, bottom, left, right)`` so that every window fits."""
+        ``(top, bottom, left, right)`` so that every window fits (every window a row on the
+        grid could have: the padding is known without reading the positions)."""
         _, h, w = self.shape
         ph, pw = self.window
+        (sy, sx), (py, px), (gy, gx) = self.stride, self.offset, self.grid
+        top, left = max(0, py), max(0, px)
+        bottom = max(0, (gy - 1) * sy - py + ph - h)
+        right = max(0, (gx - 1) * sx - px + pw - w)
         oy, ox = self.origin()
-        top = max(0, -int(oy.min()))
-        left = max(0, -int(ox.min()))
-        bottom = max(0, int(oy.max()) + ph - h)
-        right = max(0, int(ox.max()) + pw - w)
         width = w + left + right
         dev = oy.device
         rows = (oy + top).unsqueeze(-1) + torch.arange(ph, device=dev)  # (N, U, ph)
@@ -172,6 +177,7 @@ class Patches:
         if (
             self.stride != other.stride
             or self.shape != other.shape
+            or self.grid != other.grid
             or self.row_y.shape != other.row_y.shape
             or not (self.row_y is other.row_y or torch.equal(self.row_y, other.row_y))
             or not (self.row_x is other.row_x or torch.equal(self.row_x, other.row_x))
@@ -220,6 +226,7 @@ class Patches:
                 self.offset[1] * stride[1] + padding[1],
             ),
             tuple(in_shape),
+            self.grid,
         )
         return moved.with_values(out * moved.mask())
 

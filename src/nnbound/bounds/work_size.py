@@ -29,3 +29,11 @@ def work_elements(device: torch.device, dtype: torch.dtype, cpu_elements: int) -
     free = int(torch.cuda.mem_get_info(device)[0])
     size = int(free * GPU_MEMORY_SHARE) // torch.empty((), dtype=dtype).element_size()
     return max(cpu_elements, min(GPU_MAX_ELEMENTS, size))
+
+
+def group_rows(device: torch.device, cpu_rows: int) -> int:
+    """Input rows bounded together in one pass, at most: ``cpu_rows`` off a GPU, where rows
+    are grouped by how many neurons each bounds so that padding them to the group's largest
+    count wastes little; no cap on a CUDA device, where one more launch per group costs more
+    than the padding (the elements per pass still cap the group)."""
+    return cpu_rows if device.type != "cuda" else 1 << 62
