@@ -37,21 +37,21 @@ import torch
 from onnx import helper
 
 from nnbound.errors import InputError, ModelFormatError, NnboundError, UnsupportedError
-from nnbound.network.from_onnx import (
+from nnbound.network.graph import Graph, Shape
+from nnbound.network.onnx_attrs import _attr_float
+from nnbound.network.onnx_convert import CONVERTERS as LAYOUT_CONVERTERS
+from nnbound.network.onnx_convert_math import CONVERTERS as MATH_CONVERTERS
+from nnbound.network.onnx_convert_nonlinear import CONVERTERS as NONLINEAR_CONVERTERS
+from nnbound.network.onnx_convert_spatial import CONVERTERS as SPATIAL_CONVERTERS
+from nnbound.network.onnx_files import (
     META_INPUT_RANGE,
     META_META,
     META_NAME,
-    _attr_float,
     _first_line,
     _load_model,
     _opset,
     _to_array,
 )
-from nnbound.network.graph import Graph, Shape
-from nnbound.network.onnx_convert import CONVERTERS as LAYOUT_CONVERTERS
-from nnbound.network.onnx_convert_math import CONVERTERS as MATH_CONVERTERS
-from nnbound.network.onnx_convert_nonlinear import CONVERTERS as NONLINEAR_CONVERTERS
-from nnbound.network.onnx_convert_spatial import CONVERTERS as SPATIAL_CONVERTERS
 from nnbound.network.onnx_graph_builder import GraphBuilder, Value, node_label, onnx_attrs
 from nnbound.ops.base import Op
 

@@ -28,8 +28,8 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from nnbound.errors import InputError, NnboundError, UnsupportedError
-from nnbound.network.from_torch import _check_input_shape, _eval_mode, _module_dtype_device
 from nnbound.network.graph import Graph
+from nnbound.network.torch_checks import _check_input_shape, _eval_mode, _module_dtype_device
 from nnbound.network.torch_functions import call_name, convert_call
 from nnbound.network.torch_graph_builder import BATCH, GraphBuilder, Sym, contains, to_probe
 from nnbound.network.torch_modules import LEAF_TYPES, convert_module

@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 
 from nnbound.errors import InputError
-from nnbound.network.from_onnx import _attr_float
 from nnbound.network.graph import Shape
+from nnbound.network.onnx_attrs import _attr_float
 from nnbound.network.onnx_convert import transpose_tensor, transpose_value
 from nnbound.network.onnx_graph_builder import (
     KIND_BOOL,

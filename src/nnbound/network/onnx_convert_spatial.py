@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 
 from nnbound.errors import InputError, UnsupportedError
-from nnbound.network.from_onnx import _resolve_pads
 from nnbound.network.graph import Shape
 from nnbound.network.layers import AvgPool2d, MaxPool2d
+from nnbound.network.onnx_attrs import _resolve_pads
 from nnbound.network.onnx_convert import (
     gather_tensor,
     int_list,

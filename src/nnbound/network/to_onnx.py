@@ -25,7 +25,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from nnbound.errors import InputError, UnsupportedError
-from nnbound.network.from_onnx import META_INPUT_RANGE, META_INPUT_SHAPE, META_META, META_NAME
 from nnbound.network.layers import (
     Activation,
     AvgPool2d,
@@ -37,6 +36,7 @@ from nnbound.network.layers import (
     Reshape,
 )
 from nnbound.network.network import Network
+from nnbound.network.onnx_files import META_INPUT_RANGE, META_INPUT_SHAPE, META_META, META_NAME
 from nnbound.ops.activation import OnnxNode
 from nnbound.report.atomic import atomic_path
 
