@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nnbound.bounds.methods import LAYERWISE_METHODS, _spec_tensor, layerwise_bounds
+from nnbound.bounds.api import bounds
+from nnbound.bounds.methods import LAYERWISE_METHODS, _spec_tensor
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.jacobian.alpha_jacobian import NO_ALPHA, JacobianAlpha
 from nnbound.jacobian.chain import JacobianChain, build_chain, is_global
@@ -165,7 +166,8 @@ def jacobian_bounds(
         check_fastlip(net)
     if alpha.enabled:
         raise InputError(f"alpha-optimisation applies to crown-jacobian, not {method}")
-    lb = layerwise_bounds(net, ball, layer_method, C, reference=reference)
+    # bounds(): a chain with convolutions gets its layer bounds from the graph engine's patches
+    lb = bounds(net, ball, layer_method, C, reference=reference, outward=False)
     n = ball.center.shape[0]
     spec = _spec_tensor(C, n, ball.batch_shape, net)
     spec = spec.reshape(n, spec.shape[1], -1)

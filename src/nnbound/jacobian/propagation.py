@@ -34,7 +34,7 @@ from torch import Tensor
 
 from nnbound.bounds.engine import BoundState, CoefHook, backward
 from nnbound.bounds.graph_bounds import needs_bounds, tighten_tensor
-from nnbound.bounds.methods import _spec_tensor, layerwise_bounds
+from nnbound.bounds.methods import _spec_tensor
 from nnbound.bounds.result import Bounds
 from nnbound.jacobian.alpha_jacobian import (
     NO_ALPHA,
@@ -185,7 +185,7 @@ def propagation_bounds(
         lb = bounds(net, ball, layer_method, C, outward=False)
         pre: dict = {}
     else:
-        lb = layerwise_bounds(net, ball, layer_method, C, reference=reference)
+        lb = bounds(net, ball, layer_method, C, reference=reference, outward=False)
         pre = lb.intermediate.pre
     n = ball.center.shape[0]
     spec = _spec_tensor(C, n, ball.batch_shape, net)
