@@ -7,8 +7,10 @@ relaxed (``pip install -e <checkout>`` after editing ``setup.py``) and nnbound
 (``pip install -e .``). Without auto_LiRPA the script says so and exits.
 
 Nets (random weights, seeded; eval mode; batch norm with calibrated statistics):
-residual MLP (ReLU and tanh), branch-and-concatenate MLP, and the catalogue's CIFAR ResNet
-with one and two basic blocks per stage at 16x16 and 32x32 pixels (width 8 / 16).
+residual MLP (ReLU and tanh), branch-and-concatenate MLP, the catalogue's CIFAR ResNet
+with one and two basic blocks per stage at 16x16 and 32x32 pixels (width 8 / 16), and two
+plain CNN chains (``cifar-2c2f``'s layout and ``bench_cnn``'s strided 4-conv one), which
+nnbound bounds with the graph engine's patches too.
 
 For each: ``lower`` / ``upper`` of nnbound's ``crown`` (``crown-general`` for tanh; default:
 intermediate bounds intersected with IBP, only unstable ReLUs back-propagated) and auto_LiRPA's
@@ -78,6 +80,22 @@ class BranchConcat(nn.Module):
         return self.out(torch.relu(self.mix(y)))
 
 
+def cnn_chain(channels: tuple[int, int], strided: bool) -> nn.Module:
+    """A plain CIFAR CNN (a chain): ``cifar-2c2f``'s layout (two unpadded 3x3 convs, dense 32)
+    or, ``strided``, ``bench_cnn``'s (3x3 and 4x4/2 convs per channel count, dense 100)."""
+    c1, c2 = channels
+    if not strided:
+        convs = [nn.Conv2d(3, c1, 3), nn.ReLU(), nn.Conv2d(c1, c2, 3), nn.ReLU()]
+        dense = [nn.Linear(c2 * 28 * 28, 32), nn.ReLU(), nn.Linear(32, 10)]
+    else:
+        convs = [
+            nn.Conv2d(3, c1, 3, 1, 1), nn.ReLU(), nn.Conv2d(c1, c1, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, 1, 1), nn.ReLU(), nn.Conv2d(c2, c2, 4, 2, 1), nn.ReLU(),
+        ]  # fmt: skip
+        dense = [nn.Linear(c2 * 8 * 8, 100), nn.ReLU(), nn.Linear(100, 10)]
+    return nn.Sequential(*convs, nn.Flatten(), *dense).eval()
+
+
 @dataclass
 class Case:
     name: str
@@ -103,6 +121,8 @@ def cases() -> list[Case]:
             cifar_resnet((1, 1, 1), width=16, image_size=32),
             (3, 32, 32),
         ),
+        Case("cnn chain 2c2f (4,4) 32px", cnn_chain((4, 4), strided=False), (3, 32, 32)),
+        Case("cnn chain 4c2f (8,16) 32px", cnn_chain((8, 16), strided=True), (3, 32, 32)),
     ]
 
 
