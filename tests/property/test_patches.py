@@ -129,6 +129,7 @@ def test_identity_rows_are_one_hot() -> None:
 def _sets(center: torch.Tensor, gen: torch.Generator):
     yield LpBall.make(center, 0.05, "inf")
     yield LpBall.make(center, 0.3, "2", domain=(-0.2, 1.0))
+    yield LpBall.make(center, 0.5, "1")
     r = (torch.rand(center.shape, generator=gen, dtype=F64) * 0.05).to(center.dtype)
     yield Box.make(center - r, center + r)
 
@@ -209,17 +210,21 @@ def _sliced_input_graph(seed: int):
 def test_patches_through_input_slices_equal_dense(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Channel slices of the input keep rows as patches down to a box input, where each
-    window is concretized alone: the same bounds as dense rows, for boxes and balls."""
-    calls = _record_windows(monkeypatch, "box_bounds")
+    """Channel slices of the input keep rows as patches down to the input, where each window
+    is concretized alone (over a box, or over a ball and its domain's box): the same bounds as
+    dense rows, for boxes and balls."""
+    at_box = _record_windows(monkeypatch, "box_bounds")
+    at_ball = _record_windows(monkeypatch, "ball_bounds")
     graph = _sliced_input_graph(seed)
     gen = torch.Generator().manual_seed(seed)
     center = torch.rand(2, 4, 9, 11, generator=gen, dtype=F64)
     for input_set in _sets(center, gen):
-        calls.clear()
+        at_box.clear()
+        at_ball.clear()
         fast = graph_bounds(graph, input_set, "crown")
         slow = graph_bounds(graph, input_set, "crown", patches=False)
-        assert bool(calls) == isinstance(input_set, Box)
+        assert bool(at_ball) == isinstance(input_set, LpBall)
+        assert bool(at_box) == (isinstance(input_set, Box) or input_set.domain is not None)
         torch.testing.assert_close(fast.lower, slow.lower, rtol=0, atol=1e-9)
         torch.testing.assert_close(fast.upper, slow.upper, rtol=0, atol=1e-9)
         for name, (lo, up) in slow.intermediate.pre.items():

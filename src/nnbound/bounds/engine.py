@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from nnbound.bounds import patches_rules
@@ -34,6 +35,7 @@ from nnbound.ops.base import Interval, Op, OpKind, RelaxOptions
 from nnbound.ops.registry import get_op
 from nnbound.relax.base import LinearRelaxation
 from nnbound.sets.box import Box, InputSet
+from nnbound.sets.lp_ball import LpBall
 
 LineHook = Callable[[Node, LinearRelaxation, Interval], LinearRelaxation]
 """``(node, default lines, input bounds) -> lines`` used instead of the default (alpha-CROWN's
@@ -277,7 +279,7 @@ def backward(
             acc.add(name, lo_i, up_i)
     pair = acc.pop(graph.input_name)
     if pair is not None and graph.input_name not in keep:
-        ends = _patches_at_box(state.input_set, pair, c_lo, c_up)
+        ends = _patches_at_input(state.input_set, pair, c_lo, c_up)
         if ends is not None:
             return ends[0], ends[1], kept
     a_lo, a_up = _dense_pair(*pair) if pair is not None else (None, None)
@@ -291,26 +293,43 @@ def backward(
     return out_lo, out_up, kept
 
 
-def _patches_at_box(
+def _patches_at_input(
     input_set: InputSet,
     pair: tuple[Coefficients | None, Coefficients | None],
     c_lo: Tensor | None,
     c_up: Tensor | None,
 ) -> tuple[Tensor | None, Tensor | None] | None:
-    """The pass's bounds where it reaches a box input with patches on every side it carries
-    (each row's window concretized alone: no dense rows), else None."""
-    if not isinstance(input_set, Box):
-        return None
+    """The pass's bounds where it reaches a box or an Lp ball input with patches on every side
+    it carries (each row's window concretized alone: no dense rows), else None. A ball with a
+    domain takes the tighter of its own and its box's bounds, as ``LpBall.concretize``."""
     a_lo, a_up = pair
     if not all(a is None or isinstance(a, Patches) for a in (a_lo, a_up)):
         return None
-    lo, up = input_set.box()
-    shared = a_up.box_bounds(lo, up) if a_lo is a_up and isinstance(a_up, Patches) else None
+    if isinstance(input_set, Box):
+        lo, up = input_set.box()
+
+        def ends(a: Patches) -> tuple[Tensor, Tensor]:
+            return a.box_bounds(lo, up)
+
+    elif isinstance(input_set, LpBall):
+        ball = input_set
+        box = ball.box() if ball.domain is not None else None
+
+        def ends(a: Patches) -> tuple[Tensor, Tensor]:
+            lower, upper = a.ball_bounds(ball.center, ball.eps, ball.q)
+            if box is not None:
+                box_lo, box_up = a.box_bounds(*box)
+                lower, upper = torch.maximum(lower, box_lo), torch.minimum(upper, box_up)
+            return lower, upper
+
+    else:
+        return None
+    shared = ends(a_up) if a_lo is a_up and isinstance(a_up, Patches) else None
     out_lo, out_up = c_lo, c_up
     if isinstance(a_lo, Patches) and c_lo is not None:
-        out_lo = c_lo + (shared or a_lo.box_bounds(lo, up))[0]
+        out_lo = c_lo + (shared or ends(a_lo))[0]
     if isinstance(a_up, Patches) and c_up is not None:
-        out_up = c_up + (shared or a_up.box_bounds(lo, up))[1]
+        out_up = c_up + (shared or ends(a_up))[1]
     return out_lo, out_up
 
 

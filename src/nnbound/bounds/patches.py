@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nnbound.sets.norms import lp_norm
+
 Shape = tuple[int, ...]
 
 
@@ -151,6 +153,16 @@ class Patches:
         radius = self.gather((upper - lower) / 2)
         mid = (self.values * centre).flatten(2).sum(-1)
         dev = (self.values.abs() * radius).flatten(2).sum(-1)
+        return mid - dev, mid + dev
+
+    def ball_bounds(self, center: Tensor, radius: Tensor, q: float) -> tuple[Tensor, Tensor]:
+        """Min and max of each row's ``A . x`` over the balls ``||x - center||_p <= radius``
+        (``center`` ``(N, C, H, W)``, ``radius`` ``(N,)``, ``q`` the dual norm of p):
+        ``A . center -/+ radius ||A||_q``, ``(N, U)`` each, from the windows alone: a window
+        holds each image entry at most once and is zero past the image, so its norm is the
+        dense row's."""
+        mid = (self.values * self.gather(center)).flatten(2).sum(-1)
+        dev = lp_norm(self.values, q, 3) * radius.unsqueeze(1)
         return mid - dev, mid + dev
 
     def with_channels(self, channels: slice, count: int) -> Patches:
