@@ -182,3 +182,52 @@ def test_probes_turn_dense_where_layers_start_to_saturate(monkeypatch) -> None:
     ours, theirs = build_chain(net, pre, spec), build_chain(net, batched, spec)
     for a, b in zip(ours.dlo + ours.dhi, theirs.dlo + theirs.dhi, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["recurjac", "fastlip"])
+def test_conv_chain_sweep_takes_the_graph_engine_and_equals_one_plain_pass(
+    method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chain with convolutions: the sweep's layer bounds come from bounds() (the graph
+    engine's patches), with the numbers of one plain pass."""
+    from nnbound.bounds import api
+    from nnbound.jacobian import saturation
+    from nnbound.network.layers import Activation, Conv2d, Dense, Flatten
+    from nnbound.network.network import Network
+
+    gen = torch.Generator().manual_seed(4)
+    f64 = torch.float64
+    net = Network(
+        (
+            Conv2d(
+                torch.randn(3, 1, 3, 3, generator=gen, dtype=f64) / 3, torch.zeros(3, dtype=f64)
+            ),
+            Activation("relu"),
+            Conv2d(
+                torch.randn(2, 3, 3, 3, generator=gen, dtype=f64) / 5,
+                torch.randn(2, generator=gen, dtype=f64) * 0.1,
+                stride=(2, 2),
+                padding=(1, 1),
+            ),
+            Activation("relu"),
+            Flatten(),
+            Dense(torch.randn(3, 8, generator=gen, dtype=f64) / 3, torch.zeros(3, dtype=f64)),
+        ),
+        (1, 6, 6),
+    )
+    routed = []
+    real = api._chain_on_graph_engine
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        routed.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "_chain_on_graph_engine", counted)
+    x = torch.rand(2, 1, 6, 6, generator=gen, dtype=f64)
+    classes = net(x).argmax(1)
+    grid = eps_grid(1.0, 8, -3, 0)
+    routed.clear()
+    curve = lipschitz_curve(net, x, classes, grid, method=method)
+    assert routed and saturation.has_convolution(net)
+    plain = _plain(net, x, classes, grid, "inf", method)
+    torch.testing.assert_close(curve.values, plain.value[..., 0], rtol=1e-10, atol=1e-12)

@@ -135,7 +135,7 @@ def _bounds_in_dtype(
         from nnbound.bounds.quadratic import quadratic_bounds
 
         return quadratic_bounds(net, ball, C)
-    if not reference and any(isinstance(layer, Conv2d) for layer in net.layers):
+    if not reference and has_convolution(net):
         return _chain_on_graph_engine(net, ball, method, C, tangent, prior)
     return layerwise_bounds(
         net,
@@ -147,6 +147,12 @@ def _bounds_in_dtype(
         prior=prior,
         centre_cache=centre_cache,
     )
+
+
+def has_convolution(net: Network) -> bool:
+    """Whether :func:`bounds` takes this chain to the graph engine (outside reference mode):
+    it has a convolution, whose rows the engine carries as patches."""
+    return any(isinstance(layer, Conv2d) for layer in net.layers)
 
 
 def _chain_on_graph_engine(

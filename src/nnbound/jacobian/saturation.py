@@ -39,6 +39,7 @@ import math
 import torch
 from torch import Tensor
 
+from nnbound.bounds.api import bounds, has_convolution
 from nnbound.bounds.methods import layerwise_bounds
 from nnbound.jacobian.chain import activation_indices
 from nnbound.network.layers import Activation
@@ -134,8 +135,15 @@ def sweep_pre_bounds(
         if prior_cols is not None:
             src = torch.tensor((rows_b * k + prior_cols.reshape(-1)).tolist(), device=dev)
             prior = {i: (pre[i][0][src], pre[i][1][src]) for i in acts[:depth]}
-        # the prefix's last activation is read only for its derivative intervals (states)
-        lb = layerwise_bounds(prefix, ball, layer_method, spec, prior=prior, last_signs_only=True)
+        if has_convolution(prefix):
+            # bounds() takes a chain with convolutions to the graph engine's patches (both
+            # sides of every neuron: the same states as the one-sided pass below)
+            lb = bounds(prefix, ball, layer_method, spec, prior=prior, outward=False)
+        else:
+            # the prefix's last activation is read only for its derivative intervals (states)
+            lb = layerwise_bounds(
+                prefix, ball, layer_method, spec, prior=prior, last_signs_only=True
+            )
         row_t = torch.tensor(rows, device=dev)
         deepest = torch.zeros(len(rows), dtype=torch.float64)
         for a, i in enumerate(acts[:depth]):
