@@ -173,19 +173,22 @@ class CentreProducts:
 
     # -- products --------------------------------------------------------------------------
 
-    def pattern_rows(self, blocks: TwoDenseBlocks, base: Tensor, *, store: bool) -> np.ndarray:
+    def pattern_rows(
+        self, blocks: TwoDenseBlocks, base: Tensor, *, store: bool | np.ndarray
+    ) -> np.ndarray:
         """Per row of ``base`` (``(N, K1)``), the row of its ``G`` in the table, -1 where it is
-        not stored; with ``store``, missing ones are computed and stored first (within
-        ``max_bytes``)."""
+        not stored; the missing ones of the rows ``store`` marks (all for True, a host bool
+        ``(N,)``) are computed and stored first (within ``max_bytes``)."""
         self._check_network(blocks)
         keys = _row_keys(base)
         rows = np.array([self._pattern_rows.get(k, -1) for k in keys], dtype=np.int64)
-        if not store or (rows >= 0).all():
+        wanted = (rows < 0) & store
+        if not wanted.any():
             return rows
         k2, n_in = self._g.shape[1:]
         room = self.max_bytes // max(1, k2 * n_in * self._g.element_size()) - len(self._g)
         first: dict[bytes, int] = {}
-        for i in np.flatnonzero(rows < 0).tolist():
+        for i in np.flatnonzero(wanted).tolist():
             if keys[i] not in first and len(first) < room:
                 first[keys[i]] = i
         if first:

@@ -199,9 +199,7 @@ def _nearest_references(
     covered = np.zeros(len(slots), dtype=bool)
     for mask, _ in known:
         covered |= mask
-    g_rows = cache.pattern_rows(blocks, base, store=False)
-    if not (covered | (g_rows >= 0)).all():
-        g_rows = cache.pattern_rows(blocks, base, store=True)
+    g_rows = cache.pattern_rows(blocks, base, store=~covered)
     if (g_rows >= 0).any():
         norms = cache.product_norms(q, g_rows)
         known.append((g_rows >= 0, (base, base, norms, norms)))
