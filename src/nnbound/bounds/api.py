@@ -165,7 +165,7 @@ def _chain_on_graph_engine(
 ) -> Bounds:
     """Layer-wise bounds of a chain with convolutions by the graph engine, whose rows are
     patches (each row's receptive field only) where the chain's backward passes carry whole
-    images: CROWN on ``cifar-2c2f`` 4-5x faster, the same bounds to rounding. Priors and
+    images (``bench/bench_cnn.py`` measures both), the same bounds to rounding. Priors and
     intermediate bounds keep the chain's keys (layer ``j``'s input is tensor ``t{j}``)."""
     from nnbound.bounds.graph_bounds import graph_bounds
 
