@@ -40,7 +40,7 @@ from nnbound.network.graph import Node, Shape
 from nnbound.ops.add import align, broadcast_shape, unbroadcast
 from nnbound.ops.base import Backward, Interval, Names, Op, OpKind, RelaxOptions
 from nnbound.ops.reciprocal import check_nonzero, reciprocal_interval, reciprocal_lines
-from nnbound.ops.relaxed_lines import pick, rows, total, ulp_margin
+from nnbound.ops.relaxed_lines import first_near_best, pick, rows, total, ulp_margin
 
 
 # -- McCormick planes --------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def best_mix_weight(
     ax = torch.stack([a * lx.unsqueeze(-1), a * ux.unsqueeze(-1)], 0)
     by = torch.stack([b * ly.unsqueeze(-1), b * uy.unsqueeze(-1)], 0)
     value = -(c + ax.amax(0) + by.amax(0)) if upper else c + ax.amin(0) + by.amin(0)
-    best = value.argmax(-1, keepdim=True)
+    best = first_near_best(value)
     return t.gather(-1, best)[..., 0]
 
 

@@ -42,7 +42,7 @@ from torch import Tensor
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.graph import Node, Shape
 from nnbound.ops.base import Interval, Names, Op, OpKind, RelaxOptions, Traits
-from nnbound.ops.relaxed_lines import ulp_margin, widen
+from nnbound.ops.relaxed_lines import best_valid_line, ulp_margin, widen
 from nnbound.relax.base import LinearRelaxation, ParametricLines, Relaxation
 
 _GRID = 65
@@ -174,20 +174,8 @@ def _best_valid(
     at the midpoint kept, per entry."""
     t = torch.linspace(0.0, 1.0, _GRID, dtype=torch.float64, device=l.device)
     grid = l.unsqueeze(-1) + (u - l).unsqueeze(-1) * t
-    g_grid = fn.g(grid)
     slack = fn.curvature * ((u - l) / (_GRID - 1)).square() / 8.0
-    mid = 0.5 * (l + u)
-    slopes = torch.stack([s for s, _ in candidates], -1)  # (M, C)
-    biases = torch.stack([b for _, b in candidates], -1)
-    gap = g_grid.unsqueeze(-1) - (slopes.unsqueeze(-2) * grid.unsqueeze(-1) + biases.unsqueeze(-2))
-    if upper:
-        biases = biases + gap.amax(-2) + slack.unsqueeze(-1)
-        score = -(slopes * mid.unsqueeze(-1) + biases)
-    else:
-        biases = biases - (-gap).amax(-2) - slack.unsqueeze(-1)
-        score = slopes * mid.unsqueeze(-1) + biases
-    best = score.argmax(-1, keepdim=True)
-    return slopes.gather(-1, best)[..., 0], biases.gather(-1, best)[..., 0]
+    return best_valid_line(candidates, grid, fn.g(grid), slack, 0.5 * (l + u), upper)
 
 
 def _mixed_lines(fn: SmoothDerivative, l: Tensor, u: Tensor) -> tuple[Tensor, ...]:

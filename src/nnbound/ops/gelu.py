@@ -34,7 +34,7 @@ from torch import Tensor
 
 from nnbound.ops.activation import Spelling, activation_op
 from nnbound.ops.base import Names, Traits
-from nnbound.ops.relaxed_lines import ulp_margin, widen
+from nnbound.ops.relaxed_lines import best_valid_line, ulp_margin, widen
 from nnbound.relax.base import LinearRelaxation
 
 _SQRT2 = math.sqrt(2.0)
@@ -91,30 +91,6 @@ def _interval64(l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
     return lo, torch.maximum(f_l, f_u)
 
 
-def _best_valid(
-    candidates: list[tuple[Tensor, Tensor]],
-    grid: Tensor,
-    f_grid: Tensor,
-    slack: Tensor,
-    mid: Tensor,
-    upper: bool,
-) -> tuple[Tensor, Tensor]:
-    """Each candidate line moved until it is valid on the grid plus ``slack``, and the one
-    nearest ``f`` at ``mid`` (least area) kept, per entry."""
-    slopes = torch.stack([s for s, _ in candidates], -1)  # (..., C)
-    biases = torch.stack([b for _, b in candidates], -1)
-    lines = slopes.unsqueeze(-2) * grid.unsqueeze(-1) + biases.unsqueeze(-2)  # (..., G, C)
-    gap = f_grid.unsqueeze(-1) - lines
-    if upper:
-        biases = biases + gap.amax(-2) + slack.unsqueeze(-1)
-        score = -(slopes * mid.unsqueeze(-1) + biases)
-    else:
-        biases = biases - (-gap).amax(-2) - slack.unsqueeze(-1)
-        score = slopes * mid.unsqueeze(-1) + biases
-    best = score.argmax(-1, keepdim=True)
-    return slopes.gather(-1, best)[..., 0], biases.gather(-1, best)[..., 0]
-
-
 def _mixed_lines(l: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Upper and lower lines (slope, intercept each) on intervals that reach both a convex
     and a concave part: the best candidates made valid on a grid with a rigorous slack."""
@@ -127,11 +103,11 @@ def _mixed_lines(l: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     i_lo, i_up = _interval64(l, u)
     zero = torch.zeros_like(l)
     chord, tan_mid, ends = _chord(l, u), _tangent(mid), [_tangent(l), _tangent(u)]
-    up_s, up_b = _best_valid(
+    up_s, up_b = best_valid_line(
         [chord, tan_mid, *ends, (zero, i_up)], grid, f_grid, slack, mid, upper=True
     )
     centre = _tangent(torch.minimum(torch.maximum(mid.clamp(-_SQRT2, _SQRT2), l), u))
-    lo_s, lo_b = _best_valid(
+    lo_s, lo_b = best_valid_line(
         [chord, tan_mid, centre, *ends, (zero, i_lo)], grid, f_grid, slack, mid, upper=False
     )
     return up_s, up_b, lo_s, lo_b

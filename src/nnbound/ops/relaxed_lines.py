@@ -62,10 +62,59 @@ def interval_backward(
     return Backward(list(none), list(none), c_lo, c_up)
 
 
+def first_near_best(score: Tensor) -> Tensor:
+    """Index (keepdim) along the last axis of the first candidate whose score is within a
+    relative ``2^-40`` of the best.
+
+    Candidate lines often tie exactly in exact arithmetic (a chord made valid at the grid's
+    midpoint scores the same as the midpoint's tangent), so a plain ``argmax`` would pick by
+    the last bits of the bounds, and bounds that differ in their summation order only (another
+    slicing, another device) would get different, equally sound lines, and final bounds apart
+    by far more than the rounding. Within the tolerance the order of the candidates decides.
+    """
+    best = score.amax(-1, keepdim=True)
+    tolerance = 2.0**-40 * (1.0 + best.abs())
+    return (score >= best - tolerance).to(torch.int8).argmax(-1, keepdim=True)
+
+
+def best_valid_line(
+    candidates: list[tuple[Tensor, Tensor]],
+    grid: Tensor,
+    f_grid: Tensor,
+    slack: Tensor,
+    mid: Tensor,
+    upper: bool,
+) -> tuple[Tensor, Tensor]:
+    """Each candidate line ``(slope, intercept)`` moved until it is valid on the grid
+    (``f_grid`` is ``f`` on ``grid``, ``(..., G)``) plus ``slack``, and the one nearest ``f``
+    at ``mid`` (least area) kept, per entry (ties: :func:`first_near_best`)."""
+    slopes = torch.stack([s for s, _ in candidates], -1)  # (..., C)
+    biases = torch.stack([b for _, b in candidates], -1)
+    lines = slopes.unsqueeze(-2) * grid.unsqueeze(-1) + biases.unsqueeze(-2)  # (..., G, C)
+    gap = f_grid.unsqueeze(-1) - lines
+    if upper:
+        biases = biases + gap.amax(-2) + slack.unsqueeze(-1)
+        score = -(slopes * mid.unsqueeze(-1) + biases)
+    else:
+        biases = biases - (-gap).amax(-2) - slack.unsqueeze(-1)
+        score = slopes * mid.unsqueeze(-1) + biases
+    best = first_near_best(score)
+    return slopes.gather(-1, best)[..., 0], biases.gather(-1, best)[..., 0]
+
+
 def widen(lower: Tensor, upper: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Float64 bounds moved outward by a few ulps of ``dtype`` and cast to it."""
     m = ulp_margin(dtype, lower, upper)
     return (lower - m).to(dtype), (upper + m).to(dtype)
 
 
-__all__ = ["interval_backward", "pick", "rows", "total", "ulp_margin", "widen"]
+__all__ = [
+    "best_valid_line",
+    "first_near_best",
+    "interval_backward",
+    "pick",
+    "rows",
+    "total",
+    "ulp_margin",
+    "widen",
+]
