@@ -204,3 +204,35 @@ def test_jacobian_commands_refuse_a_residual_graph(capsys, tmp_path: Path, argv)
     code, out, err = run(capsys, argv[0], str(path), "--dataset", "digits", *argv[1:])
     assert code == 2 and out == ""
     assert "defined for sequential networks" in err and "general graph" in err
+
+
+@pytest.mark.parametrize("command", ["lipschitz", "landscape"])
+def test_operator_norm_factors_are_built_once_per_run(
+    capsys, monkeypatch, digits_model: Path, command: str
+) -> None:
+    """Every batch of a run bounds the same network: its operator-norm factors (dense block
+    matrices and their norms, seconds on a CNN) are built for the first batch only, and each
+    image's baseline is the one a run of that image alone reports."""
+    from nnbound.bounds import spectral
+
+    built = []
+    factors = spectral.spectral_factors
+
+    def counted(net, p):  # type: ignore[no-untyped-def]
+        built.append(p)
+        return factors(net, p)
+
+    monkeypatch.setattr(spectral, "spectral_factors", counted)
+    monkeypatch.setattr("nnbound.tasks.lipschitz.spectral_factors", counted)
+    argv = [command, str(digits_model), "--targettype", "1", "--lipsteps", "3", "--norm", "2"]
+    code, out, _ = run(capsys, *argv, "--numimage", "5", "--batch-size", "2", "--json")
+    assert code == 0 and built == [2.0]
+    images = json.loads(out)["images"]
+    assert len(images) == 5
+    last = str(images[-1]["index"])
+    code, out, _ = run(capsys, *argv, "--numimage", "1", "--startimage", last, "--json")
+    alone = json.loads(out)["images"][0]
+    assert images[-1]["index"] == alone["index"]
+    assert images[-1]["opnorm_global_lipschitz"] == pytest.approx(
+        alone["opnorm_global_lipschitz"], rel=1e-12
+    )

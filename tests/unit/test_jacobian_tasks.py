@@ -21,6 +21,7 @@ from nnbound.tasks.lipschitz import (
     class_spec,
     eps_grid,
     lipschitz_curve,
+    opnorm_factors,
     saturation_index,
     select_images,
 )
@@ -112,3 +113,19 @@ def test_jacobian_radius_bad_arguments() -> None:
         jacobian_certified_radius(net, x, one, torch.tensor([1]), lipsteps=0)
     with pytest.raises(InputError, match="eps"):
         jacobian_certified_radius(net, x, one, torch.tensor([1]), eps0=0.0)
+
+
+def test_curve_with_kept_operator_norm_factors_is_the_same() -> None:
+    """``opnorm=`` (factors built once by a caller) gives the curve built without it, and
+    factors of another norm are refused."""
+    net = random_network("relu", [6, 12, 8, 4], seed=3)
+    x = torch.rand(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    classes = torch.tensor([0, 2, 3])
+    grid = torch.tensor([0.0, 0.01, 0.1], dtype=torch.float64)
+    for norm in ("inf", "2", "1"):
+        plain = lipschitz_curve(net, x, classes, grid, norm=norm)
+        kept = lipschitz_curve(net, x, classes, grid, norm=norm, opnorm=opnorm_factors(net, norm))
+        torch.testing.assert_close(kept.opnorm, plain.opnorm, rtol=1e-12, atol=0)
+        torch.testing.assert_close(kept.values, plain.values, rtol=0, atol=0)
+    with pytest.raises(InputError, match="factors of the L2 norm used for the Linf norm"):
+        lipschitz_curve(net, x, classes, grid, norm="inf", opnorm=opnorm_factors(net, "2"))

@@ -4,13 +4,15 @@
 linear block's induced p-norm times each activation's Lipschitz constant (its operator's,
 :meth:`nnbound.ops.activation.ActivationOp.lipschitz_at`: 1 for ReLU, bounded ReLU, tanh,
 arctan, softplus; 0.25 for sigmoid; max(1, |alpha|) for leaky ReLU / ELU). Unlike the
-reference this is recomputed per call (the reference caches the product in a process global,
-spec §12.3) and handles any linear layers by materialising each block once as a matrix.
+reference, which caches the product in a process global (spec §12.3), the network's part of it
+is a value (:class:`SpectralFactors`) that a task bounding many specs of one network keeps; any
+linear layers are handled by materialising each block once as a matrix.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -19,6 +21,7 @@ from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.layers import NONLINEAR_TYPES, Activation, Dense, Layer, MaxPool2d, Shape
 from nnbound.network.network import Network
 from nnbound.relax.maxpool import maxpool_lipschitz
+from nnbound.sets.norms import norm_name
 
 _MAX_DENSE_ELEMENTS = 1 << 27
 
@@ -82,8 +85,28 @@ def induced_norm(m: Tensor, p: float) -> Tensor:
     return torch.linalg.matrix_norm(m, ord=2)
 
 
-def spectral_lipschitz(net: Network, C: Tensor, p: float) -> Tensor:
-    """Lipschitz constants ``(N, S)`` of the spec rows ``C`` ``(N, S, outputs)`` w.r.t. ||.||_p.
+@dataclass(frozen=True)
+class SpectralFactors:
+    """A network's operator-norm product split where the spec enters: ``scale`` (``()``), the
+    product of every block's induced p-norm but the last one's and of the non-linear layers'
+    constants, and ``last`` ``(outputs, n)``, the matrix of the linear block after the last
+    non-linear layer. They depend on the network and the norm alone, and building them (dense
+    block matrices, their 2-norms) can take seconds on a CNN, so a task that bounds many specs
+    of one network builds them once (:func:`spectral_factors`)."""
+
+    scale: Tensor
+    last: Tensor
+    p: float
+
+    def lipschitz(self, C: Tensor) -> Tensor:
+        """Lipschitz constants ``(N, S)`` of the spec rows ``C`` ``(N, S, outputs)``."""
+        rows = C.reshape(C.shape[0], C.shape[1], -1).to(self.last.dtype) @ self.last
+        q = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}[self.p]
+        return torch.linalg.vector_norm(rows, q, dim=-1) * self.scale
+
+
+def spectral_factors(net: Network, p: float) -> SpectralFactors:
+    """The :class:`SpectralFactors` of ``net`` w.r.t. ``||.||_p``.
 
     Max pools count as non-linear layers with the constant of
     :func:`nnbound.relax.maxpool.maxpool_lipschitz` (1 for p = inf or without overlapping
@@ -103,9 +126,20 @@ def spectral_lipschitz(net: Network, C: Tensor, p: float) -> Tensor:
             k = k * activation_lipschitz(layer)
         start = j + 1
     last = block_matrix(layers, shapes, start, len(layers), dtype=net.dtype)  # (outputs, n)
-    rows = C.reshape(C.shape[0], C.shape[1], -1) @ last  # (N, S, n)
-    q = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}[p]
-    return torch.linalg.vector_norm(rows, q, dim=-1) * k
+    return SpectralFactors(k, last, p)
+
+
+def spectral_lipschitz(
+    net: Network, C: Tensor, p: float, factors: SpectralFactors | None = None
+) -> Tensor:
+    """Lipschitz constants ``(N, S)`` of the spec rows ``C`` ``(N, S, outputs)`` w.r.t.
+    ||.||_p (``factors``: ``net``'s, when the caller has them already)."""
+    if factors is None:
+        factors = spectral_factors(net, p)
+    elif factors.p != p:
+        have, want = norm_name(factors.p), norm_name(p)
+        raise InputError(f"spectral factors of the L{have} norm used for the L{want} norm")
+    return factors.lipschitz(C)
 
 
 def spectral_bounds(

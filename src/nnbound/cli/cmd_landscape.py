@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from nnbound.jacobian.api import sequential_network
 from nnbound.report.provenance import provenance
 from nnbound.sets.norms import norm_name, parse_norm
 
+if TYPE_CHECKING:
+    from nnbound.bounds.spectral import SpectralFactors
+
 HELP = "largest radius without stationary points (R_max) and its Lipschitz constant"
 
 
@@ -35,6 +38,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nnbound.tasks.landscape import UPPER_LIMITS, landscape
+    from nnbound.tasks.lipschitz import opnorm_factors
 
     check_common(args)
     alpha = jacobian_alpha(args)
@@ -56,9 +60,12 @@ def run(args: argparse.Namespace) -> int:
     rtol = 1e-3 if net.dtype == torch.float32 else 1e-8
     stream = ResultStream(args, x.shape[0], name="landscape")
     images: list[dict[str, Any]] = []
+    opnorm: SpectralFactors | None = None
     try:
         for lo, hi in growing_spans(x.shape[0], args.batch_size):
             t0 = time.perf_counter()
+            # the operator-norm baseline's factors, once per network (in the first batch's time)
+            opnorm = opnorm or opnorm_factors(net, p)
             r_max, c = landscape(
                 net,
                 x[lo:hi],
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 eps0=args.eps,
                 lipsteps=args.lipsteps,
                 alpha=alpha,
+                opnorm=opnorm,
             )
             dt = (time.perf_counter() - t0) / (hi - lo)
             shown, matches = c.monotone(), c.eps_zero_matches(rtol)

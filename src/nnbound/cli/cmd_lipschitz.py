@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,9 @@ from nnbound.jacobian.api import JACOBIAN_METHODS, sequential_network
 from nnbound.report.atomic import atomic_path
 from nnbound.report.provenance import provenance
 from nnbound.sets.norms import norm_name, parse_norm
+
+if TYPE_CHECKING:
+    from nnbound.bounds.spectral import SpectralFactors
 
 HELP = "local Lipschitz constants over growing eps (RecurJac / Fast-Lip)"
 
@@ -184,7 +187,7 @@ def jacobian_alpha(args: argparse.Namespace) -> JacobianAlpha:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnbound.tasks.lipschitz import eps_grid, lipschitz_curve, saturation_index
+    from nnbound.tasks.lipschitz import eps_grid, lipschitz_curve, opnorm_factors, saturation_index
 
     check_common(args)
     if args.plot:
@@ -205,9 +208,12 @@ def run(args: argparse.Namespace) -> int:
     rtol = 1e-3 if net.dtype == torch.float32 else 1e-8
     stream = ResultStream(args, x.shape[0], name="lipschitz")
     images: list[dict[str, Any]] = []
+    opnorm: SpectralFactors | None = None
     try:
         for lo, hi in growing_spans(x.shape[0], args.batch_size):
             t0 = time.perf_counter()
+            # the operator-norm baseline's factors, once per network (in the first batch's time)
+            opnorm = opnorm or opnorm_factors(net, p)
             c = lipschitz_curve(
                 net,
                 x[lo:hi],
@@ -219,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
                 direction=args.lipsdir,
                 shift=args.lipsshift,
                 alpha=alpha,
+                opnorm=opnorm,
             )
             dt = (time.perf_counter() - t0) / (hi - lo)
             shown, matches = c.monotone(), c.eps_zero_matches(rtol)

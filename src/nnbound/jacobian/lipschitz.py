@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from nnbound.bounds.methods import _spec_tensor
-from nnbound.bounds.spectral import spectral_lipschitz
+from nnbound.bounds.spectral import SpectralFactors, spectral_lipschitz
 from nnbound.jacobian.alpha_jacobian import NO_ALPHA, JacobianAlpha
 from nnbound.jacobian.api import jacobian_bounds, sequential_network
 from nnbound.jacobian.recurjac import Chain, Recursion, abs_sum_upper, dual_norm_rows
@@ -141,10 +141,13 @@ def local_lipschitz(
     ).value
 
 
-def opnorm_global_lipschitz(net: Network, C: Tensor | None, p: float | str) -> Tensor:
+def opnorm_global_lipschitz(
+    net: Network, C: Tensor | None, p: float | str, factors: SpectralFactors | None = None
+) -> Tensor:
     """The reference's ``opnorm_global_lipschitz``: the product of the layers' induced p-norms
     (times the activations' Lipschitz constants), ``(B, S)`` for spec ``C`` ``(B, S, outputs)``
-    or ``(S, outputs)`` (``(1, S)``); ``None`` = the logits."""
+    or ``(S, outputs)`` (``(1, S)``); ``None`` = the logits. ``factors``: the network's
+    :func:`~nnbound.bounds.spectral.spectral_factors` when the caller keeps them."""
     p = parse_norm(p)
     net = sequential_network(net)
     if C is None:
@@ -152,7 +155,7 @@ def opnorm_global_lipschitz(net: Network, C: Tensor | None, p: float | str) -> T
     else:
         c = torch.as_tensor(C).to(dtype=net.dtype, device=net.device)
         spec = c.unsqueeze(0) if c.dim() == 2 else c
-    return spectral_lipschitz(net, spec, p)
+    return spectral_lipschitz(net, spec, p, factors)
 
 
 def gradient_dual_norm(net: Network, x: Tensor, C: Tensor, p: float | str) -> Tensor:

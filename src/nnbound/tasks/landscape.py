@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from nnbound.bounds.spectral import SpectralFactors
 from nnbound.jacobian.alpha_jacobian import NO_ALPHA, JacobianAlpha
 from nnbound.jacobian.api import check_options, jacobian_bounds
 from nnbound.network.network import Network
@@ -89,9 +90,11 @@ def landscape(
     eps0: float = 0.005,
     lipsteps: int = 15,
     alpha: JacobianAlpha = NO_ALPHA,
+    opnorm: SpectralFactors | None = None,
 ) -> tuple[Tensor, LipschitzCurve]:
     """``(R_max (B,), curve)``: the curve's grid is ``linspace(0, R_max_b, lipsteps + 1)``
-    (``alpha``: crown-jacobian's alpha-optimisation of the curve, not of the sign search)."""
+    (``alpha``: crown-jacobian's alpha-optimisation of the curve, not of the sign search;
+    ``opnorm``: as :func:`~nnbound.tasks.lipschitz.lipschitz_curve`'s)."""
     r_max = max_sign_radius(
         net,
         x,
@@ -116,5 +119,6 @@ def landscape(
         direction=direction,
         shift=shift,
         alpha=alpha,
+        opnorm=opnorm,
     )
     return r_max, curve

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nnbound.bounds.spectral import SpectralFactors, spectral_factors
 from nnbound.errors import InputError
 from nnbound.jacobian.alpha_jacobian import NO_ALPHA, JacobianAlpha
 from nnbound.jacobian.api import check_options, sequential_network
@@ -133,9 +134,12 @@ def lipschitz_curve(
     direction: int = -1,
     shift: int = 0,
     alpha: JacobianAlpha = NO_ALPHA,
+    opnorm: SpectralFactors | None = None,
 ) -> LipschitzCurve:
     """Local Lipschitz constants of logit ``classes[b]`` at ``x[b]`` for each radius of
-    ``grid`` (``(K,)`` shared or ``(B, K)`` per input), all evaluated in one batched call."""
+    ``grid`` (``(K,)`` shared or ``(B, K)`` per input), all evaluated in one batched call.
+    ``opnorm``: the network's :func:`opnorm_factors` (a caller with many batches of one
+    network builds them once; seconds on a CNN)."""
     method = check_options(method, layer_method, direction, shift)
     p = parse_norm(norm)
     x = net.check_input(x)
@@ -159,15 +163,21 @@ def lipschitz_curve(
             )
             values, unsure = sw.values.reshape(b, -1, 1), sw.unsure.reshape(b, -1, 1)
             whole = sw.global_bound.reshape(b, -1)
-        opnorm = opnorm_global_lipschitz(net, spec, p)[:, 0]
+        opnorm_values = opnorm_global_lipschitz(net, spec, p, opnorm)[:, 0]
     return LipschitzCurve(
         eps.cpu(),
         values[..., 0].to(torch.float64).cpu(),
         unsure[..., 0].cpu(),
         whole.cpu(),
         gradient_dual_norm(net, x, spec, p)[:, 0].to(torch.float64).cpu(),
-        opnorm.to(torch.float64).cpu(),
+        opnorm_values.to(torch.float64).cpu(),
     )
+
+
+def opnorm_factors(net: Network, norm: float | str) -> SpectralFactors:
+    """What :func:`lipschitz_curve` needs of the operator-norm baseline, for one network and
+    norm (pass it as ``opnorm`` to every curve of that network)."""
+    return spectral_factors(sequential_network(net), parse_norm(norm))
 
 
 def saturation_index(values: Tensor, rtol: float = SATURATION_RTOL) -> int | None:
