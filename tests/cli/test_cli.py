@@ -78,6 +78,35 @@ def test_train_onnx_output_round_trips(capsys, tmp_path: Path) -> None:
     assert load_model(out_path).activations[0].name == "tanh"
 
 
+def test_train_records_its_device_and_refuses_an_unusable_one(capsys, tmp_path: Path) -> None:
+    """``--device`` (the training device; the saved model is the same wherever it trained):
+    named in the JSON record; an unknown device or a missing GPU is one line, exit 2."""
+    argv = [
+        "train",
+        "8",
+        "--epochs",
+        "2",
+        "--quiet",
+        "--json",
+        "--out",
+        str(tmp_path / "a.safetensors"),
+    ]
+    code, out, _ = run(capsys, *argv)
+    default = json.loads(out)
+    assert code == 0 and default["provenance"]["device"] == "cpu"
+    argv[-1] = str(tmp_path / "b.safetensors")
+    code, out, _ = run(capsys, *argv, "--device", "cpu")
+    assert code == 0 and json.loads(out)["epoch_losses"] == default["epoch_losses"]
+    bad = ["bogus"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        code, out, err = run(capsys, *argv, "--device", device)
+        assert code == 2 and out == ""
+        assert len(err.strip().splitlines()) == 1 and "device" in err and "Traceback" not in err
+    argv = ["train", "--recipe", "2-layer", "4", "--epochs", "1", "--train-limit", "64"]
+    code, out, _ = run(capsys, *argv, "--quiet", "--json", "--out", str(tmp_path / "r.safetensors"))
+    assert code == 0 and json.loads(out)["provenance"]["device"] == "cpu"
+
+
 def test_predict_json_matches_forward(capsys, mnist_inputs: Path) -> None:
     code, out, _ = run(capsys, "predict", "mnist-fc-3layer", "--input", str(mnist_inputs), "--json")
     assert code == 0

@@ -75,13 +75,18 @@ COMMANDS: dict[str, tuple[list[str], Fields, float]] = {
         lambda r: [v for im in r["images"] for v in im["lipschitz"]],
         ATOL64,
     ),
+    "train": (  # the same initial weights and batches; float32 sums in another order
+        ["8", "--epochs", "2", "--out", "T"],
+        lambda r: [r["test_accuracy"]],
+        0.05,
+    ),
     "verify": (
         [str(DATA / "onnx" / "test_small.onnx"), str(DATA / "vnncomp" / "test_small.vnnlib")],
         lambda r: [float(r["result"] == "unsat")],
         0.0,
     ),
 }
-NO_DTYPE = {"demo", "verify"}  # demo: float32 only; verify: always float64
+NO_DTYPE = {"demo", "train", "verify"}  # demo, train: float32 only; verify: always float64
 NO_PROVENANCE: dict[str, str] = {}
 
 
@@ -110,7 +115,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     np.save(d / "x.npy", x)
     with torch.no_grad():
         np.save(d / "y.npy", net(torch.from_numpy(x)).argmax(1).numpy())
-    return {"M": str(d / "m.safetensors"), "X": str(d / "x.npy"), "Y": str(d / "y.npy")}
+    files = {"M": str(d / "m.safetensors"), "X": str(d / "x.npy"), "Y": str(d / "y.npy")}
+    return {**files, "T": str(d / "trained.safetensors")}
 
 
 def run_json(

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nnbound.cli.common import note, print_json
+from nnbound.cli.common import note, print_json, resolve_device
+
+if TYPE_CHECKING:
+    import torch
 
 HELP = "train an MLP or CNN (train_nlayer.py's flags)"
 
@@ -87,6 +91,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="output file: .safetensors (nnbound format) or .onnx (default: "
         "<dataset>_<arch>_<activation>_<sizes>.safetensors)",
     )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where to train: cpu | cuda[:N] | auto (default cpu; the model is saved the same)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
@@ -94,10 +103,12 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from nnbound.data.registry import load_dataset
     from nnbound.network.load import save_model
+    from nnbound.report.provenance import provenance
     from nnbound.train.train import TrainConfig, network_name, train_network
 
+    device = resolve_device(args.device)
     if args.recipe is not None:
-        return _run_recipe(args)
+        return _run_recipe(args, device)
     config = TrainConfig(
         hidden=tuple(args.hidden) if args.hidden else (64,),
         arch=args.arch,
@@ -118,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         f"training {config.arch} {list(config.hidden)} ({config.activation}) on "
         f"{train.name}: {len(train.labels)} train / {len(test.labels)} test images",
     )
-    net, report = train_network(train, test, config, progress=not args.quiet)
+    net, report = train_network(train, test, config, progress=not args.quiet, device=device)
     out = Path(args.out) if args.out else Path(f"{network_name(train.name, config)}.safetensors")
     save_model(net, out)
     if args.json:
@@ -129,22 +140,24 @@ def run(args: argparse.Namespace) -> int:
                 "train_accuracy": report.train_accuracy,
                 "seconds": report.seconds,
                 "epoch_losses": list(report.epoch_losses),
+                "provenance": provenance(device=device, dtype=net.dtype, seed=args.seed),
             }
         )
     else:
         print(f"saved {out}")
         print(
             f"train accuracy {report.train_accuracy * 100:.2f}%, "
-            f"test accuracy {report.test_accuracy * 100:.2f}% ({report.seconds:.1f} s)"
+            f"test accuracy {report.test_accuracy * 100:.2f}% ({report.seconds:.1f} s on {device})"
         )
     return 0
 
 
-def _run_recipe(args: argparse.Namespace) -> int:
+def _run_recipe(args: argparse.Namespace, device: torch.device) -> int:
     """``--recipe NAME``: train one of the reference's models and save it."""
     from nnbound.data.registry import load_dataset
     from nnbound.errors import InputError
     from nnbound.network.load import save_model
+    from nnbound.report.provenance import provenance
     from nnbound.train.recipes import RecipeOptions, get_recipe, train_recipe
 
     recipe = get_recipe(args.recipe)  # unknown names: a clear error listing the recipes
@@ -164,6 +177,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
         dropout=args.dropout,
         padding=args.padding,
         train_limit=args.train_limit,
+        device=device,
     )
     rng = tuple(args.input_range)
     train = load_dataset(args.dataset, split="train", input_range=rng, data_dir=args.data_dir)
@@ -193,13 +207,14 @@ def _run_recipe(args: argparse.Namespace) -> int:
                 "train_accuracy": result.train_accuracy,
                 "seconds": result.seconds,
                 **result.extra,
+                "provenance": provenance(device=device, dtype=result.network.dtype, seed=args.seed),
             }
         )
     else:
         print(f"saved {out}")
         print(
             f"train accuracy {result.train_accuracy * 100:.2f}%, "
-            f"test accuracy {result.test_accuracy * 100:.2f}% ({result.seconds:.1f} s)"
+            f"test accuracy {result.test_accuracy * 100:.2f}% ({result.seconds:.1f} s on {device})"
         )
         for key, value in result.extra.items():
             print(f"{key.replace('_', ' ')} {value:.4g}")

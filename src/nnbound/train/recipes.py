@@ -100,6 +100,7 @@ class RecipeOptions:
         padding: ``"auto"``, ``"valid"`` (the reference's) or ``"same"`` (see the module
             docstring).
         train_limit: use only the first ``train_limit`` training images (``None``: all).
+        device: where the models train (``None``: the CPU); networks come back on the CPU.
     """
 
     epochs: int = 10
@@ -114,6 +115,7 @@ class RecipeOptions:
     dropout: float = 0.5
     padding: str = "auto"
     train_limit: int | None = None
+    device: torch.device | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -352,6 +354,7 @@ def fit(
         temperature=temperature,
         desc=desc,
         show=sys.stderr.isatty(),
+        device=options.device,
     )
 
 

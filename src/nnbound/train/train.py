@@ -253,30 +253,60 @@ def fit_epochs(
     temperature: float = 1.0,
     desc: str = "train",
     show: bool = False,
+    device: torch.device | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``cross_entropy(model(x) / temperature, targets)``
     (``targets``: class indices ``(N,)`` or probabilities ``(N, classes)``), shuffling with
     ``generator``, and return the mean loss of each epoch; the model is left in eval mode.
+    ``device``: where to train (the model goes there and comes back, the data is copied there
+    once; ``None``: where the model is).
 
     Raises:
         InputError: the loss becomes NaN or infinite (``lr`` is named in the message).
     """
+    home = next(model.parameters()).device
+    device = home if device is None else device
+    # Module.to moves the parameters in place, so ``opt`` keeps updating the same tensors.
+    model.to(device)
+    images, targets = images.to(device), targets.to(device)
+    try:
+        return _epochs(model, opt, images, targets, batch_size, epochs, generator, lr,
+                       temperature, desc, show)  # fmt: skip
+    finally:
+        model.to(home)
+
+
+def _epochs(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    images: Tensor,
+    targets: Tensor,
+    batch_size: int,
+    epochs: int,
+    generator: torch.Generator,
+    lr: float,
+    temperature: float,
+    desc: str,
+    show: bool,
+) -> list[float]:
     n = len(images)
     losses: list[float] = []
     bar = tqdm(range(epochs), desc=desc, unit="epoch", file=sys.stderr, disable=not show,
                leave=False)  # fmt: skip
     model.train()
     for epoch in bar:
-        perm = torch.randperm(n, generator=generator)
-        total = 0.0
+        # drawn on the CPU generator whatever the device: the same order everywhere
+        perm = torch.randperm(n, generator=generator).to(images.device)
+        # summed on the device, read once per epoch (a read per step waits for the GPU)
+        total = torch.zeros((), dtype=torch.float64, device=images.device)
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
             loss = F.cross_entropy(model(images[idx]) / temperature, targets[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
-        mean = total / n
+            total += loss.detach().double() * len(idx)
+        mean = float(total) / n
         if not math.isfinite(mean):
             raise InputError(
                 f"training diverged (loss {mean}) at epoch {epoch + 1}; lower the learning "
@@ -290,7 +320,12 @@ def fit_epochs(
 
 
 def train_network(
-    train: Dataset, test: Dataset, config: TrainConfig, *, progress: bool = True
+    train: Dataset,
+    test: Dataset,
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    device: torch.device | None = None,
 ) -> tuple[Network, TrainReport]:
     """Train ``config``'s model on ``train`` and return it as an IR Network plus a report.
 
@@ -299,6 +334,7 @@ def train_network(
         test: held-out images with the same shape, range and classes, for the final accuracy.
         config: architecture and optimization settings.
         progress: show a tqdm bar on stderr (only when stderr is a terminal).
+        device: where to train (``None``: the CPU); the network comes back on the CPU.
 
     Returns:
         ``(network, report)``: ``network`` takes inputs of ``train.shape`` in
@@ -327,6 +363,7 @@ def train_network(
             generator=gen,
             lr=config.lr,
             show=progress and sys.stderr.isatty(),
+            device=device,
         )
     seconds = time.perf_counter() - start
     train_acc = accuracy(model, x_train, y_train)
