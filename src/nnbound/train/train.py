@@ -20,9 +20,11 @@ caller's global RNG is left untouched) and shuffling uses its own seeded ``torch
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -240,6 +242,18 @@ def network_name(dataset: str, config: TrainConfig) -> str:
     return f"{dataset}_{arch}_{config.activation}_{sizes}"
 
 
+@contextlib.contextmanager
+def _moved(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """``model`` on ``device`` inside, back where it was after (even on an error).
+    ``Module.to`` moves the parameters in place, so an optimizer keeps updating them."""
+    home = next(model.parameters()).device
+    model.to(device)
+    try:
+        yield
+    finally:
+        model.to(home)
+
+
 def fit_epochs(
     model: nn.Module,
     opt: torch.optim.Optimizer,
@@ -264,58 +278,36 @@ def fit_epochs(
     Raises:
         InputError: the loss becomes NaN or infinite (``lr`` is named in the message).
     """
-    home = next(model.parameters()).device
-    device = home if device is None else device
-    # Module.to moves the parameters in place, so ``opt`` keeps updating the same tensors.
-    model.to(device)
+    device = next(model.parameters()).device if device is None else device
     images, targets = images.to(device), targets.to(device)
-    try:
-        return _epochs(model, opt, images, targets, batch_size, epochs, generator, lr,
-                       temperature, desc, show)  # fmt: skip
-    finally:
-        model.to(home)
-
-
-def _epochs(
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    images: Tensor,
-    targets: Tensor,
-    batch_size: int,
-    epochs: int,
-    generator: torch.Generator,
-    lr: float,
-    temperature: float,
-    desc: str,
-    show: bool,
-) -> list[float]:
     n = len(images)
     losses: list[float] = []
     bar = tqdm(range(epochs), desc=desc, unit="epoch", file=sys.stderr, disable=not show,
                leave=False)  # fmt: skip
-    model.train()
-    for epoch in bar:
-        # drawn on the CPU generator whatever the device: the same order everywhere
-        perm = torch.randperm(n, generator=generator).to(images.device)
-        # summed on the device, read once per epoch (a read per step waits for the GPU)
-        total = torch.zeros((), dtype=torch.float64, device=images.device)
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
-            loss = F.cross_entropy(model(images[idx]) / temperature, targets[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach().double() * len(idx)
-        mean = float(total) / n
-        if not math.isfinite(mean):
-            raise InputError(
-                f"training diverged (loss {mean}) at epoch {epoch + 1}; lower the learning "
-                f"rate (lr={lr})"
-            )
-        losses.append(mean)
-        bar.set_postfix(loss=f"{mean:.4f}")
-    bar.close()
-    model.eval()
+    with _moved(model, device):
+        model.train()
+        for epoch in bar:
+            # drawn on the CPU generator whatever the device: the same order everywhere
+            perm = torch.randperm(n, generator=generator).to(device)
+            # summed on the device, read once per epoch (a read per step waits for the GPU)
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            for i in range(0, n, batch_size):
+                idx = perm[i : i + batch_size]
+                loss = F.cross_entropy(model(images[idx]) / temperature, targets[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach().double() * len(idx)
+            mean = float(total) / n
+            if not math.isfinite(mean):
+                raise InputError(
+                    f"training diverged (loss {mean}) at epoch {epoch + 1}; lower the learning "
+                    f"rate (lr={lr})"
+                )
+            losses.append(mean)
+            bar.set_postfix(loss=f"{mean:.4f}")
+        bar.close()
+        model.eval()
     return losses
 
 
