@@ -206,13 +206,17 @@ def test_jacobian_commands_refuse_a_residual_graph(capsys, tmp_path: Path, argv)
     assert "defined for sequential networks" in err and "general graph" in err
 
 
-@pytest.mark.parametrize("command", ["lipschitz", "landscape"])
+@pytest.mark.parametrize(
+    ("command", "method"),
+    [("lipschitz", "recurjac"), ("lipschitz", "crown-jacobian"), ("landscape", "recurjac")],
+)
 def test_operator_norm_factors_are_built_once_per_run(
-    capsys, monkeypatch, digits_model: Path, command: str
+    capsys, monkeypatch, digits_model: Path, command: str, method: str
 ) -> None:
     """Every batch of a run bounds the same network: its operator-norm factors (dense block
-    matrices and their norms, seconds on a CNN) are built for the first batch only, and each
-    image's baseline is the one a run of that image alone reports."""
+    matrices and their norms, seconds on a CNN) are built for the first batch only (crown-
+    jacobian caps its values with them too), and each image's baseline is the one a run of
+    that image alone reports."""
     from nnbound.bounds import spectral
 
     built = []
@@ -225,6 +229,7 @@ def test_operator_norm_factors_are_built_once_per_run(
     monkeypatch.setattr(spectral, "spectral_factors", counted)
     monkeypatch.setattr("nnbound.tasks.lipschitz.spectral_factors", counted)
     argv = [command, str(digits_model), "--targettype", "1", "--lipsteps", "3", "--norm", "2"]
+    argv += ["--jacbndalg", method]
     code, out, _ = run(capsys, *argv, "--numimage", "5", "--batch-size", "2", "--json")
     assert code == 0 and built == [2.0]
     images = json.loads(out)["images"]

@@ -24,6 +24,7 @@ Where this differs from the reference (each choice sound, none looser):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -40,6 +41,9 @@ from nnbound.network.chain_graph import graph_to_network
 from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
+
+if TYPE_CHECKING:
+    from nnbound.bounds.spectral import SpectralFactors
 
 JACOBIAN_METHODS = ("recurjac", "fastlip", "crown-jacobian")
 """``crown-jacobian``: bound propagation through the gradient graph
@@ -131,6 +135,7 @@ def jacobian_bounds(
     reference: bool = False,
     structural: bool | None = None,
     alpha: JacobianAlpha = NO_ALPHA,
+    spectral: SpectralFactors | None = None,
 ) -> JacobianBounds:
     """Element-wise bounds of the Jacobian ``d(C f)/dx`` at every x of ``ball``.
 
@@ -153,6 +158,9 @@ def jacobian_bounds(
             see :func:`nnbound.jacobian.chain.choose_dense`).
         alpha: ``crown-jacobian`` only: optimise its relaxations
             (:mod:`nnbound.jacobian.alpha_jacobian`); off by default.
+        spectral: ``crown-jacobian`` only: ``net``'s operator-norm factors
+            (:func:`~nnbound.bounds.spectral.spectral_factors`) when the caller keeps them
+            (its Lipschitz value is capped by that global constant); built here otherwise.
 
     Returns:
         :class:`JacobianBounds` with ``lower``/``upper`` ``(*batch_shape, S, *input_shape)``.
@@ -160,7 +168,9 @@ def jacobian_bounds(
     method = check_options(method, layer_method, direction, shift)
     if method == "crown-jacobian":  # general graphs too (residual, branching)
         chain = graph_to_network(net) if isinstance(net, Graph) else net
-        return _propagation_jacobian(chain or net, ball, C, layer_method, reference, alpha)
+        return _propagation_jacobian(
+            chain or net, ball, C, layer_method, reference, alpha, spectral
+        )
     net = sequential_network(net)
     if method == "fastlip":
         check_fastlip(net)
@@ -196,11 +206,12 @@ def _propagation_jacobian(
     layer_method: str,
     reference: bool,
     alpha: JacobianAlpha,
+    spectral: SpectralFactors | None,
 ) -> JacobianBounds:
     from nnbound.jacobian.propagation import propagation_bounds
 
     lo, up, lb, state = propagation_bounds(
-        net, ball, C, layer_method, reference=reference, alpha=alpha
+        net, ball, C, layer_method, reference=reference, alpha=alpha, spectral=spectral
     )
     n = ball.center.shape[0]
     lead = tuple(ball.batch_shape) if ball.batch_shape else (n,)

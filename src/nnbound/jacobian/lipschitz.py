@@ -92,6 +92,7 @@ def lipschitz_bounds(
     reference: bool = False,
     structural: bool | None = None,
     alpha: JacobianAlpha = NO_ALPHA,
+    spectral: SpectralFactors | None = None,
 ) -> LipschitzBounds:
     """Local Lipschitz constants of ``C f`` over ``ball`` with their Jacobian bounds (see
     :func:`local_lipschitz` and :func:`~nnbound.jacobian.api.jacobian_bounds` for the
@@ -107,6 +108,7 @@ def lipschitz_bounds(
         reference=reference,
         structural=structural,
         alpha=alpha,
+        spectral=spectral,
     )
     return LipschitzBounds(lipschitz_from_jacobian(jac, ball.p, refine=refine), ball.p, jac)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -48,6 +49,9 @@ from nnbound.network.graph import Graph
 from nnbound.network.network import Network
 from nnbound.ops.base import Interval, OpKind, RelaxOptions
 from nnbound.ops.registry import DEFAULT_OPTIONS, get_op
+
+if TYPE_CHECKING:
+    from nnbound.bounds.spectral import SpectralFactors
 from nnbound.sets.lp_ball import LpBall
 
 
@@ -173,11 +177,13 @@ def propagation_bounds(
     *,
     reference: bool = False,
     alpha: JacobianAlpha = NO_ALPHA,
+    spectral: SpectralFactors | None = None,
 ) -> tuple[Tensor, Tensor, Bounds, PropagationState]:
     """Bounds ``(N, S, n_0)`` of the Jacobian rows of ``C f`` over the ball's rows, the
     layer-wise bounds they started from, and the Lipschitz side information (``alpha``:
     optimise the relaxations of the dual norm's joint bound, see
-    :mod:`nnbound.jacobian.alpha_jacobian`)."""
+    :mod:`nnbound.jacobian.alpha_jacobian`; ``spectral``: ``net``'s operator-norm factors
+    when the caller keeps them, see :func:`~nnbound.bounds.spectral.spectral_factors`)."""
     from nnbound.bounds.api import bounds
     from nnbound.bounds.spectral import spectral_lipschitz
 
@@ -225,12 +231,12 @@ def propagation_bounds(
                     value = optimise_joint(state, lo, up, joint, value, alpha)
                 joint_norm[idx, s] = value
     if isinstance(net, Graph):  # no spectral bound of a general graph here
-        spectral = torch.full((n, s_rows), math.inf, dtype=net.dtype, device=net.device)
+        spectral_bound = torch.full((n, s_rows), math.inf, dtype=net.dtype, device=net.device)
     else:
-        spectral = spectral_lipschitz(net, spec, ball.p)
+        spectral_bound = spectral_lipschitz(net, spec, ball.p, spectral)
     state_out = PropagationState(
         len(net.input_shape),
-        spectral,
+        spectral_bound,
         joint_norm if joint is not None else None,
         ball.q if joint is not None else None,
     )

@@ -151,7 +151,15 @@ def lipschitz_curve(
         if method == "crown-jacobian":
             ball = LpBall.make(x, eps.to(device=x.device, dtype=x.dtype), p)
             res = lipschitz_bounds(
-                net, ball, spec, method, layer_method, direction, shift, alpha=alpha
+                net,
+                ball,
+                spec,
+                method,
+                layer_method,
+                direction,
+                shift,
+                alpha=alpha,
+                spectral=opnorm,
             )
             values, unsure, whole = res.value, res.jacobian.unsure, res.global_bound
         else:
