@@ -54,8 +54,10 @@ def main(argv: list[str]) -> int:
     for name, (csv_name, npz_name, hwc) in SETS.items():
         images, labels = read_csv(csv_dir / csv_name, hwc)
         np.savez_compressed(out_dir / npz_name, images=images, labels=labels)
-        print(f"{name}: {images.shape} images, labels {labels[:10].tolist()}... -> "
-              f"{out_dir / npz_name}")
+        print(
+            f"{name}: {images.shape} images, labels {labels[:10].tolist()}... -> "
+            f"{out_dir / npz_name}"
+        )
     return 0
 
 
