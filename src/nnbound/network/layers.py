@@ -108,8 +108,10 @@ class Dense:
     def transpose(self, a: Tensor, in_shape: Shape) -> Tensor:
         if a.dim() == 3:
             # One product per leading row, each of the same shape whatever the batch size, so
-            # a row's result does not depend on which rows are bounded with it (a single
-            # folded product picks kernels, hence rounding, by the total row count).
+            # on one CPU thread a row's result does not depend on which rows are bounded with
+            # it (a single folded product picks kernels, hence rounding, by the total row
+            # count). Only up to rounding otherwise: with several threads, or an output a few
+            # columns wide, the batched kernel itself splits the work by the batch size.
             return torch.bmm(a, self.weight.expand(a.shape[0], *self.weight.shape))
         return a @ self.weight
 
