@@ -50,7 +50,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from peers_common import BenchNet, bench_network, limit_threads
+from peers_common import BenchNet, bench_network, best_with_range, limit_threads
 from peers_radius import radius_2018, radius_auto_lirpa
 
 from nnbound.cli import cmd_robustness
@@ -104,7 +104,7 @@ class Column:
             return "-"
         if len(self.times) == 1:
             return self.times[0]
-        return f"{min(self.times):.4f} [{min(self.times):.4f}, {max(self.times):.4f}]"
+        return best_with_range(self.times, 4)
 
 
 def nnbound_one_at_a_time(bnet: BenchNet, norm: str, steps: int, eps0: float) -> list[float]:

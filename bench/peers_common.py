@@ -134,6 +134,11 @@ def reference_binary_search(cond: Callable[[float], bool], current: float, max_s
     return float(found[0])
 
 
+def best_with_range(times: list[float], digits: int) -> str:
+    """``best [min, max]`` of several timings of one column."""
+    return f"{min(times):.{digits}f} [{min(times):.{digits}f}, {max(times):.{digits}f}]"
+
+
 def _mlp_name(hidden: tuple[int, ...]) -> str:
     """``784-1024-1024-10``; repeated widths as ``784-[1024]x6-10``."""
     if len(hidden) > 2 and len(set(hidden)) == 1:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers_common import best_with_range
 from recurjac2018 import load_reference, reference_sweep
 
 from nnbound.data.registry import load_dataset
@@ -103,9 +104,7 @@ def _nnbound(net: Network, x: torch.Tensor, label: int, grid: torch.Tensor, meth
 
 def _seconds(times: list[float]) -> str:
     """The best of ``times``, with their range when there are several."""
-    if len(times) == 1:
-        return f"{times[0]:.3f}"
-    return f"{min(times):.3f} [{min(times):.3f}, {max(times):.3f}]"
+    return f"{times[0]:.3f}" if len(times) == 1 else best_with_range(times, 3)
 
 
 def section(
@@ -146,7 +145,7 @@ def section(
                         # steady state where that costs little: a whole untimed sweep first
                         warm_sweep=small and turn == 0,
                     )
-                    ref_s += seconds
+                    ref_s.append(seconds)
             diff, rel, ratio = "-", "-", "-"
             if values is not None:
                 d = np.abs(ours - values)

@@ -74,14 +74,12 @@ def reference_sweep(
     layerbndalg: str = "crown-general",
     norm: float = math.inf,
     warm_sweep: bool = False,
-    repeats: int = 1,
-) -> tuple[np.ndarray, list[float]]:
+) -> tuple[np.ndarray, float]:
     """The 2018 Lipschitz sweep of logit ``label`` at one input ``x``: constants ``(K,)`` and
     seconds, after a warm-up call that compiles the numba kernels (as ``--warmup`` does) or,
     with ``warm_sweep``, a whole untimed sweep: its first sweep still compiles kernels of
     paths the warm-up did not take (measured on mnist-fc-3layer, 21 radii: 0.7-0.8 s for the
-    first sweeps, 0.09 s once every path is compiled). ``repeats`` timed sweeps: the seconds
-    of each (the values are the same every time)."""
+    first sweeps, 0.09 s once every path is compiled)."""
     weights, biases, activation = weight_lists(net)
     x0 = x.detach().cpu().numpy().reshape(-1).astype(np.float32)
     with torch.no_grad():
@@ -112,9 +110,7 @@ def reference_sweep(
     with contextlib.redirect_stdout(io.StringIO()):
         for e in grid if warm_sweep else [0.01]:
             one(float(e))
-        seconds = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            values = np.array([one(float(e)) for e in grid])
-            seconds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        values = np.array([one(float(e)) for e in grid])
+        seconds = time.perf_counter() - t0
     return values, seconds
