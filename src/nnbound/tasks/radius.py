@@ -139,6 +139,28 @@ class _Certifier:
         return smallest.detach().cpu(), slope.detach().cpu()
 
 
+# The first evaluation's eps is at least this fraction of the first-order root.
+_SMALLEST_FIRST_SCALE = 1 / 32
+
+
+def first_scale(relaxed_layers: int) -> float:
+    """Where a radius search evaluates first, as a fraction of the first-order root
+    ``margin / ||gradient||_*`` at the centre: ``2^-(relaxed_layers - 1)``, at least
+    :data:`_SMALLEST_FIRST_SCALE`.
+
+    Every relaxed layer makes layer-wise bounds fall faster with eps, so the certified radius
+    lies further below the first-order root the deeper the network. Measured (CROWN, Linf and
+    L2, 130 searches), the median of the first-order root over the radius was 2.2-2.6 for two
+    relaxed layers (``mnist-fc-3layer``, a random 784-1024-1024-10), 4.2 for three (random
+    3x1024) and 5.7 for the trained MNIST / CIFAR CNNs (whose spread is wide: 0.8 to 1,100),
+    2.3 for four (random 4x256), 24 for five (random 5x512) and 33 for six (random 6x1024).
+    A first evaluation near the radius needs fewer evaluations after it, and when it fails
+    its bounds serve the later ones as priors; one 30 times above it (the first-order root
+    of a 6x1024) was the most expensive evaluation of the search and its bounds helped none.
+    """
+    return max(0.5 ** max(relaxed_layers - 1, 0), _SMALLEST_FIRST_SCALE)
+
+
 def certified_radius(
     net: Network | Graph,
     x: Tensor,
@@ -216,9 +238,7 @@ def certified_radius(
                 eps0,
                 slope0=slope0,
                 confirm=cond64.margin if cond64 is not None else None,
-                # Priors from a first failure pay when interval bounds pick later layers'
-                # candidates (three or more relaxed layers), see bracketed_binary_search.
-                first_scale=1.0 if relaxed_count(net) > 2 else 0.5,
+                first_scale=first_scale(relaxed_count(net)),
                 max_steps=steps,
             )
         radius = radius.clone()
