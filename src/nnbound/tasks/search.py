@@ -304,9 +304,11 @@ def _bracketed(
         quadratic = _quadratic_root(m0[rows], g0[rows], p, mp)
         pulled = _EXTRAPOLATION_PULL * quadratic
         extrapolated = np.where(pulled > p, pulled, 2 * quadratic - p)
-        # The fall-ratio model through P, where it applies.
-        ratio = _fall_ratio_root(m0[rows], g0[rows], p, mp)
-        extrapolated = np.where(np.isfinite(ratio), ratio, extrapolated)
+        # The fall-ratio model through P, where it applies (only rows without F read it).
+        ahead = np.flatnonzero(~bounded & (p > 0))
+        if ahead.size:
+            ratio = _fall_ratio_root(m0[rows[ahead]], g0[rows[ahead]], p[ahead], mp[ahead])
+            extrapolated[ahead] = np.where(np.isfinite(ratio), ratio, extrapolated[ahead])
         # Nothing evaluated yet: the first-order root, scaled by first_scale.
         linear = first_scale * m0[rows] / g0[rows]
         extrapolated = np.where(p > 0, np.maximum(extrapolated, chord), linear)
@@ -430,12 +432,13 @@ def _fall_ratio_root(m0: Array, g0: Array, p: Array, mp: Array) -> Array:
     pp = np.where(usable, p, 1.0)
     rho_p = (m0 - mp) / (g * pp)
     usable &= rho_p > 1
+    pp = np.where(usable, pp, 1.0)
     log_rho_p = np.log(np.where(usable, rho_p, 2.0))
     first_order = np.where(usable, m0 / g, 2.0)
     root = _bisect(
-        np.where(usable, pp, 1.0),
+        pp,
         first_order,
-        (np.log(first_order), log_rho_p, np.where(usable, pp, 1.0)),
+        (np.log(first_order), log_rho_p, pp),
         lambda e, log_root, log_rho, p0: np.log(e) + log_rho * (e / p0) < log_root,
     )
     return np.where(usable, root, np.nan)
