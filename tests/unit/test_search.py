@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from hypothesis import given, settings
@@ -83,6 +84,20 @@ def _concave_margin(roots: torch.Tensor, curvature: torch.Tensor):
     return margin
 
 
+Margin = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _counting(margin: Margin, n: int) -> tuple[Margin, torch.Tensor]:
+    """``margin`` and a tensor counting its evaluations per row (``n`` rows)."""
+    evaluations = torch.zeros(n, dtype=torch.int64)
+
+    def counted(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        evaluations[rows] += 1
+        return margin(rows, eps)
+
+    return counted, evaluations
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     roots=st.lists(st.floats(1e-6, 1e3), min_size=1, max_size=6),
@@ -98,11 +113,7 @@ def test_bracketed_search_takes_the_reference_decisions(
     t = torch.tensor(roots, dtype=torch.float64)
     c = torch.full_like(t, curvature) / t
     margin = _concave_margin(t, c)
-    evaluations = torch.zeros(len(roots), dtype=torch.int64)
-
-    def counted(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        evaluations[rows] += 1
-        return margin(rows, eps)
+    counted, evaluations = _counting(margin, len(roots))
 
     all_rows = torch.arange(len(roots))
     m0 = margin(all_rows, torch.zeros_like(t))
@@ -126,11 +137,7 @@ def test_bracketed_search_saves_evaluations() -> None:
     """The reference's 15 evaluations per row come down to a handful, same result."""
     t = torch.tensor([0.0123, 0.05, 0.3], dtype=torch.float64)
     margin = _concave_margin(t, 3 / t)
-    evaluations = torch.zeros(3, dtype=torch.int64)
-
-    def counted(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        evaluations[rows] += 1
-        return margin(rows, eps)
+    counted, evaluations = _counting(margin, 3)
 
     m0 = margin(torch.arange(3), torch.zeros(3, dtype=torch.float64))
     slope = torch.ones(3, dtype=torch.float64)
@@ -200,11 +207,7 @@ def test_bracketed_search_does_not_creep_below_a_knee() -> None:
         past = torch.clamp(eps / t[rows] - 1, min=0)
         return 0.005 * (1 - eps / t[rows]) - 5.0 * past**2
 
-    evaluations = torch.zeros(3, dtype=torch.int64)
-
-    def counted(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        evaluations[rows] += 1
-        return margin(rows, eps)
+    counted, evaluations = _counting(margin, 3)
 
     m0 = margin(torch.arange(3), torch.zeros(3, dtype=torch.float64))
     # a slope at the centre 27 times the bound's (the first-order root far too small)
@@ -214,7 +217,7 @@ def test_bracketed_search_does_not_creep_below_a_knee() -> None:
     assert int(evaluations.max()) <= 12
 
 
-def _deep_margin(t: torch.Tensor, beta: float) -> tuple:
+def _deep_margin(t: torch.Tensor, beta: float) -> tuple[Margin, torch.Tensor, torch.Tensor]:
     """A deep network's layer-wise margin bound: ``m0 - g0 e rho(e)`` with the fall ratio
     ``rho = 30^((e/t)^beta)`` (30 at the root ``t``, as measured on random 6x1024 MLPs):
     flat far below the root, a cliff past it."""
@@ -231,22 +234,17 @@ def _deep_margin(t: torch.Tensor, beta: float) -> tuple:
 def test_bracketed_search_is_quick_on_a_deep_networks_bound() -> None:
     """Started where :func:`~nnbound.tasks.radius.first_scale` starts a 6-relaxed-layer
     network (1/32 of the first-order root, about the radius here), the search reaches the
-    reference's result in a handful of evaluations. Before the fall-ratio model, the
-    quadratic fit from the centre and the chord through the centre overshot the root to 1.8
-    times it and the search then crept up: 6.9 evaluations per row on average over these
+    reference's result in a handful of evaluations. Before the fall-ratio model, the chord
+    through the centre and the first certified eps overshot the root (to 1.8 times it on a
+    6x1024 MLP) and the search then crept up: 6.9 evaluations per row on average over these
     curves, up to 10 (now 5.3, up to 8)."""
     t = torch.tensor([0.001, 0.0023, 0.005, 0.013, 0.04, 0.1, 0.3], dtype=torch.float64)
     counts = []
     for beta in (1.0, 1.5, 2.0, 2.5, 3.0):
         margin, m0, g0 = _deep_margin(t, beta)
-        evaluations = torch.zeros(t.shape[0], dtype=torch.int64)
-
-        def counted(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-            evaluations[rows] += 1  # noqa: B023 (called before the loop moves on)
-            return margin(rows, eps)  # noqa: B023
-
+        counted, evaluations = _counting(margin, t.shape[0])
         got = bracketed_binary_search(counted, m0, 0.005, slope0=g0, first_scale=first_scale(6))
-        want = batched_binary_search(lambda r, e: margin(r, e) > 0, t.shape[0], 0.005)  # noqa: B023
+        want = batched_binary_search(lambda r, e, m=margin: m(r, e) > 0, t.shape[0], 0.005)
         assert torch.equal(got, want)
         counts += evaluations.tolist()
     assert max(counts) <= 8
