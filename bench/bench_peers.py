@@ -335,6 +335,9 @@ def main() -> None:
         "--nets",
         help="comma list of: " + ", ".join(name for name, _ in NETWORKS) + " (default all)",
     )
+    ap.add_argument(
+        "--radius-only", action="store_true", help="skip the Lipschitz and CLEVER sections"
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     limit_threads(args.threads)
@@ -351,7 +354,7 @@ def main() -> None:
     )
     print(render_table(header, rows, digits=4))
     code = Path(args.reference_code) if args.reference_code else None
-    for name in SECTIONS:
+    for name in () if args.radius_only else SECTIONS:
         module = load_section(name)
         if module is None:
             continue

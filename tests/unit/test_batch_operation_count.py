@@ -3,7 +3,9 @@
 On a GPU every torch call is a kernel launch or more, and every host read of a tensor a
 synchronisation; a per-image loop inside an evaluation (the centre split's references were
 per-image objects) makes a search of a thousand images launch-bound. These tests count the
-calls (``helpers.TorchCalls``) on the CPU, where the same calls are made.
+calls (``helpers.TorchCalls``) on the CPU, where the same calls are made, with rows grouped
+as on a GPU (a CPU starts a new group for rows with far fewer candidates, trading calls for
+padding).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graph_factory import resnet_graph
 from helpers import TorchCalls, random_network
 from nnbound.bounds import methods
+from nnbound.bounds import work_size as ws
 from nnbound.bounds.centre_products import CentreProducts
 from nnbound.bounds.methods import layerwise_bounds
 from nnbound.bounds.patches import Patches
@@ -28,6 +31,12 @@ from nnbound.tasks import radius as radius_task
 F64 = torch.float64
 # A batch 8x larger may add this fraction of calls (branches taken by some rows only).
 SLACK = 0.1
+
+
+@pytest.fixture(autouse=True)
+def _gpu_padding(monkeypatch) -> None:
+    gpu = ws.padding_slack(torch.device("cuda", 0))
+    monkeypatch.setattr(methods, "padding_slack", lambda device: gpu)
 
 
 def _centres(n: int) -> torch.Tensor:

@@ -191,14 +191,17 @@ def test_stored_references_bound_the_exact_norms_of_float32_products(p: float) -
     q = LpBall.make(x, 0.1, p).q
     table = cache._tables[q]
     assert len(cache._slots) == 4 and bool(table.has[:4].all())
+    tightest = math.inf
     for slot in range(4):
         us, ls = table.us[slot], table.ls[slot]
         for up, norms in ((True, table.norm_up[slot]), (False, table.norm_lo[slot])):
             a = _two_layer_a(net, us, ls, up)
             exact = a.abs().amax(1) if q == math.inf else torch.linalg.vector_norm(a, q, dim=1)
             assert bool((norms.double() >= exact).all())
-            # ... and they are not loose: the exact rows within the slack of their norm.
-            assert float((norms.double() / exact).min()) < 1.01
+            tightest = min(tightest, float((norms.double() / exact).min()))
+    # ... and they are not loose: the exact rows within the slack of their norm (a centre
+    # whose neurons the prefilter decided has no exact row).
+    assert tightest < 1.01
 
 
 @pytest.mark.parametrize("p", NORMS)

@@ -119,3 +119,42 @@ def test_recurjac_does_not_depend_on_the_slices(monkeypatch) -> None:
 def test_rows_per_group_are_capped_on_a_cpu_only() -> None:
     assert ws.group_rows(torch.device("cpu"), 8) == 8
     assert ws.group_rows(torch.device("cuda", 0), 8) >= 1 << 31
+
+
+@pytest.mark.parametrize(
+    ("counts", "start", "cap", "slack", "expected"),
+    [
+        ([100, 95, 91, 89, 10], 0, 8, 0.1, 3),  # 89 is 11 slots (11%) below 100
+        ([100, 95, 91, 89, 10], 3, 8, 0.1, 4),  # 10 alone after 89
+        ([100, 95, 91, 89, 10], 0, 2, 0.1, 2),  # the row cap
+        ([100, 95, 91, 89, 10], 0, 8, 0.5, 4),
+        ([100, 95, 91, 89, 10], 0, 8, 1.0, 5),  # any padding: the old grouping by cap only
+        ([10, 7, 6, 5], 0, 8, 0.1, 3),  # within the floor of 4 slots
+        ([7, 3, 0, 0], 0, 8, 1.0, 2),  # rows without candidates are never bounded
+    ],
+)
+def test_group_end_bounds_each_rows_padding(counts, start, cap, slack, expected) -> None:
+    assert ws.group_end(counts, start, cap, slack) == expected
+
+
+def test_tighten_groups_rows_by_their_candidate_counts() -> None:
+    """Rows are bounded in groups of similar counts, each row exactly once, every candidate
+    written and nothing else."""
+    counts = [50, 3, 48, 20, 0, 49, 19]
+    candidates = torch.zeros(len(counts), 64, dtype=torch.bool)
+    for row, c in enumerate(counts):
+        candidates[row, torch.randperm(64, generator=torch.Generator().manual_seed(row))[:c]] = True
+    lower, upper = torch.full((7, 64), -1.0), torch.full((7, 64), 1.0)
+    groups: list[list[int]] = []
+
+    def bound_rows(rows, idx):  # the bounds say which row asked
+        groups.append(rows.tolist())
+        value = rows.to(torch.float32).unsqueeze(1).expand(idx.shape)
+        return -value / 100, value / 100
+
+    lo, up = methods._tighten(candidates, lower, upper, False, 64, 8, bound_rows)
+    assert groups == [[0, 5, 2], [3, 6], [1]]
+    for row in range(7):
+        want = torch.where(candidates[row], torch.tensor(row / 100), torch.tensor(1.0))
+        torch.testing.assert_close(up[row], want)
+        torch.testing.assert_close(lo[row], -want)

@@ -50,7 +50,7 @@ from nnbound.bounds.methods import _spec_tensor, get_method
 from nnbound.bounds.patches import Coefficients, Patches
 from nnbound.bounds.patches_rules import row_elements
 from nnbound.bounds.result import Bounds, IntermediateBounds
-from nnbound.bounds.work_size import work_elements
+from nnbound.bounds.work_size import group_end, work_elements
 from nnbound.errors import InputError
 from nnbound.network.chain_graph import network_to_graph, node_layer
 from nnbound.network.graph import Graph, Node
@@ -78,6 +78,9 @@ _EMPTY_TOL = 1e-8
 # Row groups of the first (CROWN) pass: rows and coefficients bounded together.
 _GROUP_ROWS = 256
 _GROUP_ELEMENTS = 1 << 23
+# Branch and bound bounds hundreds of sub-domains at once: few large groups (counts within a
+# factor 2) matter more there than the padding.
+_GROUP_SLACK = 0.5
 # Coefficients of one first-pass backward pass at most: row groups already fit, except a
 # single row whose entries alone exceed it (a wide conv layer), which is sliced. Smaller
 # slices cost branch and bound time (measured: 1 << 21 took an MNIST 256x4 instance from
@@ -390,11 +393,10 @@ def _keep_tighter(old: Tensor, new: Tensor, lower: bool) -> Tensor:
 
 def _row_groups(mask: Tensor, width: int, dtype: torch.dtype) -> list[tuple[Tensor | None, Tensor]]:
     """Rows of ``mask`` ``(N, M)`` with at least one candidate, grouped by candidate count
-    (largest first, a group's counts within a factor 2, at most :data:`_GROUP_ROWS` rows and
-    about :data:`_GROUP_ELEMENTS` coefficients of ``width`` each, more on a GPU) so that
-    padding each group to its largest count wastes little work: ``[(rows or None for all,
-    padded indices (R, U))]``. Branch and bound bounds hundreds of sub-domains at once, so
-    few large groups matter more here than for single inputs."""
+    (largest first, a group's counts within a factor 2 (:data:`_GROUP_SLACK`), at most
+    :data:`_GROUP_ROWS` rows and about :data:`_GROUP_ELEMENTS` coefficients of ``width`` each,
+    more on a GPU) so that padding each group to its largest count wastes little work:
+    ``[(rows or None for all, padded indices (R, U))]``."""
     counts = mask.sum(1)
     order = torch.argsort(counts, descending=True, stable=True)
     sorted_counts = counts[order].tolist()
@@ -405,9 +407,7 @@ def _row_groups(mask: Tensor, width: int, dtype: torch.dtype) -> list[tuple[Tens
     while start < n and sorted_counts[start] > 0:
         top = sorted_counts[start]
         limit = min(_GROUP_ROWS, max(1, budget // (top * width)))
-        stop = start + 1
-        while stop < n and stop - start < limit and sorted_counts[stop] * 2 >= top:
-            stop += 1
+        stop = group_end(sorted_counts, start, limit, _GROUP_SLACK)
         if start == 0 and stop == n:
             out.append((None, padded_indices(mask)))
         else:

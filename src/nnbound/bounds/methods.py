@@ -46,7 +46,7 @@ from nnbound.bounds.interval import box_concretize, interval_forward
 from nnbound.bounds.linear import backward_linear_bounds, padded_indices, start_rows
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.bounds.row_norms import first_block_row_norms
-from nnbound.bounds.work_size import group_rows, work_elements
+from nnbound.bounds.work_size import group_end, group_rows, padding_slack, work_elements
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.layers import (
     NONLINEAR_TYPES,
@@ -180,9 +180,11 @@ def _tighten(
     computed), written into ``lower``/``upper`` (kept where tighter when ``intersect``).
 
     Rows are grouped by how many candidates they have (largest first) so that padding every
-    row of a group to the group's largest count wastes little work; a group holds at most
-    ``rows_per_group`` rows and about ``_CHUNK_ELEMENTS`` coefficients of ``width`` each (on a
-    CPU; on a GPU no row cap and more elements, see :mod:`~nnbound.bounds.work_size`).
+    row of a group to the group's largest count wastes little work (a row whose count is more
+    than a slack below the group's largest starts a new group,
+    :func:`~nnbound.bounds.work_size.group_end`); a group holds at most ``rows_per_group``
+    rows and about ``_CHUNK_ELEMENTS`` coefficients of ``width`` each (on a CPU; on a GPU no
+    row cap, more elements and more slack, see :mod:`~nnbound.bounds.work_size`).
     Padding repeats a row's first candidate, so every write is that neuron's own bound; a row
     without candidates keeps its bounds (as it would if bounded alone).
     """
@@ -193,14 +195,17 @@ def _tighten(
     order = torch.argsort(counts, descending=True, stable=True)
     budget = work_elements(lower.device, lower.dtype, _CHUNK_ELEMENTS)
     rows_per_group = group_rows(lower.device, rows_per_group)
+    sorted_counts = counts[order].tolist()
+    slack = padding_slack(lower.device)
     start = 0
     while start < n:
-        largest = int(counts[order[start]])
+        largest = sorted_counts[start]
         if largest == 0:
             break
         fit = max(1, budget // (largest * width))
-        rows = order[start : start + min(fit, rows_per_group)]
-        start += rows.numel()
+        end = group_end(sorted_counts, start, min(fit, rows_per_group), slack)
+        rows = order[start:end]
+        start = end
         idx = padded_indices(candidates[rows])
         new_lo, new_up = bound_rows(rows, idx)
         has_any = (counts[rows] > 0).unsqueeze(1)

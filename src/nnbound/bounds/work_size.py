@@ -18,6 +18,14 @@ import torch
 GPU_MEMORY_SHARE = 1 / 32
 # Largest work tensor on a GPU whatever the free memory (2^28 float32 elements: 1 GiB).
 GPU_MAX_ELEMENTS = 1 << 28
+# How far a row's count may fall below its group's largest (as a fraction of the largest)
+# before the row starts a new group. On a CPU a padded slot costs a whole backward pass of
+# arithmetic and a new group only its Python and small operations; on a GPU a new group is
+# another round of launches, which costs more than padded arithmetic (as in group_rows).
+CPU_PADDING_SLACK = 0.1
+GPU_PADDING_SLACK = 1.0
+# A row padded by at most this many slots joins the group whatever the slack.
+PADDING_FLOOR = 4
 
 
 def work_elements(device: torch.device, dtype: torch.dtype, cpu_elements: int) -> int:
@@ -37,3 +45,23 @@ def group_rows(device: torch.device, cpu_rows: int) -> int:
     count wastes little; no cap on a CUDA device, where one more launch per group costs more
     than the padding (the elements per pass still cap the group)."""
     return cpu_rows if device.type != "cuda" else 1 << 62
+
+
+def padding_slack(device: torch.device) -> float:
+    """:data:`CPU_PADDING_SLACK` off a GPU, :data:`GPU_PADDING_SLACK` on a CUDA device."""
+    return GPU_PADDING_SLACK if device.type == "cuda" else CPU_PADDING_SLACK
+
+
+def group_end(sorted_counts: list[int], start: int, cap: int, slack: float) -> int:
+    """End (exclusive) of the group of rows that starts at ``start`` of ``sorted_counts`` (how
+    many candidates each row bounds, largest first), whose rows are all padded to the count at
+    ``start``: at most ``cap`` rows, ending before the first row without candidates and before
+    the first whose padding would exceed ``slack`` times the largest count (and
+    :data:`PADDING_FLOOR` slots)."""
+    largest = sorted_counts[start]
+    most_padding = max(slack * largest, PADDING_FLOOR)
+    end = start + 1
+    stop = min(start + cap, len(sorted_counts))
+    while end < stop and sorted_counts[end] > 0 and largest - sorted_counts[end] <= most_padding:
+        end += 1
+    return end
