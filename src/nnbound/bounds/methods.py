@@ -208,14 +208,13 @@ def _tighten(
         start = end
         idx = padded_indices(candidates[rows])
         new_lo, new_up = bound_rows(rows, idx)
-        has_any = (counts[rows] > 0).unsqueeze(1)
         for flat, new, take in ((flat_lo, new_lo, torch.maximum), (flat_up, new_up, torch.minimum)):
             if new is None:  # a side not asked for keeps its bounds
                 continue
             block = flat[rows]
             old = block.gather(1, idx)
             best = take(old, new) if intersect else new
-            flat[rows] = block.scatter(1, idx, torch.where(has_any, best, old))
+            flat[rows] = block.scatter(1, idx, best)  # every row of a group has candidates
     return flat_lo.reshape(lower.shape), flat_up.reshape(upper.shape)
 
 
