@@ -122,19 +122,39 @@ def test_rows_per_group_are_capped_on_a_cpu_only() -> None:
 
 
 @pytest.mark.parametrize(
-    ("counts", "start", "cap", "slack", "expected"),
+    ("counts", "cap", "row_work", "expected"),
     [
-        ([100, 95, 91, 89, 10], 0, 8, 0.1, 3),  # 89 is 11 slots (11%) below 100
-        ([100, 95, 91, 89, 10], 3, 8, 0.1, 4),  # 10 alone after 89
-        ([100, 95, 91, 89, 10], 0, 2, 0.1, 2),  # the row cap
-        ([100, 95, 91, 89, 10], 0, 8, 0.5, 4),
-        ([100, 95, 91, 89, 10], 0, 8, 1.0, 5),  # any padding: the old grouping by cap only
-        ([10, 7, 6, 5], 0, 8, 0.1, 3),  # within the floor of 4 slots
-        ([7, 3, 0, 0], 0, 8, 1.0, 2),  # rows without candidates are never bounded
+        # 95: 5 slots of padding x 6 rows left x 1000 = 30,000 <= 40,000 joins; 91: 9 x 5 x
+        # 1000 = 45,000 > 40,000 starts a new group
+        ([100, 95, 91, 89, 88, 87, 10], 8, 1000, 2),
+        ([100, 95, 91, 89, 88, 87, 10], 8, 500, 6),  # cheaper rows: 10 alone (90 x 1 x 500)
+        ([100, 95, 91, 89, 88, 87, 10], 2, 1000, 2),  # the row cap
+        ([100, 95, 91, 89, 88, 87, 10], 8, 1, 7),  # padding costs nothing worth a group
+        ([7, 3, 0, 0], 8, 0, 2),  # rows without candidates are never bounded
     ],
 )
-def test_group_end_bounds_each_rows_padding(counts, start, cap, slack, expected) -> None:
-    assert ws.group_end(counts, start, cap, slack) == expected
+def test_group_end_starts_a_group_where_it_saves_more_than_it_costs(
+    counts, cap, row_work, expected
+) -> None:
+    assert ws.group_end(counts, 0, cap, slack=0, row_work=row_work, overhead=40_000) == expected
+
+
+def test_group_end_with_a_slack_keeps_rows_within_it() -> None:
+    counts = [100, 60, 49, 30]
+    assert ws.group_end(counts, 0, 8, slack=0.5, row_work=1, overhead=0) == 2
+    assert ws.group_end(counts, 2, 8, slack=0.5, row_work=1, overhead=0) == 4
+
+
+def test_row_macs_counts_weighted_layers_by_their_fan_in() -> None:
+    dense, conv = torch.zeros(16, 30), torch.zeros(8, 3, 3, 3)
+    assert ws.row_macs([(dense, 16), (None, 16), (conv, 8 * 5 * 5), (torch.zeros(8), 200)]) == (
+        16 * 30 + 16 + 200 * 27 + 200
+    )
+
+
+def test_a_gpu_never_starts_a_group_for_padding() -> None:
+    assert ws.group_overhead(torch.device("cuda", 0)) == math.inf
+    assert ws.group_overhead(torch.device("cpu")) == ws.CPU_GROUP_OVERHEAD_MACS
 
 
 def test_tighten_groups_rows_by_their_candidate_counts() -> None:
@@ -152,7 +172,8 @@ def test_tighten_groups_rows_by_their_candidate_counts() -> None:
         value = rows.to(torch.float32).unsqueeze(1).expand(idx.shape)
         return -value / 100, value / 100
 
-    lo, up = methods._tighten(candidates, lower, upper, False, 64, 8, bound_rows)
+    work = ws.CPU_GROUP_OVERHEAD_MACS // 16  # a group pays for 16 padded slots
+    lo, up = methods._tighten(candidates, lower, upper, False, 64, work, 8, bound_rows)
     assert groups == [[0, 5, 2], [3, 6], [1]]
     for row in range(7):
         want = torch.where(candidates[row], torch.tensor(row / 100), torch.tensor(1.0))

@@ -407,7 +407,7 @@ def _row_groups(mask: Tensor, width: int, dtype: torch.dtype) -> list[tuple[Tens
     while start < n and sorted_counts[start] > 0:
         top = sorted_counts[start]
         limit = min(_GROUP_ROWS, max(1, budget // (top * width)))
-        stop = group_end(sorted_counts, start, limit, _GROUP_SLACK)
+        stop = group_end(sorted_counts, start, limit, slack=_GROUP_SLACK, row_work=1, overhead=0)
         if start == 0 and stop == n:
             out.append((None, padded_indices(mask)))
         else:

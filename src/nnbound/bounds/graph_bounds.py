@@ -32,7 +32,7 @@ from nnbound.bounds.methods import (
 from nnbound.bounds.patches import Patches
 from nnbound.bounds.patches_rules import row_elements
 from nnbound.bounds.result import Bounds, IntermediateBounds
-from nnbound.bounds.work_size import work_elements
+from nnbound.bounds.work_size import row_macs, work_elements
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.chain_graph import node_layer
 from nnbound.network.graph import Graph, Node
@@ -159,7 +159,11 @@ def tighten_tensor(
         ]
         return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
 
-    return _tighten(candidates, lo, up, intersect, width, _ROWS_PER_GROUP, bound_rows)
+    work = row_macs(
+        (node.params.get("weight"), math.prod(graph.shapes[node.output]))
+        for node in graph.ancestors(name)
+    )
+    return _tighten(candidates, lo, up, intersect, width, work, _ROWS_PER_GROUP, bound_rows)
 
 
 def _scale_as_normalize(node: Node) -> Normalize | None:

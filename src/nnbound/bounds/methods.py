@@ -46,7 +46,13 @@ from nnbound.bounds.interval import box_concretize, interval_forward
 from nnbound.bounds.linear import backward_linear_bounds, padded_indices, start_rows
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.bounds.row_norms import first_block_row_norms
-from nnbound.bounds.work_size import group_end, group_rows, padding_slack, work_elements
+from nnbound.bounds.work_size import (
+    group_end,
+    group_overhead,
+    group_rows,
+    row_macs,
+    work_elements,
+)
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.layers import (
     NONLINEAR_TYPES,
@@ -171,6 +177,7 @@ def _tighten(
     upper: Tensor,
     intersect: bool,
     width: int,
+    row_work: int,
     rows_per_group: int,
     bound_rows: Callable[[Tensor, Tensor], tuple[Tensor | None, Tensor | None]],
 ) -> tuple[Tensor, Tensor]:
@@ -196,14 +203,15 @@ def _tighten(
     budget = work_elements(lower.device, lower.dtype, _CHUNK_ELEMENTS)
     rows_per_group = group_rows(lower.device, rows_per_group)
     sorted_counts = counts[order].tolist()
-    slack = padding_slack(lower.device)
+    overhead = group_overhead(lower.device)
     start = 0
     while start < n:
         largest = sorted_counts[start]
         if largest == 0:
             break
         fit = max(1, budget // (largest * width))
-        end = group_end(sorted_counts, start, min(fit, rows_per_group), slack)
+        cap = min(fit, rows_per_group)
+        end = group_end(sorted_counts, start, cap, slack=0, row_work=row_work, overhead=overhead)
         rows = order[start:end]
         start = end
         idx = padded_indices(candidates[rows])
@@ -242,7 +250,11 @@ def _tighten_by_backward_pass(
         )
 
     width = max(math.prod(s) for s in shapes[: j + 1])
-    return _tighten(candidates, lower, upper, intersect, width, _ROWS_PER_GROUP, bound_rows)
+    work = row_macs(
+        (getattr(layer, "weight", None), math.prod(shapes[i + 1]))
+        for i, layer in enumerate(layers[:j])
+    )
+    return _tighten(candidates, lower, upper, intersect, width, work, _ROWS_PER_GROUP, bound_rows)
 
 
 def _tighten_signs(
@@ -321,8 +333,10 @@ def _tighten_by_split(
 
     # Both sides' coefficients (2 rows per candidate) of the input width; no group cap.
     width = 2 * blocks.w1.shape[1]
+    # at most every first-block neuron's column, on both sides
+    work = 2 * blocks.w1.numel()
     lower, upper = _tighten(
-        candidates, lower, upper, intersect, width, candidates.shape[0], bound_rows
+        candidates, lower, upper, intersect, width, work, candidates.shape[0], bound_rows
     )
     if refs is not None:
         cache.store_references(blocks, refs)

@@ -10,7 +10,11 @@ and one that shares it with other work still fits.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import torch
+from torch import Tensor
 
 # Share of the device's free memory one work tensor may take: a pass holds a few of them at
 # once (coefficients, their absolute value, the product's output), and the caching allocator
@@ -18,14 +22,11 @@ import torch
 GPU_MEMORY_SHARE = 1 / 32
 # Largest work tensor on a GPU whatever the free memory (2^28 float32 elements: 1 GiB).
 GPU_MAX_ELEMENTS = 1 << 28
-# How far a row's count may fall below its group's largest (as a fraction of the largest)
-# before the row starts a new group. On a CPU a padded slot costs a whole backward pass of
-# arithmetic and a new group only its Python and small operations; on a GPU a new group is
-# another round of launches, which costs more than padded arithmetic (as in group_rows).
-CPU_PADDING_SLACK = 0.1
-GPU_PADDING_SLACK = 1.0
-# A row padded by at most this many slots joins the group whatever the slack.
-PADDING_FLOOR = 4
+# A CPU starts a new row group where the padded arithmetic it saves exceeds this many
+# multiply-adds: about what one more group costs in Python and small operations. A GPU never
+# does (another group is another round of launches, which costs more than padded arithmetic,
+# as in group_rows).
+CPU_GROUP_OVERHEAD_MACS = 1 << 24
 
 
 def work_elements(device: torch.device, dtype: torch.dtype, cpu_elements: int) -> int:
@@ -47,21 +48,45 @@ def group_rows(device: torch.device, cpu_rows: int) -> int:
     return cpu_rows if device.type != "cuda" else 1 << 62
 
 
-def padding_slack(device: torch.device) -> float:
-    """:data:`CPU_PADDING_SLACK` off a GPU, :data:`GPU_PADDING_SLACK` on a CUDA device."""
-    return GPU_PADDING_SLACK if device.type == "cuda" else CPU_PADDING_SLACK
+def group_overhead(device: torch.device) -> float:
+    """What starting another row group costs, in multiply-adds: :data:`CPU_GROUP_OVERHEAD_MACS`
+    off a GPU, unbounded on a CUDA device."""
+    return math.inf if device.type == "cuda" else CPU_GROUP_OVERHEAD_MACS
 
 
-def group_end(sorted_counts: list[int], start: int, cap: int, slack: float) -> int:
+def row_macs(layers: Iterable[tuple[Tensor | None, int]]) -> int:
+    """Multiply-adds of carrying one coefficient row back through ``layers`` (per layer its
+    weight or ``None``, and its output elements): a layer with a weight matrix or kernel
+    (``weight.dim() >= 2``) costs its output elements times its fan-in
+    (``weight[0].numel()``), any other layer its output elements."""
+    total = 0
+    for weight, out_elements in layers:
+        fan = weight[0].numel() if weight is not None and weight.dim() >= 2 else 1
+        total += out_elements * fan
+    return total
+
+
+def group_end(
+    sorted_counts: list[int],
+    start: int,
+    cap: int,
+    *,
+    slack: float,
+    row_work: float,
+    overhead: float,
+) -> int:
     """End (exclusive) of the group of rows that starts at ``start`` of ``sorted_counts`` (how
     many candidates each row bounds, largest first), whose rows are all padded to the count at
     ``start``: at most ``cap`` rows, ending before the first row without candidates and before
-    the first whose padding would exceed ``slack`` times the largest count (and
-    :data:`PADDING_FLOOR` slots)."""
+    the first whose padding is more than ``slack`` times the largest count and, multiplied by
+    the rows left within the cap and by ``row_work`` (the arithmetic of one candidate), more
+    than ``overhead`` (what another group costs): where a new group pays for itself."""
     largest = sorted_counts[start]
-    most_padding = max(slack * largest, PADDING_FLOOR)
-    end = start + 1
     stop = min(start + cap, len(sorted_counts))
-    while end < stop and sorted_counts[end] > 0 and largest - sorted_counts[end] <= most_padding:
+    end = start + 1
+    while end < stop and sorted_counts[end] > 0:
+        padding = largest - sorted_counts[end]
+        if padding > slack * largest and padding * (stop - end) * row_work > overhead:
+            break
         end += 1
     return end
