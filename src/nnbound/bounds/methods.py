@@ -187,11 +187,12 @@ def _tighten(
     computed), written into ``lower``/``upper`` (kept where tighter when ``intersect``).
 
     Rows are grouped by how many candidates they have (largest first) so that padding every
-    row of a group to the group's largest count wastes little work (a row whose count is more
-    than a slack below the group's largest starts a new group,
-    :func:`~nnbound.bounds.work_size.group_end`); a group holds at most ``rows_per_group``
-    rows and about ``_CHUNK_ELEMENTS`` coefficients of ``width`` each (on a CPU; on a GPU no
-    row cap, more elements and more slack, see :mod:`~nnbound.bounds.work_size`).
+    row of a group to the group's largest count wastes little work: a row starts a new group
+    where the padded arithmetic that saves (``row_work``: the multiply-adds of one candidate's
+    pass) exceeds what a group costs (:func:`~nnbound.bounds.work_size.group_end`). A group
+    holds at most ``rows_per_group`` rows and about ``_CHUNK_ELEMENTS`` coefficients of
+    ``width`` each (on a CPU; on a GPU no row cap, more elements and no new group for
+    padding, see :mod:`~nnbound.bounds.work_size`).
     Padding repeats a row's first candidate, so every write is that neuron's own bound; a row
     without candidates keeps its bounds (as it would if bounded alone).
     """
