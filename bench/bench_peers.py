@@ -18,9 +18,9 @@ numbers ``--reference`` reproduces; 0 when they agree), and between the 2018 cod
 auto_LiRPA's / nnbound's default radii (the default bounds are tighter, so its radii may be
 larger).
 
-``--before-src DIR`` adds an nnbound "before" column: the same one-image-at-a-time search
-run in a subprocess with ``DIR`` (e.g. another checkout's ``src``) first on the path, its
-time ratio against this tree's, and the largest |difference| of their radii.
+``--before-src DIR`` adds nnbound "before" columns: the same one-image-at-a-time and batched
+searches run in subprocesses with ``DIR`` (e.g. another checkout's ``src``) first on the
+path, their time ratios against this tree's, and the largest |difference| of their radii.
 
 Peers are never dependencies: without ``--reference-code`` (the path of a checkout) the 2018
 column is skipped, without an importable auto_LiRPA its column is. Threads: ``--threads``
@@ -158,13 +158,17 @@ def timed(fn: Callable[[], list[float]], warm: Callable[[], object]) -> Run:
     return run
 
 
-def before_run(src: str, name: str, count: int, args: argparse.Namespace) -> Run:
-    """The one-image-at-a-time column with another nnbound source first on the path."""
+def before_run(
+    src: str, name: str, count: int, args: argparse.Namespace, batched: bool = False
+) -> Run:
+    """The one-image-at-a-time (or ``batched``) column with another nnbound source first on
+    the path."""
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
         "--worker",
         name,
+        *(["--worker-batched"] if batched else []),
         "--images",
         str(count),
         "--norm",
@@ -187,9 +191,10 @@ def before_run(src: str, name: str, count: int, args: argparse.Namespace) -> Run
 def worker(args: argparse.Namespace) -> None:
     bnet = bench_network(args.worker, args.images)
     one = bench_network(args.worker, 1)
+    search = nnbound_batched if args.worker_batched else nnbound_one_at_a_time
     radii, per = timed(
-        lambda: nnbound_one_at_a_time(bnet, args.norm, args.steps, EPS0),
-        lambda: nnbound_one_at_a_time(one, args.norm, args.steps, EPS0),
+        lambda: search(bnet, args.norm, args.steps, EPS0),
+        lambda: search(one, args.norm, args.steps, EPS0),
     )()
     print(json.dumps({"radii": radii, "s_per_image": per}))
 
@@ -244,6 +249,10 @@ def network_row(
     ]
     if args.before_src:
         cols.append(Column("before", before_run(args.before_src, name, count, args)))
+        batch_count = many.x.shape[0]
+        cols.append(
+            Column("before batch", before_run(args.before_src, name, batch_count, args, True))
+        )
     for _ in range(args.repeats):
         for col in cols:
             col.measure()
@@ -262,8 +271,13 @@ def network_row(
         max_gap(cb1.radii, cbat.radii and cbat.radii[:count]),
     ]
     if args.before_src:
-        before = cols[4]
+        before, before_batch = cols[4:6]
         row += [before.cell(), ratio(before.best, cb1.best), max_gap(before.radii, cb1.radii)]
+        row += [
+            before_batch.cell(),
+            ratio(before_batch.best, cbat.best),
+            max_gap(before_batch.radii, cbat.radii),
+        ]
     return row
 
 
@@ -296,6 +310,7 @@ def radius_table(args: argparse.Namespace) -> tuple[list[str], list[list[object]
     ]
     if args.before_src:
         header += ["before b1 s/img", "before/b1", "|b1-before|"]
+        header += ["before batch s/img", "before/batch", "|batch-before|"]
     return header, rows
 
 
@@ -339,6 +354,7 @@ def main() -> None:
         "--radius-only", action="store_true", help="skip the Lipschitz and CLEVER sections"
     )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-batched", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     limit_threads(args.threads)
     if args.worker:
