@@ -35,8 +35,8 @@ SLACK = 0.1
 
 @pytest.fixture(autouse=True)
 def _gpu_padding(monkeypatch) -> None:
-    gpu = ws.group_overhead(torch.device("cuda", 0))
-    monkeypatch.setattr(methods, "group_overhead", lambda device: gpu)
+    gpu = ws.group_overhead(torch.device("cuda", 0), 1)
+    monkeypatch.setattr(methods, "group_overhead", lambda device, row_work: gpu)
 
 
 def _centres(n: int) -> torch.Tensor:

@@ -153,8 +153,9 @@ def test_row_macs_counts_weighted_layers_by_their_fan_in() -> None:
 
 
 def test_a_gpu_never_starts_a_group_for_padding() -> None:
-    assert ws.group_overhead(torch.device("cuda", 0)) == math.inf
-    assert ws.group_overhead(torch.device("cpu")) == ws.CPU_GROUP_OVERHEAD_MACS
+    assert ws.group_overhead(torch.device("cuda", 0), 1000) == math.inf
+    cpu = ws.CPU_GROUP_OVERHEAD_MACS + ws.CPU_GROUP_WEIGHT_SLOTS * 1000
+    assert ws.group_overhead(torch.device("cpu"), 1000) == cpu
 
 
 def test_tighten_groups_rows_by_their_candidate_counts() -> None:
@@ -172,7 +173,11 @@ def test_tighten_groups_rows_by_their_candidate_counts() -> None:
         value = rows.to(torch.float32).unsqueeze(1).expand(idx.shape)
         return -value / 100, value / 100
 
-    work = ws.CPU_GROUP_OVERHEAD_MACS // 16  # a group pays for 16 padded slots
+    work = ws.CPU_GROUP_OVERHEAD_MACS // 16
+    # A new group pays where padding x rows left exceeds this many slots; the groups below
+    # are the right ones for any threshold from 10 (48 joins 50) to 34 (3 starts a group).
+    slots = ws.group_overhead(torch.device("cpu"), work) / work
+    assert 10 <= slots < 34
     lo, up = methods._tighten(candidates, lower, upper, False, 64, work, 8, bound_rows)
     assert groups == [[0, 5, 2], [3, 6], [1]]
     for row in range(7):

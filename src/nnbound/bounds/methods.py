@@ -204,7 +204,7 @@ def _tighten(
     budget = work_elements(lower.device, lower.dtype, _CHUNK_ELEMENTS)
     rows_per_group = group_rows(lower.device, rows_per_group)
     sorted_counts = counts[order].tolist()
-    overhead = group_overhead(lower.device)
+    overhead = group_overhead(lower.device, row_work)
     start = 0
     while start < n:
         largest = sorted_counts[start]

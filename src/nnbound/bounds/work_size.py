@@ -27,6 +27,9 @@ GPU_MAX_ELEMENTS = 1 << 28
 # does (another group is another round of launches, which costs more than padded arithmetic,
 # as in group_rows).
 CPU_GROUP_OVERHEAD_MACS = 1 << 24
+# ... plus this many candidate rows' arithmetic: each group reads every weight again, and a
+# product with few rows is bound by that read, not by its multiply-adds.
+CPU_GROUP_WEIGHT_SLOTS = 8
 
 
 def work_elements(device: torch.device, dtype: torch.dtype, cpu_elements: int) -> int:
@@ -48,10 +51,13 @@ def group_rows(device: torch.device, cpu_rows: int) -> int:
     return cpu_rows if device.type != "cuda" else 1 << 62
 
 
-def group_overhead(device: torch.device) -> float:
-    """What starting another row group costs, in multiply-adds: :data:`CPU_GROUP_OVERHEAD_MACS`
-    off a GPU, unbounded on a CUDA device."""
-    return math.inf if device.type == "cuda" else CPU_GROUP_OVERHEAD_MACS
+def group_overhead(device: torch.device, row_work: float) -> float:
+    """What starting another row group costs, in multiply-adds, for rows of ``row_work``
+    each: off a GPU :data:`CPU_GROUP_OVERHEAD_MACS` plus :data:`CPU_GROUP_WEIGHT_SLOTS` rows'
+    worth (another pass over the weights); unbounded on a CUDA device."""
+    if device.type == "cuda":
+        return math.inf
+    return CPU_GROUP_OVERHEAD_MACS + CPU_GROUP_WEIGHT_SLOTS * row_work
 
 
 def row_macs(layers: Iterable[tuple[Tensor | None, int]]) -> int:
