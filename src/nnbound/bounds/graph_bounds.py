@@ -117,10 +117,11 @@ def tighten_tensor(
     if not isinstance(layer, (Dense, Conv2d)):
         layer = None
 
+    ancestors = graph.ancestors(name)
     if state.patches and len(shape) == 3:
         width = row_elements(graph, name)  # rows start as patches (see bound_slice)
     else:
-        width = max(math.prod(graph.shapes[n.output]) for n in graph.ancestors(name))
+        width = max(math.prod(graph.shapes[n.output]) for n in ancestors)
         width = max(width, graph.num_inputs)
     # Candidates bounded in one pass per input-set row: every tensor the pass holds is
     # (rows, candidates, width), so a wide layer's candidates go in slices (cache-sized on a
@@ -160,8 +161,7 @@ def tighten_tensor(
         return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
 
     work = row_macs(
-        (node.params.get("weight"), math.prod(graph.shapes[node.output]))
-        for node in graph.ancestors(name)
+        (node.params.get("weight"), math.prod(graph.shapes[node.output])) for node in ancestors
     )
     return _tighten(candidates, lo, up, intersect, width, work, _ROWS_PER_GROUP, bound_rows)
 
