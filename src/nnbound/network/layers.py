@@ -107,12 +107,11 @@ class Dense:
 
     def transpose(self, a: Tensor, in_shape: Shape) -> Tensor:
         if a.dim() == 3:
-            # One product per leading row, each of the same shape whatever the batch size, so
-            # on one CPU thread a row's result does not depend on which rows are bounded with
-            # it (a single folded product picks kernels, hence rounding, by the total row
-            # count). Only up to rounding otherwise: with several threads, or an output a few
-            # columns wide, the batched kernel itself splits the work by the batch size.
-            return torch.bmm(a, self.weight.expand(a.shape[0], *self.weight.shape))
+            # Every row block in one product: a backward pass often carries a few rows per
+            # image (a spec's 9 margins), and one product per image of so few rows ran at a
+            # fraction of the matrix rate. A row's result can then differ, by rounding only,
+            # with the rows bounded beside it (the kernel is picked by the total row count).
+            return (a.reshape(-1, a.shape[-1]) @ self.weight).reshape(*a.shape[:2], -1)
         return a @ self.weight
 
     def bias_map(self, out_shape: Shape) -> Tensor:
