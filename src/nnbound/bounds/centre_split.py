@@ -261,24 +261,17 @@ def split_backward_bounds(
     if not has_g.all():
         base = torch.where(torch.from_numpy(has_g).to(base.device).unsqueeze(1), base, 0.0)
     c_up, c_lo = terms.const_up.gather(1, rows), terms.const_lo.gather(1, rows)
-    # A_up + A_lo = 2 G + W2 diag(s_up + s_lo - 2 base) W1 and A_up - A_lo = |W2| diag(s_up -
-    # s_lo) W1: two products over the columns where each weight is nonzero (the unstable
-    # neurons; every live one for the first without G; none for the second with parallel
-    # lines, Fast-Lin), fewer than one product of both sides over the union.
     w2_rows = _rows_of(blocks.w2, rows)  # (N, R, K1)
-    total = _weighted_product(w2_rows, us + ls - 2 * base, w1, absolute=False)
-    spread = _weighted_product(w2_rows, us - ls, w1, absolute=True)
+    both = _side_products(w2_rows, us - base, ls - base, w1)  # (N, 2R, n_in): [up; lo]
     if has_g.all():
-        total.add_(cache.product_rows(terms.g_rows, rows), alpha=2)
+        g = cache.product_rows(terms.g_rows, rows)
+        both[:, :r].add_(g)
+        both[:, r:].add_(g)
     elif has_g.any():
         with_g = np.flatnonzero(has_g)
         index = torch.from_numpy(with_g).to(rows.device)
         g = cache.product_rows(terms.g_rows[with_g], rows.index_select(0, index))
-        total.index_add_(0, index, g, alpha=2)
-    both = torch.empty(n, 2 * r, w1.shape[1], dtype=w1.dtype, device=w1.device)  # [up; lo]
-    torch.add(total, spread, out=both[:, :r])
-    torch.sub(total, spread, out=both[:, r:])
-    both.mul_(0.5)
+        both.index_add_(0, index, torch.cat((g, g), 1))
     a_up, a_lo = both[:, :r], both[:, r:]
     if references is None:
         shape = (n, r, *ball.center.shape[1:])
@@ -296,6 +289,46 @@ def split_backward_bounds(
     refs, ref_rows = references
     refs.write_exact(ref_rows, rows, norms[:, :r], norms[:, r:])
     return at_lo - eps * norms[:, r:], at_up + eps * norms[:, :r]
+
+
+def _side_products(w2_rows: Tensor, d_up: Tensor, d_lo: Tensor, w1: Tensor) -> Tensor:
+    """``[sum_k W2[j, k] (s_up_jk - base_k) W1[k]; the same for the lower side]`` for the rows
+    j of ``w2_rows`` (``(N, R, K1)``, per ball row), where the upper side's slope is the upper
+    line's where ``W2[j, k] > 0`` and the lower line's elsewhere (``d_up = us - base``,
+    ``d_lo = ls - base``, ``(N, K1)``): ``(N, 2R, n_in)``.
+
+    In one product of both sides' rows over the columns where either slope differs from
+    ``base``, when that is no more arithmetic than the two products of the sum and the spread
+    of the sides (``A_up + A_lo`` over the columns where ``d_up + d_lo`` is nonzero, ``A_up -
+    A_lo`` where ``us - ls`` is): with CROWN's lower line at ``base`` both sets are the unstable
+    neurons, and one product saves the second gather of ``W1``'s rows and three passes over the
+    result; with Fast-Lin's equal slopes the spread is empty, and without ``G`` (``base = 0``)
+    the sum covers every live neuron but the spread only the unstable ones, so two products
+    stay cheaper there.
+    """
+    n, r, _ = w2_rows.shape
+    differs = (d_up != 0) | (d_lo != 0)
+    total_w, spread_w = d_up + d_lo, d_up - d_lo
+    stacked = 2 * int(differs.sum(1).max())
+    split = int((total_w != 0).sum(1).max()) + int((spread_w != 0).sum(1).max())
+    if stacked > split:
+        total = _weighted_product(w2_rows, total_w, w1, absolute=False)
+        spread = _weighted_product(w2_rows, spread_w, w1, absolute=True)
+        both = torch.empty(n, 2 * r, w1.shape[1], dtype=w1.dtype, device=w1.device)
+        torch.add(total, spread, out=both[:, :r])
+        torch.sub(total, spread, out=both[:, r:])
+        return both.mul_(0.5)
+    if not bool(differs.any()):
+        return torch.zeros(n, 2 * r, w1.shape[1], dtype=w1.dtype, device=w1.device)
+    cols = padded_indices(differs)  # (N, D); padded slots get weight 0 below
+    valid = torch.arange(cols.shape[1], device=cols.device) < differs.sum(1, keepdim=True)
+    du = torch.where(valid, d_up.gather(1, cols), 0.0).unsqueeze(1)
+    dl = torch.where(valid, d_lo.gather(1, cols), 0.0).unsqueeze(1)
+    left = w2_rows.gather(2, cols.unsqueeze(1).expand(-1, r, -1))  # (N, R, D)
+    pos, neg = left.clamp(min=0), left.clamp(max=0)
+    # W2+ d_up + W2- d_lo (upper side), W2+ d_lo + W2- d_up (lower side)
+    sides = torch.cat((torch.addcmul(pos * du, neg, dl), torch.addcmul(pos * dl, neg, du)), 1)
+    return torch.bmm(sides, _rows_of(w1, cols))
 
 
 def _weighted_product(w2_rows: Tensor, weight: Tensor, w1: Tensor, *, absolute: bool) -> Tensor:
