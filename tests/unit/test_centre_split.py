@@ -305,3 +305,25 @@ def test_bounds_from_references_hold_at_attacked_points(activation: str, p: floa
         points = torch.cat((ball.sample(2000, generator=gen), ball.vertices(200, generator=gen)), 1)
         below, above = check_points_within(net64, points, None, b.lower, b.upper)
         assert below <= 1e-9 and above <= 1e-9
+
+
+@pytest.mark.parametrize("lower_at_base", [True, False])
+@pytest.mark.parametrize("parallel", [True, False])
+def test_side_products_equal_each_sides_own_sum(lower_at_base: bool, parallel: bool) -> None:
+    """Both ways of computing the sides (one stacked product, or the sum and spread products)
+    equal ``sum_k W2[j, k] (s_jk - base_k) W1[k]`` with each side's slope picked by the sign of
+    ``W2[j, k]``."""
+    gen = torch.Generator().manual_seed(7)
+    n, r, k1, n_in = 3, 4, 9, 5
+    w2_rows = torch.randn(n, r, k1, generator=gen, dtype=torch.float64)
+    w1 = torch.randn(k1, n_in, generator=gen, dtype=torch.float64)
+    base = (torch.rand(n, k1, generator=gen) > 0.5).double()
+    unstable = torch.rand(n, k1, generator=gen) > 0.6
+    us = torch.where(unstable, torch.rand(n, k1, generator=gen, dtype=torch.float64), base)
+    ls = us if parallel else base if lower_at_base else torch.where(unstable, 1 - base, base)
+    got = centre_split._side_products(w2_rows, us - base, ls - base, w1)
+    pos = w2_rows > 0
+    s_up = torch.where(pos, us.unsqueeze(1), ls.unsqueeze(1)) - base.unsqueeze(1)
+    s_lo = torch.where(pos, ls.unsqueeze(1), us.unsqueeze(1)) - base.unsqueeze(1)
+    want = torch.cat(((w2_rows * s_up) @ w1, (w2_rows * s_lo) @ w1), 1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
