@@ -38,6 +38,7 @@ def bounds(
     prior: dict[int, tuple[Tensor, Tensor]] | None = None,
     centre_cache: CentreProducts | None = None,
     outward: bool = True,
+    signs_first: bool = False,
 ) -> Bounds:
     """Certified lower/upper bounds of ``C @ net(x)`` for all ``x`` in ``ball``.
 
@@ -64,6 +65,10 @@ def bounds(
             are computed in float64 and rounded outward (:mod:`nnbound.bounds.outward`).
             ``False`` keeps the network's dtype and its rounding (a radius search, which
             re-certifies in float64 itself).
+        signs_first: hidden ReLU neurons get the side of their bound that can settle their
+            state first, the other only where they stay unstable (chains of layer-wise
+            methods without convolutions; see :func:`nnbound.bounds.methods.layerwise_bounds`):
+            valid bounds, possibly looser, for a caller that only asks whether they certify.
 
     Returns:
         :class:`Bounds` with ``lower``/``upper`` shaped ``(*ball.batch_shape, S)`` in the
@@ -74,7 +79,9 @@ def bounds(
     dtype = net.dtype
     if not (outward and needs_float64_pass(dtype)):
         return nan_to_trivial(
-            _bounds_in_dtype(net, ball, method, C, reference, tangent, prior, centre_cache)
+            _bounds_in_dtype(
+                net, ball, method, C, reference, tangent, prior, centre_cache, signs_first
+            )
         )
     if ball.center.dtype != dtype:
         raise InputError(f"input dtype {ball.center.dtype} differs from the network's {dtype}")
@@ -92,6 +99,7 @@ def bounds(
         tangent,
         prior64,
         None,  # the cache holds products in the network's dtype
+        signs_first,
     )
     return round_outward(b64, dtype)
 
@@ -105,6 +113,7 @@ def _bounds_in_dtype(
     tangent: TangentRule,
     prior: dict | None,
     centre_cache: CentreProducts | None,
+    signs_first: bool = False,
 ) -> Bounds:
     """:func:`bounds` computed in the network's dtype, with its rounding."""
     if method not in ALL_METHODS:
@@ -146,6 +155,7 @@ def _bounds_in_dtype(
         tangent=tangent,
         prior=prior,
         centre_cache=centre_cache,
+        signs_first=signs_first,
     )
 
 

@@ -67,7 +67,11 @@ def round_outward(b: Bounds, dtype: torch.dtype) -> Bounds:
         for k, (lo, up) in b.intermediate.pre.items()
     }
     return Bounds(
-        round_down(b.lower, dtype), round_up(b.upper, dtype), b.method, IntermediateBounds(pre)
+        round_down(b.lower, dtype),
+        round_up(b.upper, dtype),
+        b.method,
+        IntermediateBounds(pre),
+        b.sides_skipped,
     )
 
 

@@ -21,10 +21,13 @@ class Bounds:
 
     ``lower``/``upper`` have shape ``(*batch_shape, S)``: ``(B, S)`` for one radius per input,
     ``(B, K, S)`` for K radii. ``intermediate`` holds the pre-activation bounds used (rows
-    flattened to ``N = B * K``), which Jacobian bounds reuse.
+    flattened to ``N = B * K``), which Jacobian bounds reuse. ``sides_skipped``: some stable
+    neuron kept its interval bound on the side that did not settle it (``signs_first``), so
+    the bounds may be looser than the full ones.
     """
 
     lower: Tensor
     upper: Tensor
     method: str
     intermediate: IntermediateBounds
+    sides_skipped: bool = False
