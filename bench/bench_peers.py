@@ -18,9 +18,12 @@ numbers ``--reference`` reproduces; 0 when they agree), and between the 2018 cod
 auto_LiRPA's / nnbound's default radii (the default bounds are tighter, so its radii may be
 larger).
 
-``--before-src DIR`` adds nnbound "before" columns: the same one-image-at-a-time and batched
-searches run in subprocesses with ``DIR`` (e.g. another checkout's ``src``) first on the
-path, their time ratios against this tree's, and the largest |difference| of their radii.
+nnbound's columns run in subprocesses, each a fresh interpreter with its source first on the
+path: run in the bench's own process, after numba's kernels and the 2018 code, the same
+searches measured slower than in a subprocess, which read as a slowdown against a "before"
+tree. ``--before-src DIR`` adds nnbound "before" columns: the same one-image-at-a-time and
+batched searches with ``DIR`` (e.g. another checkout's ``src``) as the source, their time
+ratios against this tree's, and the largest |difference| of their radii.
 
 Peers are never dependencies: without ``--reference-code`` (the path of a checkout) the 2018
 column is skipped, without an importable auto_LiRPA its column is. Threads: ``--threads``
@@ -53,6 +56,7 @@ import torch
 from peers_common import BenchNet, bench_network, best_with_range, limit_threads
 from peers_radius import radius_2018, radius_auto_lirpa
 
+import nnbound
 from nnbound.cli import cmd_robustness
 from nnbound.cli.stream import growing_spans
 from nnbound.report.tables import render_table
@@ -158,11 +162,15 @@ def timed(fn: Callable[[], list[float]], warm: Callable[[], object]) -> Run:
     return run
 
 
-def before_run(
+# The source tree of the nnbound this bench imported (its columns' subprocesses put it first).
+THIS_SRC = str(Path(nnbound.__file__).resolve().parents[1])
+
+
+def worker_run(
     src: str, name: str, count: int, args: argparse.Namespace, batched: bool = False
 ) -> Run:
-    """The one-image-at-a-time (or ``batched``) column with another nnbound source first on
-    the path."""
+    """The one-image-at-a-time (or ``batched``) column, in a subprocess with the nnbound
+    source ``src`` first on the path."""
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -220,7 +228,6 @@ def network_row(
     default batch where the network allows it; radii compared on the images all share)."""
     bnet = bench_network(name, count)
     many = bench_network(name, max(count, batch_count))
-    one = bench_network(name, 1)
     steps, norm = args.steps, args.norm
 
     def skipped() -> None:
@@ -232,26 +239,14 @@ def network_row(
             "auto_LiRPA",
             skipped if args.no_auto_lirpa else lambda: radius_auto_lirpa(bnet, norm, steps, EPS0),
         ),
-        Column(
-            "b1",
-            timed(
-                lambda: nnbound_one_at_a_time(bnet, norm, steps, EPS0),
-                lambda: nnbound_one_at_a_time(one, norm, steps, EPS0),
-            ),
-        ),
-        Column(
-            "batch",
-            timed(
-                lambda: nnbound_batched(many, norm, steps, EPS0),
-                lambda: nnbound_batched(one, norm, steps, EPS0),
-            ),
-        ),
+        Column("b1", worker_run(THIS_SRC, name, count, args)),
+        Column("batch", worker_run(THIS_SRC, name, many.x.shape[0], args, True)),
     ]
     if args.before_src:
-        cols.append(Column("before", before_run(args.before_src, name, count, args)))
+        cols.append(Column("before", worker_run(args.before_src, name, count, args)))
         batch_count = many.x.shape[0]
         cols.append(
-            Column("before batch", before_run(args.before_src, name, batch_count, args, True))
+            Column("before batch", worker_run(args.before_src, name, batch_count, args, True))
         )
     for _ in range(args.repeats):
         for col in cols:
