@@ -16,6 +16,7 @@ from nnbound.bounds.outward import (
     set_in_float64,
 )
 from nnbound.bounds.result import Bounds, IntermediateBounds
+from nnbound.bounds.sides import SideOrder
 from nnbound.bounds.spectral import spectral_bounds
 from nnbound.errors import InputError, UnsupportedError
 from nnbound.network.chain_graph import graph_to_network, network_to_graph
@@ -38,7 +39,7 @@ def bounds(
     prior: dict[int, tuple[Tensor, Tensor]] | None = None,
     centre_cache: CentreProducts | None = None,
     outward: bool = True,
-    signs_first: bool = False,
+    sides: SideOrder = SideOrder.BOTH,
 ) -> Bounds:
     """Certified lower/upper bounds of ``C @ net(x)`` for all ``x`` in ``ball``.
 
@@ -65,10 +66,9 @@ def bounds(
             are computed in float64 and rounded outward (:mod:`nnbound.bounds.outward`).
             ``False`` keeps the network's dtype and its rounding (a radius search, which
             re-certifies in float64 itself).
-        signs_first: hidden ReLU neurons get the side of their bound that can settle their
-            state first, the other only where they stay unstable (chains of layer-wise
-            methods without convolutions; see :func:`nnbound.bounds.methods.layerwise_bounds`):
-            valid bounds, possibly looser, for a caller that only asks whether they certify.
+        sides: which sides of hidden ReLU neurons get backward passes, in what order
+            (chains of layer-wise methods without convolutions; see
+            :class:`~nnbound.bounds.sides.SideOrder`).
 
     Returns:
         :class:`Bounds` with ``lower``/``upper`` shaped ``(*ball.batch_shape, S)`` in the
@@ -79,9 +79,7 @@ def bounds(
     dtype = net.dtype
     if not (outward and needs_float64_pass(dtype)):
         return nan_to_trivial(
-            _bounds_in_dtype(
-                net, ball, method, C, reference, tangent, prior, centre_cache, signs_first
-            )
+            _bounds_in_dtype(net, ball, method, C, reference, tangent, prior, centre_cache, sides)
         )
     if ball.center.dtype != dtype:
         raise InputError(f"input dtype {ball.center.dtype} differs from the network's {dtype}")
@@ -99,7 +97,7 @@ def bounds(
         tangent,
         prior64,
         None,  # the cache holds products in the network's dtype
-        signs_first,
+        sides,
     )
     return round_outward(b64, dtype)
 
@@ -113,7 +111,7 @@ def _bounds_in_dtype(
     tangent: TangentRule,
     prior: dict | None,
     centre_cache: CentreProducts | None,
-    signs_first: bool = False,
+    sides: SideOrder = SideOrder.BOTH,
 ) -> Bounds:
     """:func:`bounds` computed in the network's dtype, with its rounding."""
     if method not in ALL_METHODS:
@@ -155,7 +153,7 @@ def _bounds_in_dtype(
         tangent=tangent,
         prior=prior,
         centre_cache=centre_cache,
-        signs_first=signs_first,
+        sides=sides,
     )
 
 

@@ -46,6 +46,7 @@ from nnbound.bounds.interval import box_concretize, interval_forward
 from nnbound.bounds.linear import backward_linear_bounds, padded_indices, start_rows
 from nnbound.bounds.result import Bounds, IntermediateBounds
 from nnbound.bounds.row_norms import first_block_row_norms
+from nnbound.bounds.sides import SideOrder
 from nnbound.bounds.work_size import (
     group_end,
     group_overhead,
@@ -105,10 +106,10 @@ _EXACT_FIRST_BLOCK_ELEMENTS = 1 << 26
 # Rows bounded together in one backward pass (grouped by similar numbers of unstable neurons).
 _ROWS_PER_GROUP = 8
 # Least arithmetic (multiply-adds of one side of every candidate's pass) for which a layer's
-# passes are split by side (``signs_first``): the split makes three or four calls of smaller
-# products where there was one, and small ones lose the dead-column compression and the
-# matrix rate; measured break-even near 2^29-2^30 on 256- to 1024-wide MLPs.
-_SIGNS_FIRST_MIN_MACS = 1 << 30
+# passes are split by side (SideOrder other than BOTH): the split makes two to four calls of
+# smaller products where there was one, and small ones lose the dead-column compression and
+# the matrix rate; measured break-even near 2^29-2^30 on 256- to 1024-wide MLPs.
+_SIDE_SPLIT_MIN_MACS = 1 << 30
 
 
 def get_method(name: str) -> Method:
@@ -268,6 +269,13 @@ def _pass_macs(net: Network, j: int) -> int:
     )
 
 
+def _is_plain_relu(layer: object) -> bool:
+    """A ReLU whose inactive side is the zero function (no leak, no cap)."""
+    if not isinstance(layer, Activation):
+        return False
+    return layer.name == "relu" or (layer.name == "leaky_relu" and layer.alpha == 0)
+
+
 def _tighten_signs(
     net: Network,
     j: int,
@@ -276,8 +284,7 @@ def _tighten_signs(
     candidates: Tensor,
     lower: Tensor,
     upper: Tensor,
-    *,
-    complete: bool = False,
+    order: SideOrder | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`_tighten_by_backward_pass` for a layer whose bounds are read only for their sign
     (a ReLU's state): a neuron positive at the centre can only be proved active, by its lower
@@ -287,33 +294,41 @@ def _tighten_signs(
     exactly 0 get both sides. The centre need not lie in the set for soundness: only the
     tightness of the states relies on it.
 
-    ``complete``: the neurons that one side leaves across 0 then get their other side too, so
-    every unstable neuron has the bounds a full pass gives it (its lines need both); only a
-    stable neuron keeps its interval bound on the side it was not settled by."""
+    With ``order`` (a hidden layer whose bounds the next layers read, see
+    :class:`~nnbound.bounds.sides.SideOrder`): ``SIGNS_FIRST`` then gives the neurons left
+    across 0 their other side; ``INACTIVE_FIRST`` gives only the neurons negative at the
+    centre their upper side first, then every neuron not proved inactive what it lacks.
+    """
     n = candidates.shape[0]
     with torch.no_grad():
         centre = ball.center
         for layer in net.layers[:j]:
             centre = layer.forward(centre)
     z0 = centre.reshape(n, -1)
-    for picked, sides in (
-        (z0 > 0, (True, False)),
-        (z0 < 0, (False, True)),
-        (z0 == 0, (True, True)),
-    ):
+    negative = z0 < 0
+    first = [(negative, (False, True))]
+    if order is not SideOrder.INACTIVE_FIRST:
+        first = [(z0 > 0, (True, False)), *first, (z0 == 0, (True, True))]
+    for picked, sides in first:
         mask = candidates & picked
         if bool(mask.any()):
             lower, upper = _tighten_by_backward_pass(
                 net, j, ball, lines, mask, lower, upper, True, sides
             )
-    if complete:
-        still = candidates & straddles(lower.reshape(n, -1), upper.reshape(n, -1), (0.0,))
-        for picked, sides in ((z0 > 0, (False, True)), (z0 < 0, (True, False))):
-            mask = still & picked
-            if bool(mask.any()):
-                lower, upper = _tighten_by_backward_pass(
-                    net, j, ball, lines, mask, lower, upper, True, sides
-                )
+    if order is None:
+        return lower, upper
+    flat_lo, flat_up = lower.reshape(n, -1), upper.reshape(n, -1)
+    if order is SideOrder.INACTIVE_FIRST:
+        rest = [(~negative, (True, True)), (negative & (flat_up > 0), (True, False))]
+    else:
+        still = straddles(flat_lo, flat_up, (0.0,))
+        rest = [(still & (z0 > 0), (False, True)), (still & negative, (True, False))]
+    for picked, sides in rest:
+        mask = candidates & picked
+        if bool(mask.any()):
+            lower, upper = _tighten_by_backward_pass(
+                net, j, ball, lines, mask, lower, upper, True, sides
+            )
     return lower, upper
 
 
@@ -379,7 +394,7 @@ def layerwise_bounds(
     prior: dict[int, tuple[Tensor, Tensor]] | None = None,
     centre_cache: CentreProducts | None = None,
     last_signs_only: bool = False,
-    signs_first: bool = False,
+    sides: SideOrder = SideOrder.BOTH,
 ) -> Bounds:
     """Bounds of ``C @ net(x)`` for every x in ``ball`` with a layer-wise method.
 
@@ -407,15 +422,12 @@ def layerwise_bounds(
             intervals): each of its neurons then gets only the side of its bound that can
             settle its state (:func:`_tighten_signs`). Its bounds, and the spec's, are then
             looser on the other side; the states are the same. Ignored with ``reference``.
-        signs_first: every hidden ReLU layer bounded by a backward pass gets, per neuron, first
-            the side that can settle its state, and the other side only where that leaves it
-            unstable (:func:`_tighten_signs` with ``complete``): about half the passes of the
-            neurons it proves stable (in layers with enough work for the split to pay,
-            :data:`_SIGNS_FIRST_MIN_MACS`). Their other side keeps its interval bound, which can
-            loosen the next layer's interval, hence (where that interval is the tighter one)
-            the final bounds: a caller that needs only "certified or not" takes them and
-            falls back to the full bounds where they do not certify. Ignored with
-            ``reference``.
+        sides: which sides of a hidden ReLU layer's candidates get backward passes, in what
+            order (:class:`~nnbound.bounds.sides.SideOrder`): ``INACTIVE_FIRST`` gives the
+            same final bounds as ``BOTH`` for fewer passes, ``SIGNS_FIRST`` about half the
+            passes of the neurons it proves stable but possibly looser bounds (then
+            ``Bounds.sides_skipped``). Only in layers with enough work for the split to pay
+            (:data:`_SIDE_SPLIT_MIN_MACS`). Ignored with ``reference``.
 
     Returns:
         :class:`Bounds` with ``lower``/``upper`` of shape ``(*ball.batch_shape, S)``.
@@ -500,14 +512,13 @@ def layerwise_bounds(
                 ):
                     lo, up = _tighten_signs(net, j, ball, lines, candidates, lo, up)
                 elif (
-                    signs_first
+                    sides is not SideOrder.BOTH
                     and intersect
-                    and isinstance(layers[j], Activation)
-                    and relax[j].kinks == (0.0,)
-                    and int(candidates.sum()) * _pass_macs(net, j) >= _SIGNS_FIRST_MIN_MACS
+                    and _is_plain_relu(layers[j])
+                    and int(candidates.sum()) * _pass_macs(net, j) >= _SIDE_SPLIT_MIN_MACS
                 ):
-                    lo, up = _tighten_signs(net, j, ball, lines, candidates, lo, up, complete=True)
-                    sides_skipped = True
+                    lo, up = _tighten_signs(net, j, ball, lines, candidates, lo, up, sides)
+                    sides_skipped |= sides is SideOrder.SIGNS_FIRST
                 else:
                     lo, up = _tighten_by_backward_pass(
                         net, j, ball, lines, candidates, lo, up, intersect

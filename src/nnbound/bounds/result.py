@@ -22,8 +22,9 @@ class Bounds:
     ``lower``/``upper`` have shape ``(*batch_shape, S)``: ``(B, S)`` for one radius per input,
     ``(B, K, S)`` for K radii. ``intermediate`` holds the pre-activation bounds used (rows
     flattened to ``N = B * K``), which Jacobian bounds reuse. ``sides_skipped``: some stable
-    neuron kept its interval bound on the side that did not settle it (``signs_first``), so
-    the bounds may be looser than the full ones.
+    neuron kept its interval bound on the side that did not settle it
+    (:attr:`~nnbound.bounds.sides.SideOrder.SIGNS_FIRST`), so the bounds may be looser than
+    the full ones.
     """
 
     lower: Tensor

@@ -10,6 +10,7 @@ from torch import Tensor
 from nnbound.bounds.api import bounds
 from nnbound.bounds.centre_products import CentreProducts
 from nnbound.bounds.methods import ALL_METHODS, LAYERWISE_METHODS
+from nnbound.bounds.sides import SideOrder
 from nnbound.bounds.spectral import spectral_lipschitz
 from nnbound.errors import InputError
 from nnbound.network.graph import Graph
@@ -64,10 +65,10 @@ class _Certifier:
         domain: tuple[float, float] | None,
         reference: bool,
         reuse: bool,
-        signs_first: bool = False,
+        sides: SideOrder = SideOrder.BOTH,
     ) -> None:
         self.net, self.x, self.spec, self.p = net, x, spec, p
-        self.signs_first = signs_first and not reference and method in LAYERWISE_METHODS
+        self.sides = sides
         self.method, self.domain, self.reference = method, domain, reference
         self.reuse = reuse and not reference and method not in ("spectral", "quad", "ibp")
         self.cache: dict[int, tuple[Tensor, Tensor]] = {}
@@ -94,18 +95,18 @@ class _Certifier:
     def margin(self, rows: Tensor, eps: Tensor) -> Tensor:
         """Per row, the lower bound of the smallest spec margin over the ball (``(R,)``, CPU).
 
-        With ``signs_first`` the bounds are first computed with each hidden neuron's settling
-        side first (about half the backward passes on a deep network), and the rows they do
-        not certify again in full (where some side was skipped): a certified row's margin is
-        then a valid bound that may differ from the full one, an uncertified row's is the full
-        one, so no row is decided worse than by the full bounds."""
-        margin, sides_skipped = self._margin(rows, eps, signs_first=self.signs_first)
+        With ``sides`` ``SIGNS_FIRST``, the rows whose bounds skipped sides
+        (``Bounds.sides_skipped``) and do not certify are bounded again with
+        ``INACTIVE_FIRST`` (the full bounds): a certified row's margin is then a valid bound
+        that may differ from the full one, an uncertified row's is the full one, so no row is
+        decided worse than by the full bounds."""
+        margin, sides_skipped = self._margin(rows, eps, self.sides)
         again = margin <= 0
         if sides_skipped and bool(again.any()):
-            margin[again] = self._margin(rows[again], eps[again], signs_first=False)[0]
+            margin[again] = self._margin(rows[again], eps[again], SideOrder.INACTIVE_FIRST)[0]
         return margin
 
-    def _margin(self, rows: Tensor, eps: Tensor, *, signs_first: bool) -> tuple[Tensor, bool]:
+    def _margin(self, rows: Tensor, eps: Tensor, sides: SideOrder) -> tuple[Tensor, bool]:
         """:meth:`margin` from one bound computation, and whether it skipped sides."""
         rows_dev = rows.to(self.x.device)
         ball = LpBall.make(
@@ -122,7 +123,7 @@ class _Certifier:
             centre_cache=self.centre_cache if self.method in LAYERWISE_METHODS else None,
             # the search steers by float32 bounds and re-certifies its radius in float64
             outward=False,
-            signs_first=signs_first,
+            sides=sides,
         )
         margin = b.lower.amin(-1).cpu()
         ok = margin > 0
@@ -228,15 +229,25 @@ def certified_radius(
         margin = (spec64 @ net64.forward(x64).reshape(x.shape[0], -1, 1)).squeeze(-1)
         lip = spectral_lipschitz(net64, spec64, p)
         return (margin / lip).clamp_min(0).amin(-1).cpu()
-    condition = _Certifier(net, x, spec, p, method, domain, reference, reuse=True)
+    # The float32 search skips only lower sides that nothing reads (the same bounds); the
+    # float64 confirmation, which only asks "certified?", settling sides first.
+    condition = _Certifier(
+        net, x, spec, p, method, domain, reference, reuse=True, sides=SideOrder.INACTIVE_FIRST
+    )
     cond64 = None
     if verify_float64 and net.dtype != torch.float64:
         net64 = net.to(dtype=torch.float64)
         x64, spec64 = x.to(torch.float64), spec.to(torch.float64)
-        # Float64 only confirms what float32 certified: settling sides first, then in full
-        # where that does not certify.
         cond64 = _Certifier(
-            net64, x64, spec64, p, method, domain, reference, reuse=False, signs_first=True
+            net64,
+            x64,
+            spec64,
+            p,
+            method,
+            domain,
+            reference,
+            reuse=False,
+            sides=SideOrder.SIGNS_FIRST,
         )
         if cond64.centre_cache is not None:
             # The float32 search's norm references bound the float64 evaluations' norms too.

@@ -1,10 +1,14 @@
-"""``signs_first``: hidden ReLU neurons get the side of their bound that can settle their state
-first, the other side only where they stay unstable.
+"""Side orders of hidden ReLU layers' backward passes (:class:`SideOrder`).
+
+``SIGNS_FIRST``: each neuron gets the side of its bound that can settle its state first, the
+other side only where it stays unstable. ``INACTIVE_FIRST``: neurons negative at the centre
+get their upper side first and skip the lower one where that proves them inactive.
 
 The bounds must hold (sampled points, vertices, PGD); every neuron must have exactly the bounds
-the same lines give it by a full pass where it stays unstable, and on its settling side where it
-is stable (the other side keeps its interval bound); fewer passes must be made; and a radius
-search that confirms in float64 with them must never report less than with full bounds.
+the same lines give it by a full pass, except on the sides each order skips (which keep their
+interval bounds); ``INACTIVE_FIRST``'s final bounds must equal the full ones; fewer passes must
+be made; and a radius search that confirms in float64 with ``SIGNS_FIRST`` must never report
+less than with full bounds.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import NORMS, check_points_within, pgd_extremes, random_network
 from nnbound.bounds.interval import interval_forward
+from nnbound.bounds.sides import SideOrder
 from nnbound.relax.registry import relaxation_for
 from nnbound.relax.s_shaped import TangentRule
 from nnbound.sets.lp_ball import LpBall
@@ -31,12 +36,13 @@ radius = importlib.import_module("nnbound.tasks.radius")
 linear = importlib.import_module("nnbound.bounds.linear")
 
 RELU_METHODS = ("fastlin", "crown-adaptive", "crown-general")
+ORDERS = (SideOrder.SIGNS_FIRST, SideOrder.INACTIVE_FIRST)
 
 
 @pytest.fixture(autouse=True)
 def every_layer_splits(monkeypatch) -> None:
     """Small test networks never reach the work at which a layer is split by side."""
-    monkeypatch.setattr(methods, "_SIGNS_FIRST_MIN_MACS", 0)
+    monkeypatch.setattr(methods, "_SIDE_SPLIT_MIN_MACS", 0)
 
 
 def _case(activation: str, hidden: list[int], p: float, seed: int, eps: float):
@@ -49,6 +55,7 @@ def _case(activation: str, hidden: list[int], p: float, seed: int, eps: float):
 @settings(max_examples=40, deadline=None)
 @given(
     activation=st.sampled_from(("relu", "leaky_relu")),
+    order=st.sampled_from(ORDERS),
     method=st.sampled_from(RELU_METHODS),
     p=st.sampled_from(NORMS),
     hidden=st.lists(st.integers(3, 10), min_size=2, max_size=4),
@@ -56,10 +63,16 @@ def _case(activation: str, hidden: list[int], p: float, seed: int, eps: float):
     seed=st.integers(0, 10_000),
 )
 def test_bounds_hold_at_sampled_and_attacked_points(
-    activation: str, method: str, p: float, hidden: list[int], eps: float, seed: int
+    activation: str,
+    order: SideOrder,
+    method: str,
+    p: float,
+    hidden: list[int],
+    eps: float,
+    seed: int,
 ) -> None:
     net, ball = _case(activation, hidden, p, seed, eps)
-    b = methods.layerwise_bounds(net, ball, method, signs_first=True)
+    b = methods.layerwise_bounds(net, ball, method, sides=order)
     gen = torch.Generator().manual_seed(seed)
     points = torch.cat((ball.sample(500, generator=gen), ball.vertices(100, generator=gen)), 1)
     below, above = check_points_within(net, points, None, b.lower, b.upper)
@@ -68,24 +81,26 @@ def test_bounds_hold_at_sampled_and_attacked_points(
     assert bool((b.lower <= mins + 1e-9).all()) and bool((maxs <= b.upper + 1e-9).all())
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
+    order=st.sampled_from(ORDERS),
     method=st.sampled_from(RELU_METHODS),
     p=st.sampled_from(NORMS),
     hidden=st.lists(st.integers(3, 10), min_size=3, max_size=4),
     eps=st.floats(0.01, 0.6),
     seed=st.integers(0, 10_000),
 )
-def test_each_neuron_gets_the_full_pass_where_unstable_and_its_settling_side_where_stable(
-    method: str, p: float, hidden: list[int], eps: float, seed: int
+def test_each_neuron_has_the_full_pass_bounds_but_on_the_sides_its_order_skips(
+    order: SideOrder, method: str, p: float, hidden: list[int], eps: float, seed: int
 ) -> None:
-    """Layer by layer, from the lines the signs-first bounds of the layers below give: a
-    neuron the interval bound leaves across 0 has, where it stays unstable, the interval bound
-    intersected with a full pass on both sides; where it is stable, on the side that settles it
-    (its lower bound when positive at the centre) and its interval bound on the other. The
-    others keep their interval bounds."""
+    """Layer by layer, from the lines the bounds of the layers below give: a neuron the
+    interval bound leaves across 0 has the interval bound intersected with a full pass, except
+    on the side its order skips: with ``SIGNS_FIRST`` the side that did not settle a stable
+    neuron (its upper side when positive at the centre), with ``INACTIVE_FIRST`` the lower
+    side of a neuron negative at the centre that its upper side proved inactive. The others
+    keep their interval bounds."""
     net, ball = _case("relu", hidden, p, seed, eps)
-    b = methods.layerwise_bounds(net, ball, method, signs_first=True)
+    b = methods.layerwise_bounds(net, ball, method, sides=order)
     pre, layers = b.intermediate.pre, net.layers
     m = methods.get_method(method)
     acts = sorted(pre)
@@ -103,11 +118,15 @@ def test_each_neuron_gets_the_full_pass_where_unstable_and_its_settling_side_whe
             for layer in layers[:j]:
                 centre = layer.forward(centre)
             candidate = (ibp_lo < 0) & (ibp_up > 0)
-            unstable = candidate & (lo < 0) & (up > 0)
-            by_lower = candidate & ~unstable & (centre > 0)
-            by_upper = candidate & ~unstable & (centre < 0)
-            want_lo = torch.where(unstable | by_lower, full_lo, ibp_lo)
-            want_up = torch.where(unstable | by_upper, full_up, ibp_up)
+            if order is SideOrder.SIGNS_FIRST:
+                unstable = candidate & (lo < 0) & (up > 0)
+                skip_lo = candidate & ~unstable & (centre < 0)
+                skip_up = candidate & ~unstable & (centre > 0)
+            else:
+                skip_lo = candidate & (centre < 0) & (up <= 0)
+                skip_up = torch.zeros_like(candidate)
+            want_lo = torch.where(candidate & ~skip_lo, full_lo, ibp_lo)
+            want_up = torch.where(candidate & ~skip_up, full_up, ibp_up)
             torch.testing.assert_close(lo, want_lo, rtol=0, atol=1e-12)
             torch.testing.assert_close(up, torch.maximum(want_up, want_lo), rtol=0, atol=1e-12)
         lines[j] = relax[j].linear(lo, up)
@@ -126,7 +145,8 @@ def _side_rows(monkeypatch) -> list[int]:
     return made
 
 
-def test_stable_neurons_take_one_side(monkeypatch) -> None:
+@pytest.mark.parametrize("order", ORDERS)
+def test_stable_neurons_skip_a_side(order: SideOrder, monkeypatch) -> None:
     net = random_network("relu", [20, 40, 40, 40, 5], seed=3)
     x = torch.rand(4, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 0.5
     ball = LpBall.make(x, 0.02, math.inf)
@@ -134,24 +154,52 @@ def test_stable_neurons_take_one_side(monkeypatch) -> None:
     full = methods.layerwise_bounds(net, ball, "crown-adaptive")
     full_rows = sum(made)
     made.clear()
-    first = methods.layerwise_bounds(net, ball, "crown-adaptive", signs_first=True)
-    assert sum(made) < 0.75 * full_rows
-    # Here no interval bound is tighter than a pass, so the bounds are the full ones.
-    torch.testing.assert_close(first.lower, full.lower, rtol=0, atol=1e-12)
+    split = methods.layerwise_bounds(net, ball, "crown-adaptive", sides=order)
+    assert (
+        sum(made) < {SideOrder.SIGNS_FIRST: 0.75, SideOrder.INACTIVE_FIRST: 0.9}[order] * full_rows
+    )
+    assert split.sides_skipped == (order is SideOrder.SIGNS_FIRST)
+    # Here no interval bound is tighter than a pass, so even SIGNS_FIRST's are the full ones.
+    torch.testing.assert_close(split.lower, full.lower, rtol=0, atol=1e-12)
+    torch.testing.assert_close(split.upper, full.upper, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    method=st.sampled_from(RELU_METHODS),
+    p=st.sampled_from(NORMS),
+    hidden=st.lists(st.integers(3, 10), min_size=2, max_size=4),
+    eps=st.floats(0.01, 0.6),
+    seed=st.integers(0, 10_000),
+)
+def test_inactive_first_gives_the_full_final_bounds(
+    method: str, p: float, hidden: list[int], eps: float, seed: int
+) -> None:
+    net, ball = _case("relu", hidden, p, seed, eps)
+    full = methods.layerwise_bounds(net, ball, method)
+    split = methods.layerwise_bounds(net, ball, method, sides=SideOrder.INACTIVE_FIRST)
+    torch.testing.assert_close(split.lower, full.lower, rtol=0, atol=1e-12)
+    torch.testing.assert_close(split.upper, full.upper, rtol=0, atol=1e-12)
+    for j, (lo, up) in full.intermediate.pre.items():
+        s_lo, s_up = split.intermediate.pre[j]
+        torch.testing.assert_close(s_up, up, rtol=0, atol=1e-12)
+        live = up > 0  # a lower bound is read only where the neuron may be active
+        torch.testing.assert_close(s_lo[live], lo[live], rtol=0, atol=1e-12)
 
 
 def test_below_the_work_threshold_layers_take_the_full_pass(monkeypatch) -> None:
-    monkeypatch.setattr(methods, "_SIGNS_FIRST_MIN_MACS", 1 << 40)
+    monkeypatch.setattr(methods, "_SIDE_SPLIT_MIN_MACS", 1 << 40)
     net = random_network("relu", [20, 40, 40, 40, 5], seed=3)
     x = torch.rand(4, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 0.5
     ball = LpBall.make(x, 0.02, math.inf)
     made = _side_rows(monkeypatch)
     full = methods.layerwise_bounds(net, ball, "crown-adaptive")
     full_rows = sum(made)
-    made.clear()
-    first = methods.layerwise_bounds(net, ball, "crown-adaptive", signs_first=True)
-    assert sum(made) == full_rows
-    assert torch.equal(first.lower, full.lower) and torch.equal(first.upper, full.upper)
+    for order in ORDERS:
+        made.clear()
+        split = methods.layerwise_bounds(net, ball, "crown-adaptive", sides=order)
+        assert sum(made) == full_rows and not split.sides_skipped
+        assert torch.equal(split.lower, full.lower) and torch.equal(split.upper, full.upper)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -159,7 +207,8 @@ def test_radius_search_confirms_no_less_and_redoes_what_it_does_not_certify(
     seed: int, monkeypatch
 ) -> None:
     """The float64 confirmation takes the signs-first bounds where they certify and the full
-    ones elsewhere: the radius is at least the one full confirmations give."""
+    ones elsewhere: the radius is at least the one full bounds give (the float32 search's
+    inactive-first bounds are the full ones)."""
     net = random_network("relu", [12, 24, 24, 24, 5], seed=seed, dtype=torch.float32)
     x = torch.rand(6, 12, generator=torch.Generator().manual_seed(seed)) - 0.5
     with torch.no_grad():
@@ -168,8 +217,8 @@ def test_radius_search_confirms_no_less_and_redoes_what_it_does_not_certify(
     calls: list[tuple[bool, bool]] = []  # (sides skipped, certified)
     inner = radius._Certifier._margin
 
-    def recorded(self, rows, eps, *, signs_first):
-        got, skipped = inner(self, rows, eps, signs_first=signs_first)
+    def recorded(self, rows, eps, sides):
+        got, skipped = inner(self, rows, eps, sides)
         if self.x.dtype == torch.float64:
             calls.extend((skipped, bool(v > 0)) for v in got)
         return got, skipped
@@ -182,7 +231,7 @@ def test_radius_search_confirms_no_less_and_redoes_what_it_does_not_certify(
     original_init = radius._Certifier.__init__
 
     def full_only(self, *args, **kwargs):
-        original_init(self, *args, **{**kwargs, "signs_first": False})
+        original_init(self, *args, **{**kwargs, "sides": SideOrder.BOTH})
 
     monkeypatch.setattr(radius._Certifier, "__init__", full_only)
     full = radius.certified_radius(net, x, labels, targets, norm=2)
