@@ -517,8 +517,12 @@ def layerwise_bounds(
                     and _is_plain_relu(layers[j])
                     and int(candidates.sum()) * _pass_macs(net, j) >= _SIDE_SPLIT_MIN_MACS
                 ):
-                    lo, up = _tighten_signs(net, j, ball, lines, candidates, lo, up, sides)
-                    sides_skipped |= sides is SideOrder.SIGNS_FIRST
+                    # The last relaxed layer's bounds are read only for its lines, which a
+                    # stable neuron's skipped side does not change: settling sides first there
+                    # gives the same final bounds.
+                    order = SideOrder.SIGNS_FIRST if pos == len(acts) - 1 else sides
+                    lo, up = _tighten_signs(net, j, ball, lines, candidates, lo, up, order)
+                    sides_skipped |= sides is SideOrder.SIGNS_FIRST and pos < len(acts) - 1
                 else:
                     lo, up = _tighten_by_backward_pass(
                         net, j, ball, lines, candidates, lo, up, intersect

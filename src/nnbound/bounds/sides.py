@@ -21,8 +21,10 @@ class SideOrder(enum.Enum):
     INACTIVE_FIRST = "inactive-first"
     """Neurons negative at the centre first get their upper side; those it proves inactive
     skip the lower side, the others (and every neuron not negative at the centre) get what
-    they lack. The final and every relaxation-relevant bound equal ``BOTH``'s; only the lower
-    bounds of neurons proved inactive are left at their interval bound."""
+    they lack; in the last relaxed layer, whose bounds only its lines read, ``SIGNS_FIRST``'s
+    order. The final bounds and every bound a relaxation reads equal ``BOTH``'s; only the lower
+    bounds of neurons proved inactive, and in the last relaxed layer the upper bounds of
+    neurons proved active, are left at their interval bounds."""
     SIGNS_FIRST = "signs-first"
     """Every neuron first gets the side that can settle its state (the lower side when
     positive at the centre, the upper when negative), the other side only where it stays
