@@ -37,6 +37,18 @@ linear = importlib.import_module("nnbound.bounds.linear")
 
 RELU_METHODS = ("fastlin", "crown-adaptive", "crown-general")
 ORDERS = (SideOrder.SIGNS_FIRST, SideOrder.INACTIVE_FIRST)
+# Every random case: a method, a norm, a radius scale and a seed (with hidden widths).
+CASE = {
+    "method": st.sampled_from(RELU_METHODS),
+    "p": st.sampled_from(NORMS),
+    "eps": st.floats(0.01, 0.6),
+    "seed": st.integers(0, 10_000),
+}
+
+
+def _hidden(layers: int) -> st.SearchStrategy[list[int]]:
+    """``layers`` to 4 hidden widths."""
+    return st.lists(st.integers(3, 10), min_size=layers, max_size=4)
 
 
 @pytest.fixture(autouse=True)
@@ -56,11 +68,8 @@ def _case(activation: str, hidden: list[int], p: float, seed: int, eps: float):
 @given(
     activation=st.sampled_from(("relu", "leaky_relu")),
     order=st.sampled_from(ORDERS),
-    method=st.sampled_from(RELU_METHODS),
-    p=st.sampled_from(NORMS),
-    hidden=st.lists(st.integers(3, 10), min_size=2, max_size=4),
-    eps=st.floats(0.01, 0.6),
-    seed=st.integers(0, 10_000),
+    hidden=_hidden(2),
+    **CASE,
 )
 def test_bounds_hold_at_sampled_and_attacked_points(
     activation: str,
@@ -82,14 +91,7 @@ def test_bounds_hold_at_sampled_and_attacked_points(
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    order=st.sampled_from(ORDERS),
-    method=st.sampled_from(RELU_METHODS),
-    p=st.sampled_from(NORMS),
-    hidden=st.lists(st.integers(3, 10), min_size=3, max_size=4),
-    eps=st.floats(0.01, 0.6),
-    seed=st.integers(0, 10_000),
-)
+@given(order=st.sampled_from(ORDERS), hidden=_hidden(3), **CASE)
 def test_each_neuron_has_the_full_pass_bounds_but_on_the_sides_its_order_skips(
     order: SideOrder, method: str, p: float, hidden: list[int], eps: float, seed: int
 ) -> None:
@@ -145,14 +147,19 @@ def _side_rows(monkeypatch) -> list[int]:
     return made
 
 
-@pytest.mark.parametrize("order", ORDERS)
-def test_stable_neurons_skip_a_side(order: SideOrder, monkeypatch) -> None:
+def _counted_full_bounds(monkeypatch):
+    """A 3-hidden-layer case, its side-row counter, its full bounds and their side-rows."""
     net = random_network("relu", [20, 40, 40, 40, 5], seed=3)
     x = torch.rand(4, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 0.5
     ball = LpBall.make(x, 0.02, math.inf)
     made = _side_rows(monkeypatch)
     full = methods.layerwise_bounds(net, ball, "crown-adaptive")
-    full_rows = sum(made)
+    return net, ball, made, full, sum(made)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_stable_neurons_skip_a_side(order: SideOrder, monkeypatch) -> None:
+    net, ball, made, full, full_rows = _counted_full_bounds(monkeypatch)
     made.clear()
     split = methods.layerwise_bounds(net, ball, "crown-adaptive", sides=order)
     assert (
@@ -165,13 +172,7 @@ def test_stable_neurons_skip_a_side(order: SideOrder, monkeypatch) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    method=st.sampled_from(RELU_METHODS),
-    p=st.sampled_from(NORMS),
-    hidden=st.lists(st.integers(3, 10), min_size=2, max_size=4),
-    eps=st.floats(0.01, 0.6),
-    seed=st.integers(0, 10_000),
-)
+@given(hidden=_hidden(2), **CASE)
 def test_inactive_first_gives_the_full_final_bounds(
     method: str, p: float, hidden: list[int], eps: float, seed: int
 ) -> None:
@@ -193,12 +194,7 @@ def test_inactive_first_gives_the_full_final_bounds(
 
 def test_below_the_work_threshold_layers_take_the_full_pass(monkeypatch) -> None:
     monkeypatch.setattr(methods, "_SIDE_SPLIT_MIN_MACS", 1 << 40)
-    net = random_network("relu", [20, 40, 40, 40, 5], seed=3)
-    x = torch.rand(4, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 0.5
-    ball = LpBall.make(x, 0.02, math.inf)
-    made = _side_rows(monkeypatch)
-    full = methods.layerwise_bounds(net, ball, "crown-adaptive")
-    full_rows = sum(made)
+    net, ball, made, full, full_rows = _counted_full_bounds(monkeypatch)
     for order in ORDERS:
         made.clear()
         split = methods.layerwise_bounds(net, ball, "crown-adaptive", sides=order)
