@@ -67,7 +67,7 @@ from nnbound.network.network import Network
 from nnbound.relax.base import LinearRelaxation, Relaxation, straddles
 from nnbound.relax.maxpool import MaxPoolLines, maxpool_interval, maxpool_lines
 from nnbound.relax.registry import relaxation_for
-from nnbound.relax.relu import LowerSlope
+from nnbound.relax.relu import LeakyReluRelaxation, LowerSlope
 from nnbound.relax.s_shaped import TangentRule
 from nnbound.sets.box import InputSet
 from nnbound.sets.lp_ball import LpBall
@@ -269,13 +269,6 @@ def _pass_macs(net: Network, j: int) -> int:
     )
 
 
-def _is_plain_relu(layer: object) -> bool:
-    """A ReLU whose inactive side is the zero function (no leak, no cap)."""
-    if not isinstance(layer, Activation):
-        return False
-    return layer.name == "relu" or (layer.name == "leaky_relu" and layer.alpha == 0)
-
-
 def _tighten_signs(
     net: Network,
     j: int,
@@ -306,30 +299,26 @@ def _tighten_signs(
             centre = layer.forward(centre)
     z0 = centre.reshape(n, -1)
     negative = z0 < 0
+
+    def passes(groups: list[tuple[Tensor, tuple[bool, bool]]]) -> tuple[Tensor, Tensor]:
+        lo, up = lower, upper
+        for picked, sides in groups:
+            mask = candidates & picked
+            if bool(mask.any()):
+                lo, up = _tighten_by_backward_pass(net, j, ball, lines, mask, lo, up, True, sides)
+        return lo, up
+
     first = [(negative, (False, True))]
     if order is not SideOrder.INACTIVE_FIRST:
         first = [(z0 > 0, (True, False)), *first, (z0 == 0, (True, True))]
-    for picked, sides in first:
-        mask = candidates & picked
-        if bool(mask.any()):
-            lower, upper = _tighten_by_backward_pass(
-                net, j, ball, lines, mask, lower, upper, True, sides
-            )
+    lower, upper = passes(first)
     if order is None:
         return lower, upper
     flat_lo, flat_up = lower.reshape(n, -1), upper.reshape(n, -1)
     if order is SideOrder.INACTIVE_FIRST:
-        rest = [(~negative, (True, True)), (negative & (flat_up > 0), (True, False))]
-    else:
-        still = straddles(flat_lo, flat_up, (0.0,))
-        rest = [(still & (z0 > 0), (False, True)), (still & negative, (True, False))]
-    for picked, sides in rest:
-        mask = candidates & picked
-        if bool(mask.any()):
-            lower, upper = _tighten_by_backward_pass(
-                net, j, ball, lines, mask, lower, upper, True, sides
-            )
-    return lower, upper
+        return passes([(~negative, (True, True)), (negative & (flat_up > 0), (True, False))])
+    still = straddles(flat_lo, flat_up, (0.0,))
+    return passes([(still & (z0 > 0), (False, True)), (still & negative, (True, False))])
 
 
 def _tighten_by_split(
@@ -514,7 +503,9 @@ def layerwise_bounds(
                 elif (
                     sides is not SideOrder.BOTH
                     and intersect
-                    and _is_plain_relu(layers[j])
+                    # a ReLU without leak: zero on its inactive side, whatever its bounds
+                    and isinstance(relax[j], LeakyReluRelaxation)
+                    and relax[j].alpha == 0
                     and int(candidates.sum()) * _pass_macs(net, j) >= _SIDE_SPLIT_MIN_MACS
                 ):
                     # The last relaxed layer's bounds are read only for its lines, which a
