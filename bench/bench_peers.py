@@ -228,6 +228,7 @@ def network_row(
     default batch where the network allows it; radii compared on the images all share)."""
     bnet = bench_network(name, count)
     many = bench_network(name, max(count, batch_count))
+    batch_count = many.x.shape[0]  # the images the network classifies as labelled
     steps, norm = args.steps, args.norm
 
     def skipped() -> None:
@@ -240,11 +241,10 @@ def network_row(
             skipped if args.no_auto_lirpa else lambda: radius_auto_lirpa(bnet, norm, steps, EPS0),
         ),
         Column("b1", worker_run(THIS_SRC, name, count, args)),
-        Column("batch", worker_run(THIS_SRC, name, many.x.shape[0], args, True)),
+        Column("batch", worker_run(THIS_SRC, name, batch_count, args, True)),
     ]
     if args.before_src:
         cols.append(Column("before", worker_run(args.before_src, name, count, args)))
-        batch_count = many.x.shape[0]
         cols.append(
             Column("before batch", worker_run(args.before_src, name, batch_count, args, True))
         )
