@@ -5,12 +5,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnbound.tasks.radius import first_scale
-from nnbound.tasks.search import batched_binary_search, bisect_down, bracketed_binary_search
+from nnbound.tasks.radius import first_scale, steep
+from nnbound.tasks.search import (
+    _fall_ratio_root_in_bracket,
+    batched_binary_search,
+    bisect_down,
+    bracketed_binary_search,
+)
 
 
 def reference_binary_search(condition, current, max_steps, tol=1e-5, upper_limit=1e5):
@@ -254,3 +261,74 @@ def test_bracketed_search_is_quick_on_a_deep_networks_bound() -> None:
 def test_first_scale_halves_per_relaxed_layer() -> None:
     want = [1.0, 1.0, 0.5, 0.25, 1 / 32, 1 / 32, 1 / 32]
     assert [first_scale(k) for k in (0, 1, 2, 3, 6, 7, 20)] == want
+
+
+def test_steep_from_three_relaxed_layers() -> None:
+    assert [steep(k) for k in (0, 1, 2, 3, 6)] == [False, False, False, True, True]
+
+
+@pytest.mark.parametrize("layers", [3, 5])
+def test_bracketed_search_confirms_once_under_a_steep_failure(layers: int) -> None:
+    """A first evaluation far past a cliff, then certified eps on the flat part: the chord
+    through two certified points then reaches past F. Kept just under F, it made the next
+    evaluation a ``confirm`` expected to certify there, which failed: two or three ``confirm``
+    evaluations per row on these curves. Now each row's radius takes one. (No root at a
+    candidate of the reference's path, such as its start 0.005, where rounding decides.)"""
+    t = torch.tensor([0.001, 0.0023, 0.0034, 0.0051, 0.013, 0.04, 0.1, 0.3], dtype=torch.float64)
+    margin, m0, g0 = _deep_margin(t, 1.0)
+    confirm, confirmations = _counting(margin, t.shape[0])
+    got = bracketed_binary_search(
+        margin, m0, 0.005, slope0=g0, first_scale=first_scale(layers), confirm=confirm
+    )
+    want = batched_binary_search(lambda r, e: margin(r, e) > 0, t.shape[0], 0.005)
+    assert torch.equal(got, want)
+    assert confirmations.tolist() == [1] * t.shape[0]
+
+
+@pytest.mark.parametrize(("layers", "beta"), [(3, 1.0), (5, 1.0), (4, 1.5), (5, 2.0)])
+def test_steep_search_fits_the_fall_ratio_model_to_the_bracket(layers: int, beta: float) -> None:
+    """On a deep network's bound (flat, then a cliff), ``steep`` reaches the reference's
+    result with at most 0.7 times the evaluations of the cubic through the centre, P and F
+    (which put the second evaluation at a fraction of the root and crept up from there)."""
+    t = torch.tensor([0.001, 0.0023, 0.0034, 0.005, 0.013, 0.04, 0.1, 0.3], dtype=torch.float64)
+    margin, m0, g0 = _deep_margin(t, beta)
+    want = batched_binary_search(lambda r, e: margin(r, e) > 0, t.shape[0], 0.005)
+    totals = {}
+    for fit_ratio in (False, True):
+        counted, evaluations = _counting(margin, t.shape[0])
+        got = bracketed_binary_search(
+            counted, m0, 0.005, slope0=g0, first_scale=first_scale(layers), steep=fit_ratio
+        )
+        assert torch.equal(got, want)
+        totals[fit_ratio] = int(evaluations.sum())
+    assert totals[True] <= 0.7 * totals[False]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+    certified=st.booleans(),
+)
+def test_fall_ratio_root_in_bracket_is_exact_on_the_model(
+    rows: int, seed: int, certified: bool
+) -> None:
+    """On a bound that is exactly the model (``log rho`` linear in eps: 0 at the centre when
+    nothing is certified), the fitted root is the bound's root."""
+    gen = np.random.default_rng(seed)
+    root = gen.uniform(1e-4, 1.0, rows)
+    m0 = gen.uniform(1e-3, 10.0, rows)
+    rise = gen.uniform(0.1, 8.0, rows) / root  # log rho grows by 0.1-8 up to the root
+    at0 = gen.uniform(0.0, 2.0, rows) if certified else np.zeros(rows)
+    # choose g0 so that the model's root is ``root``: m0 = g0 root rho(root)
+    g0 = m0 / (root * np.exp(at0 + rise * root))
+
+    def model(e: np.ndarray) -> np.ndarray:
+        return m0 - g0 * e * np.exp(at0 + rise * e)
+
+    p = gen.uniform(0.2, 0.95, rows) * root if certified else np.zeros(rows)
+    f = gen.uniform(1.05, 3.0, rows) * root
+    mp = model(p) if certified else m0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        got = _fall_ratio_root_in_bracket(m0, g0, p, mp, f, model(f))
+    np.testing.assert_allclose(got, root, rtol=1e-9)
