@@ -180,8 +180,11 @@ def first_scale(relaxed_layers: int) -> float:
 
 
 # From this many relaxed layers on, a layer-wise margin bound is flat far below its root and
-# falls off a cliff past it (measured on random MLPs of 3 to 6 relaxed layers; two-layer
-# networks' bounds are close to quadratic): the search then fits its fall-ratio model.
+# falls off a cliff past it (random MLPs of 3 to 6 relaxed layers; two-layer networks' bounds
+# are close to quadratic): the search then fits its fall-ratio model. Float32 evaluations
+# per row without and with it: 784-[512]x5-10 8.2 -> 4.8, 784-[1024]x6-10 5.0 -> 3.5,
+# 784-[1024]x3-10 3.4 -> 2.9; the trained MNIST CNNs (three relaxed layers) 10.65 -> 10.75,
+# 5.8 -> 5.6 and 5.0 -> 4.8.
 _STEEP_FROM_RELAXED_LAYERS = 3
 
 

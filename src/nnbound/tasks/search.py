@@ -496,7 +496,7 @@ def _fall_ratio_root_in_bracket(
         pp,
         ff,
         (log_rho_p, rise, pp, target),
-        lambda e, at_p, slope, p0, log_root: np.log(e) + at_p + slope * (e - p0) < log_root,
+        lambda e, log_p, slope, p0, log_root: np.log(e) + log_p + slope * (e - p0) < log_root,
     )
     return np.where(usable, root, np.nan)
 
