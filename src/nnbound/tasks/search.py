@@ -460,12 +460,8 @@ def _fall_ratio_root(m0: Array, g0: Array, p: Array, mp: Array) -> Array:
     pp = np.where(usable, pp, 1.0)
     log_rho_p = np.log(np.where(usable, rho_p, 2.0))
     first_order = np.where(usable, m0 / g, 2.0)
-    root = _bisect(
-        pp,
-        first_order,
-        (np.log(first_order), log_rho_p, pp),
-        lambda e, log_root, log_rho, p0: np.log(e) + log_rho * (e / p0) < log_root,
-    )
+    zero = np.zeros_like(pp)
+    root = _fall_ratio_model_root(np.log(first_order), zero, zero, pp, log_rho_p, pp, first_order)
     return np.where(usable, root, np.nan)
 
 
@@ -490,15 +486,24 @@ def _fall_ratio_root_in_bracket(
     pp = np.where(at_p, p, 0.0)
     log_rho_f = np.log(np.where(usable, (m0 - mf) / (g * ff), 1.0))
     log_rho_p = np.log(np.where(at_p, (m0 - mp) / (g * np.where(at_p, pp, 1.0)), 1.0))
-    rise = (log_rho_f - log_rho_p) / (ff - pp)
     target = np.log(np.where(usable, m0 / g, 1.0))
-    root = _bisect(
-        pp,
-        ff,
-        (log_rho_p, rise, pp, target),
-        lambda e, log_p, slope, p0, log_root: np.log(e) + log_p + slope * (e - p0) < log_root,
-    )
+    root = _fall_ratio_model_root(target, pp, log_rho_p, ff, log_rho_f, pp, ff)
     return np.where(usable, root, np.nan)
+
+
+def _fall_ratio_model_root(
+    log_root: Array, a: Array, log_a: Array, b: Array, log_b: Array, lo: Array, hi: Array
+) -> Array:
+    """Root in ``(lo, hi)`` of ``log e + log rho(e) = log_root`` (the fall-ratio model's
+    ``m0 = g0 e rho(e)``, ``log_root = log(m0 / g0)``) with ``log rho`` linear in eps through
+    ``(a, log_a)`` and ``(b, log_b)``, by bisection. With ``a = log_a = 0`` the arithmetic is
+    ``log e + log_b (e / b)``, operation for operation."""
+    return _bisect(
+        lo,
+        hi,
+        (log_root, a, log_a, b - a, log_b - log_a),
+        lambda e, t, a0, la, span, rise: np.log(e) + la + rise * ((e - a0) / span) < t,
+    )
 
 
 def _quadratic_root(m0: Array, g0: Array, p: Array, mp: Array) -> Array:
