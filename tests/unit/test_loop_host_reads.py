@@ -66,9 +66,7 @@ def test_cw_early_abort_reads_at_most_ten_times_per_round() -> None:
     steps, rounds = 200, 2
     with_abort = _reads(lambda: CarliniWagnerL2(steps=steps, binary_steps=rounds)(net, x, labels))
     without = _reads(
-        lambda: CarliniWagnerL2(steps=steps, binary_steps=rounds, abort_early=False)(
-            net, x, labels
-        )
+        lambda: CarliniWagnerL2(steps=steps, binary_steps=rounds, abort_early=False)(net, x, labels)
     )
     assert without <= with_abort <= without + 10 * rounds, (with_abort, without)
 
