@@ -11,9 +11,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nnbound.tasks import search as search_module
 from nnbound.tasks.radius import first_scale, steep
 from nnbound.tasks.search import (
     _fall_ratio_root_in_bracket,
+    _ReferenceSearch,
     batched_binary_search,
     bisect_down,
     bracketed_binary_search,
@@ -332,3 +334,52 @@ def test_fall_ratio_root_in_bracket_is_exact_on_the_model(
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         got = _fall_ratio_root_in_bracket(m0, g0, p, mp, f, model(f))
     np.testing.assert_allclose(got, root, rtol=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    rows=st.integers(1, 40),
+    max_steps=st.integers(1, 20),
+    tol=st.sampled_from([1e-5, 1e-3, 0.0]),
+)
+def test_decisive_candidates_replay_every_row_as_the_scalar_replay(
+    seed: int, rows: int, max_steps: int, tol: float
+) -> None:
+    """The lockstep replay gives each row's scalar replay bit for bit, from search states
+    reached by random decisions, with random brackets and roots (inside and outside them)."""
+    rng = np.random.default_rng(seed)
+    search = _ReferenceSearch.start(rows, float(rng.uniform(1e-4, 1.0)), max_steps, tol, 1e5, 10.0)
+    for _ in range(int(rng.integers(0, max_steps))):
+        live = np.flatnonzero(~search.done)
+        if live.size:
+            search.advance(live, rng.random(live.size) < 0.5)
+    cur = search.current
+    certified = np.where(rng.random(rows) < 0.3, 0.0, cur * rng.uniform(0.1, 1.0, rows))
+    failed = np.where(rng.random(rows) < 0.2, math.inf, cur * rng.uniform(1.0, 10.0, rows))
+    root = np.where(
+        np.isfinite(failed),
+        certified + (failed - certified) * rng.uniform(-0.2, 1.2, rows),
+        cur * rng.uniform(0.1, 20.0, rows),
+    )
+    root = np.where(rng.random(rows) < 0.1, cur, root)  # a root on the path itself
+    which = np.flatnonzero(rng.random(rows) < 0.8)
+    eps, final = search.decisive_candidates(which, certified[which], failed[which], root[which])
+    for k, r in enumerate(which.tolist()):
+        want = search.decisive_candidate(r, float(certified[r]), float(failed[r]), float(root[r]))
+        assert (eps[k], bool(final[k])) == want or (math.isnan(eps[k]) and math.isnan(want[0]))
+
+
+def test_many_rows_search_like_few(monkeypatch) -> None:
+    """A batch over the scalar replay's row limit (as a GPU's thousand images) replays its
+    paths in lockstep: the same radii and evaluations as the per-row replay."""
+    t = torch.from_numpy(np.random.default_rng(0).uniform(1e-3, 0.3, 200))
+    margin, m0, g0 = _deep_margin(t, 2.0)
+    runs = []
+    for limit in (10**9, 0):
+        monkeypatch.setattr(search_module, "_SCALAR_REPLAYS", limit)
+        counted, evaluations = _counting(margin, t.shape[0])
+        got = bracketed_binary_search(counted, m0, 0.005, slope0=g0, first_scale=first_scale(6))
+        runs.append((got, evaluations.clone()))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert torch.equal(runs[0][1], runs[1][1])

@@ -44,6 +44,10 @@ _WIDE_BRACKET = 1.0
 _CHORD_REACH = 4.0
 # Up to this many rows, root bisections run on Python floats (cheaper than array operations).
 _SCALAR_ROWS = 8
+# Up to this many rows, the reference path is replayed per row in Python floats; more replay
+# in lockstep as arrays, whose cost hardly depends on the rows (equal at about 128 rows; at
+# 1,000, a GPU's batch, 4x faster).
+_SCALAR_REPLAYS = 160
 
 
 @dataclass
@@ -117,6 +121,42 @@ class _ReferenceSearch:
         if math.isnan(last_fail):
             return last_ok, True
         return last_fail, False
+
+    def decisive_candidates(
+        self, rows: np.ndarray, certified: np.ndarray, failed: np.ndarray, root: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`decisive_candidate` for each of ``rows`` at once (arrays aligned with
+        ``rows``): the candidates and whether each is the last certified one.
+
+        Every row replays its path in lockstep, stopping where its own would, with the same
+        float64 operations in the same order, so each result is the scalar replay's bit for
+        bit."""
+        lo, up = self.lower[rows].copy(), self.upper[rows].copy()
+        cur, steps = self.current[rows].copy(), self.steps[rows].copy()
+        last_ok = np.full(rows.shape, math.nan)
+        last_fail = np.full(rows.shape, math.nan)
+        # A row that stopped keeps stepping with the others; only its record stops changing.
+        active = np.ones(rows.shape, dtype=bool)
+        while active.any():
+            known_ok = cur <= certified
+            unknown = active & ~known_ok & (cur < failed)
+            ok = known_ok | (unknown & (cur <= root))
+            last_ok = np.where(unknown & ok, cur, last_ok)
+            last_fail = np.where(unknown & ~ok, cur, last_fail)
+            lo, up = np.where(ok, cur, lo), np.where(ok, up, cur)
+            mid = (lo + up) / 2
+            nxt = np.where(
+                ok,
+                np.where(np.isfinite(up), mid, cur * self.scale),
+                np.where(lo > 0, mid, cur / self.scale),
+            )
+            steps += 1
+            active &= ~(
+                (steps >= self.max_steps) | (nxt > self.upper_limit) | (up - lo <= self.tol)
+            )
+            cur = nxt
+        final = np.isnan(last_fail)
+        return np.where(final, last_ok, last_fail), final
 
     def advance(self, rows: np.ndarray, ok: np.ndarray) -> None:
         """Take the decisions ``ok`` for the candidates of ``rows`` (the reference's update)."""
@@ -342,10 +382,16 @@ def _bracketed(
         usable &= evaluations[rows] < _EVALUATIONS_PER_STEP * max_steps
         eps = search.current[rows].copy()
         final = np.zeros(rows.shape[0], dtype=bool)
-        for k in np.flatnonzero(usable).tolist():
-            eps[k], final[k] = search.decisive_candidate(
-                int(rows[k]), float(p[k]), float(f[k]), float(guess[k])
+        picked = np.flatnonzero(usable)
+        if picked.size > _SCALAR_REPLAYS:
+            eps[picked], final[picked] = search.decisive_candidates(
+                rows[picked], p[picked], f[picked], guess[picked]
             )
+        else:
+            for k in picked.tolist():
+                eps[k], final[k] = search.decisive_candidate(
+                    int(rows[k]), float(p[k]), float(f[k]), float(guess[k])
+                )
         evaluations[rows] += 1
         m = np.empty(rows.shape[0])
         precise = final if confirm is not None else np.zeros_like(final)
