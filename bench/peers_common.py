@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from nnbound.data.registry import load_dataset
-from nnbound.network.layers import Activation, Dense, Flatten
+from nnbound.network.layers import Activation, Conv2d, Dense, Flatten
 from nnbound.network.load import load_model
 from nnbound.network.network import Network
 from nnbound.tasks.search import batched_binary_search
@@ -97,12 +97,34 @@ def bench_network(name: str, count: int) -> BenchNet:
     return BenchNet(label, net, x[keep], labels[keep])
 
 
+def is_mlp(net: Network) -> bool:
+    """Whether ``net`` is a ReLU MLP (Flatten, Dense and ReLU layers): what the 2018 code
+    bounds."""
+    return not any(isinstance(layer, Conv2d) for layer in net.layers)
+
+
 def torch_module(net: Network) -> nn.Module:
-    """The MLP as a plain ``nn.Sequential`` (for auto_LiRPA)."""
+    """The ReLU MLP or CNN as a plain ``nn.Sequential`` (for auto_LiRPA)."""
     mods: list[nn.Module] = []
     for layer in net.layers:
         if isinstance(layer, Flatten):
             mods.append(nn.Flatten())
+        elif isinstance(layer, Conv2d):
+            out_c, in_c, kh, kw = layer.weight.shape
+            conv = nn.Conv2d(
+                in_c * layer.groups,
+                out_c,
+                (kh, kw),
+                stride=layer.stride,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                groups=layer.groups,
+                bias=layer.bias is not None,
+            )
+            conv.weight.data.copy_(layer.weight)
+            if layer.bias is not None:
+                conv.bias.data.copy_(layer.bias)
+            mods.append(conv)
         elif isinstance(layer, Dense):
             lin = nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
             lin.weight.data.copy_(layer.weight)
@@ -111,7 +133,7 @@ def torch_module(net: Network) -> nn.Module:
         elif isinstance(layer, Activation) and layer.name == "relu":
             mods.append(nn.ReLU())
         else:
-            raise ValueError(f"not an MLP layer: {layer!r}")
+            raise ValueError(f"not a ReLU MLP or CNN layer: {layer!r}")
     return nn.Sequential(*mods).eval()
 
 

@@ -383,3 +383,62 @@ def test_many_rows_search_like_few(monkeypatch) -> None:
         runs.append((got, evaluations.clone()))
     assert torch.equal(runs[0][0], runs[1][0])
     assert torch.equal(runs[0][1], runs[1][1])
+
+
+def _knee_margin(knee: torch.Tensor, roots: torch.Tensor) -> tuple[Margin, torch.Tensor]:
+    """A bound as an MNIST CNN's over the knee of its first layer (``nnbound.tasks.knees``):
+    falling slowly up to ``knee`` (by a sixth of the centre's margin), then linearly to zero
+    at ``roots`` (past the knee), or, where ``roots`` lies below the knee, slowly to it."""
+    m0 = torch.full_like(knee, 6.0)
+
+    def margin(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        k, r = knee[rows], roots[rows]
+        flat = m0[rows] * (1 - eps / (6 * k))
+        at_knee = 5.0 * torch.ones_like(k)
+        steep = at_knee * (r - eps) / (r - k)
+        below = m0[rows] * (1 - eps / r)  # roots below the knee: no knee on the way
+        return torch.where(r < k, below, torch.where(eps <= k, flat, steep))
+
+    return margin, m0
+
+
+def test_knee_saves_the_climb_along_a_flat_bound() -> None:
+    """Told the knee, the search evaluates there instead of climbing the flat part of the
+    bound: the reference's radii, fewer evaluations (also where the root lies below it)."""
+    gen = torch.Generator().manual_seed(0)
+    knee = torch.full((40,), 0.3, dtype=torch.float64)
+    roots = 0.3 * (1 + 0.04 * torch.rand(40, generator=gen, dtype=torch.float64))
+    roots[:5] = torch.tensor([0.05, 0.12, 0.2, 0.25, 0.29], dtype=torch.float64)
+    margin, m0 = _knee_margin(knee, roots)
+    want = batched_binary_search(lambda r, e: margin(r, e) > 0, 40, 0.005)
+    counts = []
+    for k in (None, knee.numpy()):
+        counted, evaluations = _counting(margin, 40)
+        slope = m0 / (6 * knee)  # the flat part's slope: a first-order root 6x too far
+        got = bracketed_binary_search(counted, m0, 0.005, slope0=slope, first_scale=0.25, knee=k)
+        assert torch.equal(got, want)
+        counts.append(evaluations)
+    without, with_knee = counts
+    assert with_knee[5:].sum() <= 0.7 * without[5:].sum(), (without, with_knee)
+    assert with_knee[:5].sum() <= without[:5].sum() + 5
+
+
+def test_knee_jump_is_evaluated_in_float32() -> None:
+    """A jump to a knee is evaluated in float32 even where the replayed path expects that
+    candidate to be the radius: it is no root estimate, and here (a root below the knee, a
+    path ending at 0.275 between the two) the float64 evaluation would fail."""
+    knee = torch.tensor([0.3], dtype=torch.float64)
+    margin, m0 = _knee_margin(knee, torch.tensor([0.27], dtype=torch.float64))
+    failed_precise: list[float] = []
+
+    def confirm(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        m = margin(rows, eps)
+        failed_precise.extend(eps[m <= 0].tolist())
+        return m
+
+    got = bracketed_binary_search(
+        margin, m0, 0.005, slope0=m0 / 0.3, confirm=confirm, knee=knee.numpy(), max_steps=5
+    )
+    want = batched_binary_search(lambda r, e: margin(r, e) > 0, 1, 0.005, max_steps=5)
+    assert torch.equal(got, want)
+    assert failed_precise == []

@@ -19,6 +19,7 @@ from nnbound.network.network import Network
 from nnbound.sets.lp_ball import LpBall
 from nnbound.sets.norms import dual_norm, lp_norm, parse_norm
 from nnbound.sets.spec import all_margins_spec, margin_spec
+from nnbound.tasks.knees import first_layer_knee
 from nnbound.tasks.search import batched_binary_search, bracketed_binary_search, recheck
 from nnbound.tasks.targets import UNTARGETED
 
@@ -289,6 +290,7 @@ def certified_radius(
                 confirm=cond64.margin if cond64 is not None else None,
                 first_scale=first_scale(relaxed),
                 steep=steep(relaxed),
+                knee=first_layer_knee(net, x, p, domain) if isinstance(net, Network) else None,
                 max_steps=steps,
             )
         radius = radius.clone()

@@ -44,6 +44,8 @@ _WIDE_BRACKET = 1.0
 _CHORD_REACH = 4.0
 # Up to this many rows, root bisections run on Python floats (cheaper than array operations).
 _SCALAR_ROWS = 8
+# A knee this close to F (as a fraction of the bracket) is not worth an evaluation of its own.
+_KNEE_CLEARANCE = 0.01
 # Up to this many rows, the reference path is replayed per row in Python floats; more replay
 # in lockstep as arrays, whose cost hardly depends on the rows (equal at about 128 rows; at
 # 1,000, a GPU's batch, 4x faster).
@@ -209,6 +211,7 @@ def bracketed_binary_search(
     confirm: Callable[[Tensor, Tensor], Tensor] | None = None,
     first_scale: float = 1.0,
     steep: bool = False,
+    knee: np.ndarray | None = None,
     max_steps: int = 15,
     tol: float = 1e-5,
     upper_limit: float = 1e5,
@@ -257,6 +260,10 @@ def bracketed_binary_search(
     cubic is the closer one (0.96-1.02 of the root on ``mnist-fc-3layer``, the fall-ratio
     model up to 1.11).
 
+    ``knee`` (optional, ``(n,)``, inf for none): per row an eps below which the bound is
+    expected nearly flat and past which it falls steeply (:mod:`nnbound.tasks.knees`). While
+    P and the estimate lie below it (and F well above), the row evaluates there, in float32.
+
     ``confirm`` (optional) is a more precise ``margin`` (float64 for a float32 ``margin``):
     every returned radius is then certified by it. The evaluation expected to give the final
     radius (the last certified candidate of a path without unknown failures) is made with
@@ -272,7 +279,7 @@ def bracketed_binary_search(
     # was a fifth of a one-image search (same IEEE float64 arithmetic, same decisions).
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         radius, confirmed = _bracketed(
-            search, margin, m0, g0, confirm, first_scale, steep, max_steps
+            search, margin, m0, g0, confirm, first_scale, steep, knee, max_steps
         )
     if confirm is not None:
         open_rows = np.flatnonzero(radius > confirmed)
@@ -292,6 +299,7 @@ def _bracketed(
     confirm: Callable[[Tensor, Tensor], Tensor] | None,
     first_scale: float,
     steep: bool,
+    knee: np.ndarray | None,
     max_steps: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The loop of :func:`bracketed_binary_search`: the reference search's radii and the
@@ -378,6 +386,15 @@ def _bracketed(
         linear = first_scale * m0[rows] / g0[rows]
         extrapolated = np.where(p > 0, np.maximum(extrapolated, chord), linear)
         guess = np.where(bounded, inside, extrapolated)
+        # Below a knee the bound is often nearly flat and its root past the knee, where no
+        # fit through points on both sides puts it: a row whose P and estimate are below its
+        # knee (and F well above) evaluates there, in float32 (a jump, not a root).
+        raised = np.zeros(rows.shape[0], dtype=bool)
+        if knee is not None:
+            k = knee[rows]
+            clear = np.where(bounded, f - _KNEE_CLEARANCE * width, math.inf)
+            raised = (p < k) & (k < clear) & ~(guess >= k)
+            guess = np.where(raised, k, guess)
         usable = np.isfinite(guess) & (guess > p) & (guess < f)
         usable &= evaluations[rows] < _EVALUATIONS_PER_STEP * max_steps
         eps = search.current[rows].copy()
@@ -394,7 +411,7 @@ def _bracketed(
                 )
         evaluations[rows] += 1
         m = np.empty(rows.shape[0])
-        precise = final if confirm is not None else np.zeros_like(final)
+        precise = final & ~raised if confirm is not None else np.zeros_like(final)
         for group, fn in ((~precise, margin), (precise, confirm)):
             if group.any():
                 assert fn is not None
