@@ -391,10 +391,10 @@ def _bracketed(
         # knee (and F well above) evaluates there, in float32 (a jump, not a root).
         raised = np.zeros(rows.shape[0], dtype=bool)
         if knee is not None:
-            k = knee[rows]
+            at = knee[rows]
             clear = np.where(bounded, f - _KNEE_CLEARANCE * width, math.inf)
-            raised = (p < k) & (k < clear) & ~(guess >= k)
-            guess = np.where(raised, k, guess)
+            raised = (p < at) & (at < clear) & ~(guess >= at)
+            guess = np.where(raised, at, guess)
         usable = np.isfinite(guess) & (guess > p) & (guess < f)
         usable &= evaluations[rows] < _EVALUATIONS_PER_STEP * max_steps
         eps = search.current[rows].copy()
