@@ -442,3 +442,22 @@ def test_knee_jump_is_evaluated_in_float32() -> None:
     want = batched_binary_search(lambda r, e: margin(r, e) > 0, 1, 0.005, max_steps=5)
     assert torch.equal(got, want)
     assert failed_precise == []
+
+
+def test_confirmations_wait_for_one_call() -> None:
+    """Rows ready for their float64 evaluation wait while others still evaluate in float32,
+    so the search confirms in one call (and one more for the radii its loop left unconfirmed)
+    rather than once per round: four calls on these curves before, each a batch's fixed cost."""
+    t = 10 ** (
+        torch.rand(40, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 - 3
+    )
+    margin, m0, g0 = _deep_margin(t, 2.0)
+    calls: list[int] = []
+
+    def confirm(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        calls.append(rows.numel())
+        return margin(rows, eps)
+
+    got = bracketed_binary_search(margin, m0, 0.005, slope0=g0, confirm=confirm)
+    assert torch.equal(got, batched_binary_search(lambda r, e: margin(r, e) > 0, 40, 0.005))
+    assert len(calls) <= 2, calls

@@ -267,7 +267,8 @@ def bracketed_binary_search(
     ``confirm`` (optional) is a more precise ``margin`` (float64 for a float32 ``margin``):
     every returned radius is then certified by it. The evaluation expected to give the final
     radius (the last certified candidate of a path without unknown failures) is made with
-    ``confirm`` instead of ``margin``; a radius not covered that way is
+    ``confirm`` instead of ``margin``, for all rows in one call once no row has ``margin``
+    work left; a radius not covered that way is
     confirmed afterwards, and bisected below with ``confirm`` where it is not
     (:func:`recheck`).
     """
@@ -409,9 +410,23 @@ def _bracketed(
                 eps[k], final[k] = search.decisive_candidate(
                     int(rows[k]), float(p[k]), float(f[k]), float(guess[k])
                 )
+        precise = final & ~raised if confirm is not None else np.zeros_like(final)
+        if precise.any() and not precise.all():
+            # Rows ready for their float64 evaluation wait until no row has float32 work left:
+            # one confirming call instead of one per round (a call costs milliseconds whatever
+            # its rows; mnist-fc-3layer at 99 images made five). Their state does not change
+            # meanwhile, so they pick the same candidate when their turn comes.
+            now = ~precise
+            rows, usable, final, eps, precise = (
+                rows[now],
+                usable[now],
+                final[now],
+                eps[now],
+                precise[now],
+            )
+            p, mp, f, mf = p[now], mp[now], f[now], mf[now]
         evaluations[rows] += 1
         m = np.empty(rows.shape[0])
-        precise = final & ~raised if confirm is not None else np.zeros_like(final)
         for group, fn in ((~precise, margin), (precise, confirm)):
             if group.any():
                 assert fn is not None
