@@ -36,7 +36,9 @@ KNEE_GROUP = 0.01
 _SAME_RADIUS = 1e-6
 
 
-def first_layer_knee(net: Network, x: Tensor, p: float, domain: object = None) -> np.ndarray:
+def first_layer_knee(
+    net: Network, x: Tensor, p: float, domain: tuple[float, float] | None = None
+) -> np.ndarray:
     """Per input row, its first knee: ``(N,)`` float64, inf where it has none, or where the
     ball has a data box or no convolution precedes the first activation. Knees less than
     :data:`KNEE_GROUP` apart (several channels over one region) count as one, at the largest
