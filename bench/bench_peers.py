@@ -23,8 +23,11 @@ larger).
 nnbound's columns run in subprocesses, each a fresh interpreter with its source first on the
 path: run in the bench's own process, after numba's kernels and the 2018 code, the same
 searches measured slower than in a subprocess, which read as a slowdown against a "before"
-tree. ``--before-src DIR`` adds nnbound "before" columns: the same one-image-at-a-time and
-batched searches with ``DIR`` (e.g. another checkout's ``src``) as the source, their time
+tree. Each sets glibc to keep freed memory, as the ``nnbound`` command does at start
+(``nnbound.allocator``; ``NNBOUND_KEEP_FREED_MEMORY=0`` measures without it, as this bench did
+before 2026-12-07).
+``--before-src DIR`` adds nnbound "before" columns: the same one-image-at-a-time and batched
+searches with ``DIR`` (e.g. another checkout's ``src``) as the source, their time
 ratios against this tree's, and the largest |difference| of their radii.
 
 Peers are never dependencies: without ``--reference-code`` (the path of a checkout) the 2018
@@ -200,6 +203,11 @@ def worker_run(
 
 
 def worker(args: argparse.Namespace) -> None:
+    # As the ``nnbound`` command does at start (NNBOUND_KEEP_FREED_MEMORY=0 turns both off).
+    if os.environ.get("NNBOUND_KEEP_FREED_MEMORY", "1") != "0":
+        from nnbound.allocator import keep_freed_memory
+
+        keep_freed_memory()
     bnet = bench_network(args.worker, args.images)
     one = bench_network(args.worker, 1)
     search = nnbound_batched if args.worker_batched else nnbound_one_at_a_time
