@@ -98,8 +98,7 @@ def bench_network(name: str, count: int) -> BenchNet:
 
 
 def is_mlp(net: Network) -> bool:
-    """Whether ``net`` is a ReLU MLP (Flatten, Dense and ReLU layers): what the 2018 code
-    bounds."""
+    """Whether ``net`` has no convolution: the 2018 code bounds MLPs only."""
     return not any(isinstance(layer, Conv2d) for layer in net.layers)
 
 
