@@ -58,7 +58,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from peers_common import BenchNet, bench_network, best_with_range, is_mlp, limit_threads
+from peers_common import BenchNet, bench_network, best_with_range, limit_threads
 from peers_radius import radius_2018, radius_auto_lirpa
 
 import nnbound
@@ -250,7 +250,7 @@ def network_row(
             "2018",
             # the 2018 code bounds MLPs only
             (lambda: radius_2018(code, bnet, norm, steps, EPS0))
-            if code and is_mlp(bnet.net)
+            if code and bnet.net.is_mlp
             else skipped,
         ),
         Column(

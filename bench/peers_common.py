@@ -1,6 +1,7 @@
 """Shared pieces of the side-by-side benches against the peers (the 2018 RecurJac-and-CROWN
-code, auto_LiRPA): the benchmark networks as nnbound networks, torch modules and the 2018
-code's weight lists, the images, the thread setting, and the reference's binary search.
+code, auto_LiRPA): the benchmark networks as nnbound networks and the 2018 code's weight
+lists (torch modules come from ``nnbound.network.to_torch``), the images, the thread
+setting, and the reference's binary search.
 
 Nothing here imports a peer: each bench imports what it compares with optionally.
 """
@@ -15,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from nnbound.data.registry import load_dataset
-from nnbound.network.layers import Activation, Conv2d, Dense, Flatten
+from nnbound.network.layers import Activation, Dense, Flatten
 from nnbound.network.load import load_model
 from nnbound.network.network import Network
 from nnbound.tasks.search import batched_binary_search
@@ -95,45 +96,6 @@ def bench_network(name: str, count: int) -> BenchNet:
     labels = pred if name.startswith("random:") else ds.labels
     keep = torch.nonzero(pred == labels).squeeze(1)[:count]
     return BenchNet(label, net, x[keep], labels[keep])
-
-
-def is_mlp(net: Network) -> bool:
-    """Whether ``net`` has no convolution: the 2018 code bounds MLPs only."""
-    return not any(isinstance(layer, Conv2d) for layer in net.layers)
-
-
-def torch_module(net: Network) -> nn.Module:
-    """The ReLU MLP or CNN as a plain ``nn.Sequential`` (for auto_LiRPA)."""
-    mods: list[nn.Module] = []
-    for layer in net.layers:
-        if isinstance(layer, Flatten):
-            mods.append(nn.Flatten())
-        elif isinstance(layer, Conv2d):
-            out_c, in_c, kh, kw = layer.weight.shape
-            conv = nn.Conv2d(
-                in_c * layer.groups,
-                out_c,
-                (kh, kw),
-                stride=layer.stride,
-                padding=layer.padding,
-                dilation=layer.dilation,
-                groups=layer.groups,
-                bias=layer.bias is not None,
-            )
-            conv.weight.data.copy_(layer.weight)
-            if layer.bias is not None:
-                conv.bias.data.copy_(layer.bias)
-            mods.append(conv)
-        elif isinstance(layer, Dense):
-            lin = nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
-            lin.weight.data.copy_(layer.weight)
-            lin.bias.data.copy_(layer.bias)
-            mods.append(lin)
-        elif isinstance(layer, Activation) and layer.name == "relu":
-            mods.append(nn.ReLU())
-        else:
-            raise ValueError(f"not a ReLU MLP or CNN layer: {layer!r}")
-    return nn.Sequential(*mods).eval()
 
 
 def weight_lists(net: Network) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peers_common import BenchNet, reference_binary_search, torch_module, weight_lists
+from peers_common import BenchNet, reference_binary_search, weight_lists
+
+from nnbound.network.to_torch import to_torch
 
 NORM_2018 = {"inf": np.inf, "1": 1, "2": 2}
 
@@ -86,7 +88,7 @@ def radius_auto_lirpa(
     except ImportError:
         print("note: auto_LiRPA does not import; column skipped")
         return None
-    module = torch_module(bnet.net)
+    module = to_torch(bnet.net).eval()
     bounded = BoundedModule(module, torch.zeros(1, *bnet.net.input_shape), verbose=0)
     classes = bnet.net.num_outputs
     p = {"inf": np.inf, "1": 1.0, "2": 2.0}[norm]
