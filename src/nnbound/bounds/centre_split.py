@@ -47,6 +47,7 @@ from nnbound.bounds.centre_products import (
     TwoDenseBlocks,
 )
 from nnbound.bounds.linear import _rows_of, padded_indices
+from nnbound.matvec import batched_matvec
 from nnbound.network.layers import Activation, Dense, Flatten, Layer, Reshape
 from nnbound.network.network import Network
 from nnbound.relax.base import LinearRelaxation, Relaxation
@@ -280,7 +281,7 @@ def split_backward_bounds(
         return lower, upper
     assert isinstance(ball, LpBall)
     if terms.at_centre_up is None or terms.at_centre_lo is None:
-        mid = torch.bmm(both, centre.unsqueeze(-1)).squeeze(-1)
+        mid = batched_matvec(both, centre)
         at_up, at_lo = mid[:, :r] + c_up, mid[:, r:] + c_lo
     else:
         at_up, at_lo = terms.at_centre_up.gather(1, rows), terms.at_centre_lo.gather(1, rows)

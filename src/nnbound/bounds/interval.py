@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from nnbound.matvec import batched_matvec
 from nnbound.network.layers import Activation, Layer, MaxPool2d
 from nnbound.relax.base import Relaxation
 
@@ -42,8 +43,8 @@ def interval_forward(
 def box_concretize(a: Tensor, const: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
     """Min/max of ``a . y + const`` over the box ``[lower, upper]`` (``a`` ``(N, S, *shape)``)."""
     flat = a.reshape(*a.shape[:2], -1)
-    mid = ((upper + lower) / 2).reshape(lower.shape[0], -1, 1)
-    rad = ((upper - lower) / 2).reshape(lower.shape[0], -1, 1)
-    m = flat.bmm(mid).squeeze(-1)
-    r = flat.abs().bmm(rad).squeeze(-1)
+    mid = ((upper + lower) / 2).reshape(lower.shape[0], -1)
+    rad = ((upper - lower) / 2).reshape(lower.shape[0], -1)
+    m = batched_matvec(flat, mid)
+    r = batched_matvec(flat.abs(), rad)
     return m - r + const, m + r + const

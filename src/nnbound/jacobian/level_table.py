@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nnbound.matvec import batched_matvec
+
 
 def interval_product(lo: Tensor, up: Tensor, glo: Tensor, ghi: Tensor) -> tuple[Tensor, Tensor]:
     """Bounds of ``y * d`` for ``y in [lo, up]``, ``d in [glo, ghi]`` (element-wise)."""
@@ -36,7 +38,11 @@ def _times_columns(w: Tensor, col: Tensor) -> Tensor:
     if w.dim() == 2:
         b, r, u, _ = col.shape
         return (w @ col.reshape(b * r, u).T).T.reshape(b, r, -1)
-    return (w @ col).squeeze(-1)
+    u = col.shape[-2]
+    lead = torch.broadcast_shapes(w.shape[:-2], col.shape[:-2])
+    t = w.shape[-2]
+    rows = w.expand(*lead, t, u).reshape(-1, t, u)
+    return batched_matvec(rows, col.expand(*lead, u, 1).reshape(-1, u)).reshape(*lead, t)
 
 
 @dataclass(frozen=True, eq=False)

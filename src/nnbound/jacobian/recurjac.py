@@ -55,6 +55,7 @@ from nnbound.errors import UnsupportedError
 from nnbound.jacobian.collapsed import collapse, collapsed_upper, set_level
 from nnbound.jacobian.level_table import Level, interval_product, level_table
 from nnbound.jacobian.linop import BlockOp
+from nnbound.matvec import batched_matvec
 
 Mat = Tensor | BlockOp
 """A chain factor: a dense ``(c_{k+1}, c_k)`` / ``(B, c_{k+1}, c_k)`` tensor or a block op."""
@@ -214,8 +215,12 @@ class Recursion:
             w, acc = t.step(w, acc)
             if t.dead:
                 return acc  # nothing passes this level: the levels above add 0
-        # The last coefficients multiply the exact end: one batched matrix-vector product.
-        return acc + (w @ self.end.unsqueeze(-1)).squeeze(-1)
+        # The last coefficients multiply the exact end: one matrix-vector product per row.
+        lead = torch.broadcast_shapes(w.shape[:-2], self.end.shape[:-1])
+        t, c = w.shape[-2:]
+        rows = w.expand(*lead, t, c).reshape(-1, t, c)
+        ends = self.end.expand(*lead, c).reshape(-1, c)
+        return acc + batched_matvec(rows, ends).reshape(*lead, t)
 
 
 def _chunk(batch: int, rows: int, widths: list[int], like: Tensor) -> int:

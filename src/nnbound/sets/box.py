@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from nnbound.errors import InputError
+from nnbound.matvec import batched_matvec
 from nnbound.sets.lp_ball import LpBall
 
 
@@ -86,8 +87,8 @@ class Box:
         and ``const`` ``(N, S)``; returns two ``(N, S)`` tensors (``a.c -/+ |a|.r``)."""
         flat = a.reshape(*a.shape[:2], -1)
         n = self.lower.shape[0]
-        mid = torch.bmm(flat, self.center.reshape(n, -1, 1)).squeeze(-1)
-        dev = torch.bmm(flat.abs(), self.radius.reshape(n, -1, 1)).squeeze(-1)
+        mid = batched_matvec(flat, self.center.reshape(n, -1))
+        dev = batched_matvec(flat.abs(), self.radius.reshape(n, -1))
         lower, upper = mid - dev, mid + dev
         if const is not None:
             lower, upper = lower + const, upper + const

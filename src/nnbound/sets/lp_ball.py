@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from nnbound.errors import InputError
+from nnbound.matvec import batched_matvec
 from nnbound.sets.norms import dual_norm, lp_norm, parse_norm
 
 
@@ -107,8 +108,7 @@ class LpBall:
         """
         dims = self.input_dims
         flat_a = a.reshape(*a.shape[:2], -1)
-        center = self.center.reshape(self.center.shape[0], -1, 1)
-        mid = torch.bmm(flat_a, center).squeeze(-1)
+        mid = batched_matvec(flat_a, self.center.reshape(self.center.shape[0], -1))
         if self.p == math.inf and self.domain is None:
             dev = flat_a.abs().sum(-1) * self.eps.unsqueeze(1)
             lower, upper = mid - dev, mid + dev
@@ -117,10 +117,10 @@ class LpBall:
             lower, upper = mid - dev, mid + dev
             if self.domain is not None:
                 lo_box, hi_box = self.box()
-                c = ((lo_box + hi_box) / 2).reshape(lo_box.shape[0], -1, 1)
-                r = ((hi_box - lo_box) / 2).reshape(lo_box.shape[0], -1, 1)
-                bmid = torch.bmm(flat_a, c).squeeze(-1)
-                bdev = torch.bmm(flat_a.abs(), r).squeeze(-1)
+                c = ((lo_box + hi_box) / 2).reshape(lo_box.shape[0], -1)
+                r = ((hi_box - lo_box) / 2).reshape(lo_box.shape[0], -1)
+                bmid = batched_matvec(flat_a, c)
+                bdev = batched_matvec(flat_a.abs(), r)
                 lower = torch.maximum(lower, bmid - bdev)
                 upper = torch.minimum(upper, bmid + bdev)
         if const is not None:
